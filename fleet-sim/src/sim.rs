@@ -1,0 +1,373 @@
+//! The fleet simulator: a host with N call workers. HTTPS `GET
+//! /health/fleet` reports capacity as JSON; `/ws/{bot}` and `/exotel/{bot}`
+//! are WebSocket echo calls holding one worker each, 429 when none is free.
+//! A plain-HTTP control port changes its behaviour (see [`control`]).
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering::SeqCst},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::{SinkExt as _, StreamExt as _};
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_tungstenite::{WebSocketStream, tungstenite::protocol::Role};
+
+/// How `/health/fleet` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthMode {
+    Normal,
+    /// Answers after a delay.
+    Slow(Duration),
+    /// JSON cut in the middle.
+    Truncated,
+    /// Not JSON at all.
+    Garbage,
+    /// HTTP 500.
+    Error500,
+    /// `fleet_available` missing.
+    MissingKey,
+    /// Never answers.
+    Hang,
+}
+
+impl HealthMode {
+    pub fn parse(mode: &str, delay_ms: Option<u64>) -> Option<Self> {
+        Some(match mode {
+            "normal" => Self::Normal,
+            "slow" => Self::Slow(Duration::from_millis(delay_ms.unwrap_or(2000))),
+            "truncated" => Self::Truncated,
+            "garbage" => Self::Garbage,
+            "500" => Self::Error500,
+            "missing" => Self::MissingKey,
+            "hang" => Self::Hang,
+            _ => return None,
+        })
+    }
+}
+
+/// The simulator's live state.
+#[derive(Debug)]
+pub struct Fleet {
+    pub workers: AtomicU32,
+    /// Workers held by WebSocket calls through this server.
+    pub calls: AtomicU32,
+    /// Workers occupied directly (traffic that bypasses the ingress).
+    pub occupied: AtomicU32,
+    pub calls_total: AtomicU64,
+    pub answered_429: AtomicU64,
+    pub health_checks: AtomicU64,
+    pub available_first: AtomicBool,
+    pub decoy: AtomicBool,
+    health: std::sync::Mutex<(HealthMode, Option<u32>)>,
+    /// Bumped to close every open call.
+    close_all: watch::Sender<u64>,
+    /// Set to stop the process.
+    pub exit: watch::Sender<bool>,
+}
+
+impl Fleet {
+    pub fn new(workers: u32) -> Arc<Self> {
+        Arc::new(Self {
+            workers: AtomicU32::new(workers),
+            calls: AtomicU32::new(0),
+            occupied: AtomicU32::new(0),
+            calls_total: AtomicU64::new(0),
+            answered_429: AtomicU64::new(0),
+            health_checks: AtomicU64::new(0),
+            available_first: AtomicBool::new(false),
+            decoy: AtomicBool::new(false),
+            health: std::sync::Mutex::new((HealthMode::Normal, None)),
+            close_all: watch::channel(0).0,
+            exit: watch::channel(false).0,
+        })
+    }
+
+    pub fn busy(&self) -> u32 {
+        self.calls.load(SeqCst) + self.occupied.load(SeqCst)
+    }
+
+    pub fn available(&self) -> u32 {
+        self.workers.load(SeqCst).saturating_sub(self.busy())
+    }
+
+    /// Takes a worker for a call; false when all are busy.
+    fn take_worker(&self) -> bool {
+        self.calls
+            .fetch_update(SeqCst, SeqCst, |c| (c + self.occupied.load(SeqCst) < self.workers.load(SeqCst)).then_some(c + 1))
+            .is_ok()
+    }
+
+    /// Sets the health mode, for `count` answers (then back to normal) or for good.
+    pub fn set_health(&self, mode: HealthMode, count: Option<u32>) {
+        *self.health.lock().unwrap_or_else(|e| e.into_inner()) = (mode, count);
+    }
+
+    fn next_health_mode(&self) -> HealthMode {
+        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
+        let mode = h.0;
+        if let Some(n) = h.1.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                *h = (HealthMode::Normal, None);
+            }
+        }
+        mode
+    }
+
+    pub fn close_all(&self) {
+        self.close_all.send_modify(|g| *g += 1);
+    }
+
+    /// The health body as the mode wants it.
+    pub fn health_body(&self) -> String {
+        let workers = self.workers.load(SeqCst);
+        let busy = self.busy().min(workers);
+        let available = self.available();
+        let decoy = if self.decoy.load(SeqCst) {
+            format!(",\"prev_fleet_available\":{}", workers)
+        } else {
+            String::new()
+        };
+        if self.available_first.load(SeqCst) {
+            format!("{{\"fleet_available\":{available},\"fleet_workers\":{workers},\"fleet_busy\":{busy}{decoy}}}")
+        } else {
+            format!("{{\"fleet_workers\":{workers},\"fleet_busy\":{busy}{decoy},\"fleet_available\":{available}}}")
+        }
+    }
+
+    pub fn state_json(&self) -> String {
+        serde_json::json!({
+            "workers": self.workers.load(SeqCst),
+            "calls": self.calls.load(SeqCst),
+            "occupied": self.occupied.load(SeqCst),
+            "available": self.available(),
+            "calls_total": self.calls_total.load(SeqCst),
+            "answered_429": self.answered_429.load(SeqCst),
+            "health_checks": self.health_checks.load(SeqCst),
+        })
+        .to_string()
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn plain(status: StatusCode, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .header("content-type", "text/plain")
+        .body(Full::new(body.into()))
+        .unwrap_or_default()
+}
+
+async fn health(fleet: &Fleet) -> Resp {
+    fleet.health_checks.fetch_add(1, SeqCst);
+    let json = |body: String| {
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap_or_default()
+    };
+    match fleet.next_health_mode() {
+        HealthMode::Normal => json(fleet.health_body()),
+        HealthMode::Slow(d) => {
+            tokio::time::sleep(d).await;
+            json(fleet.health_body())
+        }
+        HealthMode::Truncated => {
+            let body = fleet.health_body();
+            json(body[..body.len() / 2].to_owned())
+        }
+        HealthMode::Garbage => plain(StatusCode::OK, "<html>502 Bad Gateway</html>"),
+        HealthMode::Error500 => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
+        HealthMode::MissingKey => json("{\"fleet_workers\":16,\"fleet_busy\":0}".to_owned()),
+        HealthMode::Hang => std::future::pending().await,
+    }
+}
+
+fn is_call_path(path: &str) -> bool {
+    let rest = path.strip_prefix("/ws/").or_else(|| path.strip_prefix("/exotel/"));
+    rest.is_some_and(|bot| !bot.is_empty() && !bot.contains('/'))
+}
+
+/// One call: echo every text and binary message until either side closes.
+async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded) {
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+    let mut close_all = fleet.close_all.subscribe();
+    loop {
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(m)) if m.is_text() || m.is_binary() => {
+                    if ws.send(m).await.is_err() { break; }
+                }
+                Some(Ok(m)) if m.is_close() => { let _ = ws.close(None).await; break; }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => break,
+            },
+            _ = close_all.changed() => { let _ = ws.close(None).await; break; }
+        }
+    }
+    fleet.calls.fetch_sub(1, SeqCst);
+}
+
+async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let path = req.uri().path().to_owned();
+    if path == "/health/fleet" {
+        return Ok(health(&fleet).await);
+    }
+    if !is_call_path(&path) {
+        return Ok(plain(StatusCode::NOT_FOUND, "not found"));
+    }
+    let key = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec());
+    let is_upgrade = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    let Some(key) = key.filter(|_| is_upgrade) else {
+        return Ok(plain(StatusCode::BAD_REQUEST, "WebSocket upgrade expected"));
+    };
+    if !fleet.take_worker() {
+        fleet.answered_429.fetch_add(1, SeqCst);
+        return Ok(plain(StatusCode::TOO_MANY_REQUESTS, "all workers busy"));
+    }
+    fleet.calls_total.fetch_add(1, SeqCst);
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let f = Arc::clone(&fleet);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(up) => echo(f, up).await,
+            Err(_) => {
+                f.calls.fetch_sub(1, SeqCst);
+            }
+        }
+    });
+    Ok(Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("upgrade", "websocket")
+        .header("connection", "Upgrade")
+        .header("sec-websocket-accept", accept)
+        .body(Full::new(Bytes::new()))
+        .unwrap_or_default())
+}
+
+fn query(req: &Request<Incoming>, key: &str) -> Option<String> {
+    req.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+fn num(req: &Request<Incoming>, key: &str) -> Option<u64> {
+    query(req, key).and_then(|v| v.parse().ok())
+}
+
+/// The control port (plain HTTP, GET or POST alike):
+/// `/occupy?n=N`, `/free?n=N`, `/capacity?workers=N`,
+/// `/health?mode=normal|slow|truncated|garbage|500|missing|hang[&delay_ms=D][&count=C]`,
+/// `/order?available_first=0|1`, `/decoy?on=0|1`, `/close-all`, `/exit`, `/state`.
+async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infallible> {
+    let ok = |f: &Fleet| plain(StatusCode::OK, f.state_json());
+    let resp = match req.uri().path() {
+        "/state" => ok(&fleet),
+        "/occupy" => {
+            let n = num(&req, "n").unwrap_or(1) as u32;
+            fleet.occupied.fetch_add(n, SeqCst);
+            ok(&fleet)
+        }
+        "/free" => {
+            let n = num(&req, "n").unwrap_or(1) as u32;
+            let _ = fleet.occupied.fetch_update(SeqCst, SeqCst, |o| Some(o.saturating_sub(n)));
+            ok(&fleet)
+        }
+        "/capacity" => match num(&req, "workers") {
+            Some(w) => {
+                fleet.workers.store(w as u32, SeqCst);
+                ok(&fleet)
+            }
+            None => plain(StatusCode::BAD_REQUEST, "workers=N expected"),
+        },
+        "/health" => {
+            let mode = query(&req, "mode").unwrap_or_default();
+            match HealthMode::parse(&mode, num(&req, "delay_ms")) {
+                Some(m) => {
+                    fleet.set_health(m, num(&req, "count").map(|c| c as u32));
+                    ok(&fleet)
+                }
+                None => plain(StatusCode::BAD_REQUEST, format!("unknown health mode `{mode}`")),
+            }
+        }
+        "/order" => {
+            fleet.available_first.store(num(&req, "available_first").unwrap_or(1) != 0, SeqCst);
+            ok(&fleet)
+        }
+        "/decoy" => {
+            fleet.decoy.store(num(&req, "on").unwrap_or(1) != 0, SeqCst);
+            ok(&fleet)
+        }
+        "/close-all" => {
+            fleet.close_all();
+            ok(&fleet)
+        }
+        "/exit" => {
+            let _ = fleet.exit.send(true);
+            ok(&fleet)
+        }
+        other => plain(StatusCode::NOT_FOUND, format!("no control route {other}")),
+    };
+    Ok(resp)
+}
+
+/// Serves HTTPS on `https` and control on `control` until `/exit`.
+pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpListener, acceptor: TlsAcceptor) {
+    let mut exit = fleet.exit.subscribe();
+    let f = Arc::clone(&fleet);
+    let https_task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = https.accept().await else { continue };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let f = Arc::clone(&f);
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |req| serve_https(Arc::clone(&f), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    let f = Arc::clone(&fleet);
+    let control_task = tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = control_listener.accept().await else { continue };
+            let f = Arc::clone(&f);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| control(Arc::clone(&f), req));
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+            });
+        }
+    });
+    let _ = exit.wait_for(|e| *e).await;
+    https_task.abort();
+    control_task.abort();
+}
+
+/// Local addresses, as printed in the ready line.
+#[derive(Debug, Clone, Copy)]
+pub struct Addrs {
+    pub https: SocketAddr,
+    pub control: SocketAddr,
+}

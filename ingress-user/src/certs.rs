@@ -1,0 +1,309 @@
+//! Front certificates. Loading a directory of PEM bundles is control path;
+//! the SNI lookup ([`CertResolver`]) is data path and reads an immutable
+//! index through `ArcSwap`. A bundle that fails to load never replaces the
+//! one serving: the old entry for that file stays, the error is logged and
+//! counted.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt,
+    path::{Path, PathBuf},
+    sync::{Arc, atomic::AtomicU64, atomic::Ordering::Relaxed},
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+
+/// Why one bundle could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {reason}")]
+    Bundle { path: PathBuf, reason: String },
+    #[error("{dir}: no usable certificate bundle (*.pem with chain and key)")]
+    Empty { dir: PathBuf },
+}
+
+/// One loaded bundle.
+#[derive(Clone)]
+pub struct Bundle {
+    pub stem: String,
+    pub names: Vec<String>,
+    pub key: Arc<CertifiedKey>,
+    /// File content the bundle was loaded from, to skip unchanged files.
+    content: Arc<Vec<u8>>,
+}
+
+impl fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle").field("stem", &self.stem).field("names", &self.names).finish()
+    }
+}
+
+/// Immutable SNI index.
+#[derive(Debug, Default)]
+struct Index {
+    /// By file stem, sorted.
+    bundles: BTreeMap<String, Bundle>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` stored as `example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Option<Arc<CertifiedKey>>,
+}
+
+impl Index {
+    fn build(bundles: BTreeMap<String, Bundle>, default_stem: Option<&str>) -> Self {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for b in bundles.values() {
+            for name in &b.names {
+                let name = name.to_ascii_lowercase();
+                if let Some(suffix) = name.strip_prefix("*.") {
+                    wildcard.entry(suffix.to_owned()).or_insert_with(|| Arc::clone(&b.key));
+                } else {
+                    exact.entry(name).or_insert_with(|| Arc::clone(&b.key));
+                }
+            }
+        }
+        let default = default_stem
+            .and_then(|s| bundles.get(s))
+            .or_else(|| bundles.values().next())
+            .map(|b| Arc::clone(&b.key));
+        Self {
+            bundles,
+            exact,
+            wildcard,
+            default,
+        }
+    }
+
+    fn lookup(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = sni {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(k) = self.exact.get(&name) {
+                return Some(Arc::clone(k));
+            }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(k) = self.wildcard.get(parent)
+            {
+                return Some(Arc::clone(k));
+            }
+        }
+        self.default.clone()
+    }
+}
+
+/// The certificate store: directory, default stem, current index.
+pub struct CertStore {
+    dir: PathBuf,
+    default_stem: Option<String>,
+    provider: Arc<CryptoProvider>,
+    index: ArcSwap<Index>,
+    /// Successful reloads that changed something.
+    pub reloads: AtomicU64,
+    /// Bundles refused (bad PEM, key mismatch, unreadable).
+    pub errors: AtomicU64,
+}
+
+impl fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertStore").field("dir", &self.dir).finish()
+    }
+}
+
+impl CertStore {
+    /// Loads the directory; fails when no bundle at all is usable.
+    pub fn load(dir: &Path, default_stem: Option<String>, provider: Arc<CryptoProvider>) -> Result<Arc<Self>, CertError> {
+        let store = Arc::new(Self {
+            dir: dir.to_owned(),
+            default_stem,
+            provider,
+            index: ArcSwap::from_pointee(Index::default()),
+            reloads: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        });
+        let errors = store.reload();
+        if store.index.load().bundles.is_empty() {
+            for e in &errors {
+                tracing::error!(error = %e, "certificate bundle refused");
+            }
+            return Err(CertError::Empty { dir: dir.to_owned() });
+        }
+        Ok(store)
+    }
+
+    /// Re-reads the directory. Unchanged files are kept as they are; a file
+    /// that fails keeps its previous bundle; a vanished file is dropped
+    /// unless that would leave no bundle at all. Returns the refusals.
+    pub fn reload(&self) -> Vec<CertError> {
+        let old = self.index.load();
+        let mut errors = Vec::new();
+        let mut bundles = BTreeMap::new();
+        let mut changed = false;
+        match std::fs::read_dir(&self.dir) {
+            Err(source) => {
+                errors.push(CertError::Read {
+                    path: self.dir.clone(),
+                    source,
+                });
+            }
+            Ok(entries) => {
+                let mut paths: Vec<PathBuf> = entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|e| e == "pem"))
+                    .collect();
+                paths.sort();
+                for path in paths {
+                    let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
+                        continue;
+                    };
+                    let previous = old.bundles.get(&stem);
+                    match std::fs::read(&path) {
+                        Ok(content) if previous.is_some_and(|p| *p.content == content) => {
+                            if let Some(p) = previous {
+                                bundles.insert(stem, p.clone());
+                            }
+                        }
+                        Ok(content) => match load_bundle(&path, &stem, content, &self.provider) {
+                            Ok(b) => {
+                                changed = true;
+                                bundles.insert(stem, b);
+                            }
+                            Err(e) => {
+                                errors.push(e);
+                                if let Some(p) = previous {
+                                    bundles.insert(stem, p.clone());
+                                }
+                            }
+                        },
+                        Err(source) => {
+                            errors.push(CertError::Read { path, source });
+                            if let Some(p) = previous {
+                                bundles.insert(stem, p.clone());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if bundles.is_empty() && !old.bundles.is_empty() {
+            errors.push(CertError::Empty { dir: self.dir.clone() });
+            bundles = old.bundles.clone();
+        }
+        changed |= bundles.len() != old.bundles.len();
+        for e in &errors {
+            tracing::error!(error = %e, "certificate bundle refused; the previous one keeps serving");
+        }
+        self.errors.fetch_add(errors.len() as u64, Relaxed);
+        if changed {
+            let names: Vec<_> = bundles.keys().cloned().collect();
+            self.index.store(Arc::new(Index::build(bundles, self.default_stem.as_deref())));
+            self.reloads.fetch_add(1, Relaxed);
+            tracing::info!(bundles = ?names, "certificates loaded");
+        }
+        errors
+    }
+
+    /// Stems and names of the bundles serving now.
+    pub fn summary(&self) -> Vec<(String, Vec<String>)> {
+        self.index
+            .load()
+            .bundles
+            .values()
+            .map(|b| (b.stem.clone(), b.names.clone()))
+            .collect()
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+/// Resolves the certificate for a ClientHello from the current index.
+#[derive(Debug)]
+pub struct CertResolver(pub Arc<CertStore>);
+
+impl ResolvesServerCert for CertResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.index.load().lookup(hello.server_name())
+    }
+}
+
+fn load_bundle(path: &Path, stem: &str, content: Vec<u8>, provider: &CryptoProvider) -> Result<Bundle, CertError> {
+    let bad = |reason: String| CertError::Bundle {
+        path: path.to_owned(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&content)
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(format!("bad certificate PEM: {e}")))?;
+    let Some(leaf) = chain.first() else {
+        return Err(bad("no certificate in the bundle".to_owned()));
+    };
+    let key = PrivateKeyDer::from_pem_slice(&content).map_err(|e| bad(format!("no usable private key: {e}")))?;
+    let names = leaf_names(leaf).map_err(bad)?;
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| bad(format!("key does not fit the certificate: {e}")))?;
+    Ok(Bundle {
+        stem: stem.to_owned(),
+        names,
+        key: Arc::new(certified),
+        content: Arc::new(content),
+    })
+}
+
+/// DNS names (and IP addresses) from the SAN, else the subject CN.
+fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| format!("certificate does not parse: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for n in &san.value.general_names {
+            match n {
+                GeneralName::DNSName(d) => names.push((*d).to_owned()),
+                GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => names.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default()).to_string()),
+                    16 => names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default()).to_string()),
+                    _ => {}
+                },
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        for cn in cert.subject().iter_common_name() {
+            if let Ok(s) = cn.as_str() {
+                names.push(s.to_owned());
+            }
+        }
+    }
+    Ok(names)
+}
+
+/// Watches the certificate directory and reloads within ~200 ms of a change.
+pub fn spawn_watcher(store: Arc<CertStore>) -> Result<notify::RecommendedWatcher, notify::Error> {
+    use notify::Watcher as _;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if res.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(store.dir(), notify::RecursiveMode::NonRecursive)?;
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let a burst of events (write, then rename) settle first.
+            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            while rx.try_recv().is_ok() {}
+            let store = Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+        }
+    });
+    Ok(watcher)
+}

@@ -1,0 +1,213 @@
+//! Data path: the client-facing listeners. `:443` accepts, caps concurrent
+//! connections, completes TLS and reads the request head under one
+//! deadline, then routes; `:80` forwards ACME HTTP-01 challenges and answers
+//! everything else 404.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::BytesMut;
+use tokio::{
+    io::{AsyncWrite, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, watch},
+    time::Instant,
+};
+use tokio_rustls::TlsAcceptor;
+
+use crate::{
+    http1::{self, HeadError, HeadLimits},
+    proxy,
+    routes::Target,
+    runtime::Shared,
+};
+
+/// Accepts until `stop` turns true. `tls` = None serves the plain HTTP front.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>) {
+    let kind = if tls.is_some() { "https" } else { "http" };
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: refuse by not accepting for a moment; live calls are unaffected.
+                shared.metrics.refuse("accept_error");
+                tracing::warn!(listener = kind, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&shared.conn_limit).try_acquire_owned() else {
+            shared.metrics.refuse("max_connections");
+            drop(tcp);
+            continue;
+        };
+        shared.metrics.accept(kind);
+        let _ = tcp.set_nodelay(true);
+        let shared = Arc::clone(&shared);
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
+        match &tls {
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(handle_https(tcp, peer, local_port, shared, acceptor, permit));
+            }
+            None => {
+                tokio::spawn(handle_http(tcp, peer, shared, permit));
+            }
+        }
+    }
+}
+
+fn limits(shared: &Shared) -> (HeadLimits, Duration) {
+    let rt = shared.runtime.load();
+    (
+        HeadLimits {
+            max_bytes: rt.limits.max_header_bytes,
+            max_headers: rt.limits.max_headers,
+        },
+        rt.limits.header_timeout.0,
+    )
+}
+
+/// Answers a head that could not be read, or just closes.
+async fn refuse_head<S: AsyncWrite + Unpin>(io: &mut S, shared: &Shared, err: &HeadError) {
+    let (status, reason) = match err {
+        HeadError::TooLarge(_) => (Some(431), "header_too_large"),
+        HeadError::TooManyHeaders(_) => (Some(431), "too_many_headers"),
+        HeadError::Malformed(_) => (Some(400), "malformed"),
+        HeadError::Timeout { bytes: 0 } => (None, "header_timeout_idle"),
+        HeadError::Timeout { .. } => (Some(408), "header_timeout"),
+        HeadError::Closed { .. } | HeadError::Io(_) => (None, "client_closed"),
+    };
+    shared.metrics.bad_request(reason);
+    if let Some(status) = status {
+        shared.metrics.response(status);
+        http1::respond(io, status, &err.to_string(), &[]).await;
+    }
+}
+
+async fn handle_https(tcp: TcpStream, peer: SocketAddr, local_port: u16, shared: Arc<Shared>, acceptor: TlsAcceptor, _permit: OwnedSemaphorePermit) {
+    let started = std::time::Instant::now();
+    let (limits, header_timeout) = limits(&shared);
+    let deadline = Instant::now() + header_timeout;
+    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            shared.metrics.tls_error(tls_reason(&e));
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.tls_error("timeout");
+            return;
+        }
+    };
+    shared.metrics.tls_handshakes.inc();
+    let head = match http1::read_request(&mut tls, BytesMut::with_capacity(2048), limits, deadline).await {
+        Ok(h) => h,
+        Err(e) => {
+            refuse_head(&mut tls, &shared, &e).await;
+            return;
+        }
+    };
+    let rt = shared.runtime.load_full();
+    match rt.routes.lookup(&head.target) {
+        Target::Health => {
+            shared.metrics.response(200);
+            let body = "ok";
+            let bytes = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = tls.write_all(bytes.as_bytes()).await;
+            let _ = tls.shutdown().await;
+        }
+        Target::NotFound => {
+            shared.metrics.response(404);
+            http1::respond(&mut tls, 404, "not found", &[]).await;
+        }
+        Target::Pool { route, pool, params } => {
+            if let Some(why) = http1::websocket_upgrade_error(&head) {
+                shared.metrics.bad_request("not_websocket");
+                shared.metrics.response(400);
+                http1::respond(&mut tls, 400, why, &[]).await;
+                return;
+            }
+            let bot_id = params.iter().find(|(k, _)| k == "bot_id").map(|(_, v)| (*v).to_owned());
+            let route_path = rt.routes.routes[route].path.clone();
+            let call = proxy::Call {
+                peer,
+                local_port,
+                route: &route_path,
+                bot_id: bot_id.as_deref(),
+                started,
+            };
+            proxy::forward(&shared, Arc::clone(&rt), pool, tls, head, call).await;
+        }
+    }
+}
+
+fn tls_reason(e: &std::io::Error) -> &'static str {
+    let s = e.to_string();
+    if s.contains("ProtocolVersion") || s.contains("protocol version") || s.contains("UnsupportedVersion") {
+        "protocol_version"
+    } else if s.contains("NoCertificatesPresented") || s.contains("no server certificate") || s.contains("NoCertificate") {
+        "no_certificate"
+    } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
+        "eof"
+    } else if s.contains("InvalidMessage") || s.contains("corrupt") || s.contains("invalid") {
+        "invalid_message"
+    } else {
+        "other"
+    }
+}
+
+const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
+
+async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+    let (limits, header_timeout) = limits(&shared);
+    let deadline = Instant::now() + header_timeout;
+    let head = match http1::read_request(&mut tcp, BytesMut::with_capacity(1024), limits, deadline).await {
+        Ok(h) => h,
+        Err(e) => {
+            refuse_head(&mut tcp, &shared, &e).await;
+            return;
+        }
+    };
+    if !head.target.starts_with(ACME_PREFIX) {
+        shared.metrics.response(404);
+        http1::respond(&mut tcp, 404, "not found", &[]).await;
+        return;
+    }
+    let rt = shared.runtime.load_full();
+    let connect = tokio::time::timeout(rt.timeouts.connect.0, TcpStream::connect(rt.acme_upstream.as_str())).await;
+    let mut up = match connect {
+        Ok(Ok(s)) => s,
+        _ => {
+            shared.metrics.response(502);
+            http1::respond(&mut tcp, 502, "ACME responder is not running", &[]).await;
+            return;
+        }
+    };
+    shared.metrics.acme_forwarded.inc();
+    let request = http1::upstream_request(&head, peer.ip(), "http", 80);
+    if up.write_all(&request).await.is_err() || up.write_all(&head.rest).await.is_err() {
+        shared.metrics.response(502);
+        http1::respond(&mut tcp, 502, "ACME responder closed", &[]).await;
+        return;
+    }
+    let idle = rt.timeouts.upgrade_response.0;
+    let stats = crate::tunnel::run(tcp, up, idle, std::future::pending()).await;
+    tracing::info!(target: "acme", %peer, path = %head.target, bytes = stats.to_client, "ACME challenge forwarded");
+}
+
+/// Binds every address of a listener list.
+pub async fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        let sock = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        sock.set_reuseaddr(true)?;
+        sock.bind(*a).map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
+        out.push(sock.listen(4096)?);
+    }
+    Ok(out)
+}

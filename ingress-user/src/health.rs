@@ -1,0 +1,225 @@
+//! Control path: one active health check loop per server. A probe is a real
+//! HTTP request over TLS; its JSON body is parsed and the capacity read with
+//! a JSON pointer (never a regex over JSON). `fall`/`rise` smooth failures;
+//! a valid report of 0 is an answer and takes effect at once (FULL).
+
+use std::{sync::Arc, time::Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper_util::rt::TokioIo;
+use regex::Regex;
+use tokio::sync::Notify;
+
+use crate::{
+    config::CheckConfig,
+    pool::{Pool, Server},
+    upstream,
+};
+
+/// Largest health body read.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Consecutive-result smoothing: `fall` failures take a server down, `rise`
+/// successes bring it back. The very first success counts fully, so a fresh
+/// start does not wait `rise` intervals.
+#[derive(Debug, Default, Clone)]
+pub struct FallRise {
+    healthy: bool,
+    checked_ok_once: bool,
+    ok_streak: u32,
+    fail_streak: u32,
+}
+
+impl FallRise {
+    pub fn healthy(&self) -> bool {
+        self.healthy
+    }
+
+    pub fn success(&mut self, rise: u32) -> bool {
+        self.fail_streak = 0;
+        self.ok_streak = self.ok_streak.saturating_add(1);
+        if !self.checked_ok_once || self.ok_streak >= rise {
+            self.healthy = true;
+        }
+        self.checked_ok_once = true;
+        self.healthy
+    }
+
+    pub fn failure(&mut self, fall: u32) -> bool {
+        self.ok_streak = 0;
+        self.fail_streak = self.fail_streak.saturating_add(1);
+        if self.fail_streak >= fall {
+            self.healthy = false;
+        }
+        self.healthy
+    }
+}
+
+/// What the capacity parser reads from one answer.
+pub fn evaluate(status: u16, expect: &Regex, body: &[u8], pointer: &str) -> Result<Option<u32>, String> {
+    if !expect.is_match(&status.to_string()) {
+        return Err(format!("status {status} does not match `{}`", expect.as_str()));
+    }
+    if pointer.is_empty() {
+        return Ok(None);
+    }
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        let shown: String = String::from_utf8_lossy(&body[..body.len().min(60)]).chars().collect();
+        format!("body is not valid JSON ({e}): {shown:?}")
+    })?;
+    let field = value
+        .pointer(pointer)
+        .ok_or_else(|| format!("no `{pointer}` in the body"))?;
+    let n = field
+        .as_u64()
+        .ok_or_else(|| format!("`{pointer}` is {field}, not a non-negative integer"))?;
+    Ok(Some(u32::try_from(n).unwrap_or(u32::MAX - 1)))
+}
+
+/// One probe: status and body, or why it failed.
+pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String> {
+    let check = &pool.check;
+    let fut = async {
+        let tls = upstream::connect(server, &pool.tls, check.timeout.0).await.map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP handshake: {e}"))?;
+        tokio::spawn(conn);
+        let host = check.host.clone().unwrap_or_else(|| host_header(server));
+        let req = http::Request::builder()
+            .method(check.method.as_str())
+            .uri(check.path.as_str())
+            .header(http::header::HOST, host)
+            .header(http::header::USER_AGENT, "ingress-health-check")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad request: {e}"))?;
+        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+        let status = resp.status().as_u16();
+        let body = Limited::new(resp.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading body: {e}"))?
+            .to_bytes();
+        Ok((status, body))
+    };
+    match tokio::time::timeout(check.timeout.0, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {}", humantime::format_duration(check.timeout.0))),
+    }
+}
+
+fn host_header(server: &Server) -> String {
+    if server.def.port == 443 {
+        server.def.host.clone()
+    } else {
+        server.def.addr()
+    }
+}
+
+/// Runs the check loop for one server until the task is aborted.
+pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
+    let check: CheckConfig = pool.check.clone();
+    let expect = match Regex::new(&check.expect_status) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "bad expect_status; checks disabled");
+            return;
+        }
+    };
+    let mut machine = FallRise::default();
+    let mut ticker = tokio::time::interval(check.interval.0);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let started = Instant::now();
+        let result = probe(&server, &pool).await;
+        let latency = started.elapsed().as_secs_f64() * 1000.0;
+        let before = (server.state(), server.reported());
+        let outcome = result.and_then(|(status, body)| evaluate(status, &expect, &body, &check.capacity));
+        match outcome {
+            Ok(capacity) => {
+                let healthy = machine.success(check.rise);
+                if let Some(n) = capacity {
+                    server.report_capacity(n);
+                }
+                server.set_healthy(healthy);
+                let reason = match capacity {
+                    Some(n) => format!("{n} available"),
+                    None => "alive".to_owned(),
+                };
+                server.record_check(true, reason, Some(latency));
+            }
+            Err(reason) => {
+                let healthy = machine.failure(check.fall);
+                server.set_healthy(healthy);
+                server.record_check(false, reason, Some(latency));
+            }
+        }
+        let after = (server.state(), server.reported());
+        if before != after {
+            if before.0 != after.0 {
+                tracing::info!(
+                    pool = %server.pool, server = server.name(), from = %before.0, to = %after.0,
+                    reason = %server.check_status().reason, "server state changed"
+                );
+            }
+            changed.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn re() -> Regex {
+        Regex::new("^2").unwrap()
+    }
+
+    #[test]
+    fn capacity_is_read_by_pointer_whatever_the_key_order() {
+        let p = "/fleet_available";
+        assert_eq!(evaluate(200, &re(), br#"{"fleet_workers":16,"fleet_busy":9,"fleet_available":7}"#, p), Ok(Some(7)));
+        assert_eq!(evaluate(200, &re(), br#"{"fleet_available":3,"fleet_workers":16}"#, p), Ok(Some(3)));
+        assert_eq!(
+            evaluate(200, &re(), br#"{"prev_fleet_available":9,"max_fleet_available":16,"fleet_available":0}"#, p),
+            Ok(Some(0)),
+            "decoy keys are ignored"
+        );
+        assert_eq!(evaluate(200, &re(), br#"{"fleet_available":20}"#, p), Ok(Some(20)), "no upper bound tied to maxconn");
+    }
+
+    #[test]
+    fn bad_answers_fail_with_a_reason() {
+        let p = "/fleet_available";
+        let e = evaluate(200, &re(), br#"{"fleet_available":"#, p).unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = evaluate(200, &re(), b"<html>oops</html>", p).unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = evaluate(200, &re(), br#"{"prev_fleet_available":4}"#, p).unwrap_err();
+        assert!(e.contains("no `/fleet_available`"), "{e}");
+        let e = evaluate(200, &re(), br#"{"fleet_available":-1}"#, p).unwrap_err();
+        assert!(e.contains("not a non-negative integer"), "{e}");
+        let e = evaluate(500, &re(), br#"{"fleet_available":4}"#, p).unwrap_err();
+        assert!(e.contains("status 500"), "{e}");
+    }
+
+    #[test]
+    fn liveness_only_and_302() {
+        let re = Regex::new("^[23]").unwrap();
+        assert_eq!(evaluate(302, &re, b"", ""), Ok(None));
+    }
+
+    #[test]
+    fn fall_and_rise_smooth_failures() {
+        let mut m = FallRise::default();
+        assert!(!m.failure(2), "never healthy yet");
+        assert!(m.success(2), "first success counts fully");
+        assert!(m.failure(2), "one blip is smoothed");
+        assert!(!m.failure(2), "two in a row take it down");
+        assert!(!m.success(2), "one success is not enough to rise");
+        assert!(m.success(2));
+    }
+}

@@ -1,0 +1,332 @@
+//! Data path: just enough HTTP/1.1 for an upgrade proxy. Reads a request or
+//! response head with bounds (bytes, header count, deadline), validates a
+//! WebSocket upgrade, and writes short local answers. Bodies and frames are
+//! never parsed here.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use bytes::{Buf, BytesMut};
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    time::Instant,
+};
+
+/// Why a head could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error("head larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("more than {0} header lines")]
+    TooManyHeaders(usize),
+    #[error("malformed head: {0}")]
+    Malformed(String),
+    #[error("timed out after {bytes} bytes")]
+    Timeout { bytes: usize },
+    #[error("connection closed after {bytes} bytes")]
+    Closed { bytes: usize },
+    #[error("read failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Bounds for reading a head.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    pub max_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// A parsed request head; `rest` holds bytes read past it.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: String,
+    pub target: String,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub rest: BytesMut,
+}
+
+impl RequestHead {
+    /// First value of a header, case-insensitive name.
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+    }
+
+    /// Whether a comma-separated header holds `token` (case-insensitive), in any of its lines.
+    pub fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    }
+}
+
+/// A parsed response head; `raw` is the head exactly as received.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: u16,
+    pub raw: BytesMut,
+    pub content_length: Option<u64>,
+    pub chunked: bool,
+    pub rest: BytesMut,
+}
+
+async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut, deadline: Instant) -> Result<(), HeadError> {
+    let bytes = buf.len();
+    buf.reserve(2048);
+    match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
+        Err(_) => Err(HeadError::Timeout { bytes }),
+        Ok(Ok(0)) => Err(HeadError::Closed { bytes }),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(HeadError::Io(e)),
+    }
+}
+
+fn map_parse_error(e: httparse::Error, limits: HeadLimits) -> HeadError {
+    match e {
+        httparse::Error::TooManyHeaders => HeadError::TooManyHeaders(limits.max_headers),
+        other => HeadError::Malformed(other.to_string()),
+    }
+}
+
+/// Reads a request head that must be complete before `deadline`.
+pub async fn read_request<S: AsyncRead + Unpin>(
+    io: &mut S,
+    mut buf: BytesMut,
+    limits: HeadLimits,
+    deadline: Instant,
+) -> Result<RequestHead, HeadError> {
+    loop {
+        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                if len > limits.max_bytes {
+                    return Err(HeadError::TooLarge(limits.max_bytes));
+                }
+                let head = RequestHead {
+                    method: req.method.unwrap_or_default().to_owned(),
+                    target: req.path.unwrap_or_default().to_owned(),
+                    minor_version: req.version.unwrap_or(1),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_owned(), h.value.to_vec()))
+                        .collect(),
+                    rest: BytesMut::new(),
+                };
+                buf.advance(len);
+                return Ok(RequestHead { rest: buf, ..head });
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() >= limits.max_bytes {
+                    return Err(HeadError::TooLarge(limits.max_bytes));
+                }
+            }
+            Err(e) => return Err(map_parse_error(e, limits)),
+        }
+        read_more(io, &mut buf, deadline).await?;
+    }
+}
+
+/// Reads a response head within `timeout`.
+pub async fn read_response<S: AsyncRead + Unpin>(
+    io: &mut S,
+    limits: HeadLimits,
+    timeout: Duration,
+) -> Result<ResponseHead, HeadError> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = BytesMut::with_capacity(2048);
+    loop {
+        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let status = resp.code.unwrap_or(0);
+                let mut content_length = None;
+                let mut chunked = false;
+                for h in resp.headers.iter() {
+                    if h.name.eq_ignore_ascii_case("content-length") {
+                        content_length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                        chunked = String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("chunked");
+                    }
+                }
+                let rest = buf.split_off(len);
+                return Ok(ResponseHead {
+                    status,
+                    raw: buf,
+                    content_length,
+                    chunked,
+                    rest,
+                });
+            }
+            Ok(httparse::Status::Partial) => {
+                if buf.len() >= limits.max_bytes {
+                    return Err(HeadError::TooLarge(limits.max_bytes));
+                }
+            }
+            Err(e) => return Err(map_parse_error(e, limits)),
+        }
+        read_more(io, &mut buf, deadline).await?;
+    }
+}
+
+/// Why a request on a WebSocket route is not a valid upgrade (answered 400).
+pub fn websocket_upgrade_error(head: &RequestHead) -> Option<&'static str> {
+    if head.method != "GET" {
+        return Some("a WebSocket upgrade must be a GET");
+    }
+    if head.minor_version != 1 {
+        return Some("a WebSocket upgrade needs HTTP/1.1");
+    }
+    if !head.header_has_token("upgrade", "websocket") {
+        return Some("missing `Upgrade: websocket`");
+    }
+    if !head.header_has_token("connection", "upgrade") {
+        return Some("missing `Connection: Upgrade`");
+    }
+    if head.header_str("sec-websocket-version") != Some("13") {
+        return Some("`Sec-WebSocket-Version` must be 13");
+    }
+    let key_ok = head
+        .header_str("sec-websocket-key")
+        .and_then(|k| base64::engine::general_purpose::STANDARD.decode(k).ok())
+        .is_some_and(|k| k.len() == 16);
+    if !key_ok {
+        return Some("`Sec-WebSocket-Key` must be 16 bytes in base64");
+    }
+    if head.header("content-length").is_some() || head.header("transfer-encoding").is_some() {
+        return Some("a WebSocket upgrade carries no body");
+    }
+    None
+}
+
+/// Headers the ingress sets itself and never forwards from the client.
+const OWN_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-port"];
+
+/// The request head sent to a fleet: the client's, minus spoofable
+/// forwarding headers, plus ours.
+pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: &str, port: u16) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(head.method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(head.target.as_bytes());
+    out.extend_from_slice(if head.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    for (name, value) in &head.headers {
+        if OWN_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            continue;
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(format!("X-Forwarded-For: {client_ip}\r\nX-Forwarded-Proto: {proto}\r\nX-Forwarded-Port: {port}\r\n\r\n").as_bytes());
+    out
+}
+
+/// Reason phrase for the statuses the ingress answers itself.
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        _ => "Error",
+    }
+}
+
+/// A complete local answer with `Connection: close`.
+pub fn local_response(status: u16, body: &str, extra_headers: &[(&str, String)]) -> Vec<u8> {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason(status),
+        body.len() + 1
+    );
+    for (k, v) in extra_headers {
+        out.push_str(&format!("{k}: {v}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    out.push('\n');
+    out.into_bytes()
+}
+
+/// Writes a local answer and shuts the write side down (TLS close_notify).
+pub async fn respond<S: AsyncWrite + Unpin>(io: &mut S, status: u16, body: &str, extra: &[(&str, String)]) {
+    let bytes = local_response(status, body, extra);
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = io.write_all(&bytes).await;
+        let _ = io.shutdown().await;
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> HeadLimits {
+        HeadLimits {
+            max_bytes: 1024,
+            max_headers: 8,
+        }
+    }
+
+    async fn parse(bytes: &[u8]) -> Result<RequestHead, HeadError> {
+        let mut io = bytes;
+        read_request(&mut io, BytesMut::new(), limits(), Instant::now() + Duration::from_secs(1)).await
+    }
+
+    const UPGRADE: &[u8] = b"GET /ws/bot1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: 6.6.6.6\r\n\r\nEXTRA";
+
+    #[tokio::test]
+    async fn valid_upgrade_keeps_bytes_after_the_head() {
+        let head = parse(UPGRADE).await.unwrap();
+        assert_eq!(head.target, "/ws/bot1");
+        assert_eq!(websocket_upgrade_error(&head), None);
+        assert_eq!(&head.rest[..], b"EXTRA");
+        let up = String::from_utf8(upstream_request(&head, "10.1.2.3".parse().unwrap(), "https", 443)).unwrap();
+        assert!(up.contains("X-Forwarded-For: 10.1.2.3\r\n"));
+        assert!(!up.contains("6.6.6.6"), "client-sent forwarding headers are dropped");
+    }
+
+    #[tokio::test]
+    async fn invalid_upgrades_say_why() {
+        let plain = parse(b"GET /ws/x HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+        assert!(websocket_upgrade_error(&plain).unwrap().contains("Upgrade"));
+        let bad_key = String::from_utf8_lossy(UPGRADE).replace("dGhlIHNhbXBsZSBub25jZQ==", "short");
+        let head = parse(bad_key.as_bytes()).await.unwrap();
+        assert!(websocket_upgrade_error(&head).unwrap().contains("Sec-WebSocket-Key"));
+        let http10 = String::from_utf8_lossy(UPGRADE).replace("HTTP/1.1", "HTTP/1.0");
+        let head = parse(http10.as_bytes()).await.unwrap();
+        assert!(websocket_upgrade_error(&head).unwrap().contains("HTTP/1.1"));
+    }
+
+    #[tokio::test]
+    async fn limits_are_enforced() {
+        let many: String = (0..20).map(|i| format!("X-{i}: v\r\n")).collect();
+        let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(parse(req.as_bytes()).await, Err(HeadError::TooManyHeaders(8))));
+        let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
+        assert!(matches!(parse(big.as_bytes()).await, Err(HeadError::TooLarge(1024))));
+        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost").await, Err(HeadError::Closed { bytes: 20 })));
+        assert!(matches!(parse(b"\x16\x03\x01garbage\r\n\r\n").await, Err(HeadError::Malformed(_))));
+    }
+}

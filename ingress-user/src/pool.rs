@@ -1,0 +1,510 @@
+//! Shared by both paths: a server's live state (atomics the data path reads
+//! and updates without locks; the health checker writes reports) and the
+//! capacity-aware pick. The pick is synchronous and never waits on the
+//! control path.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Instant, SystemTime},
+};
+
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+
+use crate::config::{Balance, CheckConfig, RetryOn, ServerDef};
+
+/// A server's state as operators see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum State {
+    /// Healthy with at least one free worker.
+    Up,
+    /// Healthy, no free worker (reported 0, used up by our routing, or at maxconn).
+    Full,
+    /// Failed `fall` checks in a row (or not checked yet).
+    Down,
+    /// Set by an operator: no new calls, live ones continue.
+    Drain,
+    /// Set by an operator: out of service.
+    Maint,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Up => "UP",
+            State::Full => "FULL",
+            State::Down => "DOWN",
+            State::Drain => "DRAIN",
+            State::Maint => "MAINT",
+        }
+    }
+
+    /// The value stored in the BPF `FLEETS` map.
+    pub fn bpf_code(self) -> u32 {
+        use ingress_common::fleet_state as s;
+        match self {
+            State::Up => s::UP,
+            State::Full => s::FULL,
+            State::Down => s::DOWN,
+            State::Drain => s::DRAIN,
+            State::Maint => s::MAINT,
+        }
+    }
+
+    pub const ALL: [State; 5] = [State::Up, State::Full, State::Down, State::Drain, State::Maint];
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Operator-set state, independent of health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum AdminState {
+    Ready = 0,
+    Drain = 1,
+    Maint = 2,
+}
+
+/// The last health check as shown by `stat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckStatus {
+    pub ok: bool,
+    pub reason: String,
+    pub latency_ms: Option<f64>,
+    /// Seconds since the Unix epoch.
+    pub at: Option<f64>,
+}
+
+impl Default for CheckStatus {
+    fn default() -> Self {
+        Self {
+            ok: false,
+            reason: "not checked yet".to_owned(),
+            latency_ms: None,
+            at: None,
+        }
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+/// One fleet server of one pool.
+pub struct Server {
+    /// Unique across the daemon's life (also the key in the BPF `FLEETS` map).
+    pub id: u32,
+    pub pool: Arc<str>,
+    pub def: ServerDef,
+    pub maxconn: u32,
+    /// TLS server name sent to it.
+    pub server_name: ServerName<'static>,
+    /// Whether the pool reads capacity from the health body.
+    pub capacity_aware: bool,
+    /// Tunnels held (and upgrade attempts in flight).
+    active: AtomicU32,
+    /// Calls routed since the last capacity report.
+    routed_since_report: AtomicU32,
+    /// Last reported spare capacity, or `NONE`.
+    reported: AtomicU32,
+    healthy: AtomicU8,
+    admin: AtomicU8,
+    /// Calls ever routed here.
+    pub sessions_total: AtomicU64,
+    /// 429s this server answered.
+    pub answered_429: AtomicU64,
+    pub check: Mutex<CheckStatus>,
+    pub last_report: Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server").field("pool", &self.pool).field("name", &self.def.name).finish()
+    }
+}
+
+impl Server {
+    pub fn new(id: u32, pool: Arc<str>, def: ServerDef, maxconn: u32, server_name: ServerName<'static>, capacity_aware: bool) -> Self {
+        Self {
+            id,
+            pool,
+            def,
+            maxconn,
+            server_name,
+            capacity_aware,
+            active: AtomicU32::new(0),
+            routed_since_report: AtomicU32::new(0),
+            reported: AtomicU32::new(NONE),
+            healthy: AtomicU8::new(0),
+            admin: AtomicU8::new(AdminState::Ready as u8),
+            sessions_total: AtomicU64::new(0),
+            answered_429: AtomicU64::new(0),
+            check: Mutex::new(CheckStatus::default()),
+            last_report: Mutex::new(None),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    pub fn active(&self) -> u32 {
+        self.active.load(Relaxed)
+    }
+
+    /// Last reported capacity, `None` before the first report (or liveness-only).
+    pub fn reported(&self) -> Option<u32> {
+        match self.reported.load(Relaxed) {
+            NONE => None,
+            n => Some(n),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Relaxed) != 0
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.admin.load(Relaxed) {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    pub fn set_admin_state(&self, s: AdminState) {
+        self.admin.store(s as u8, Relaxed);
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(u8::from(healthy), Relaxed);
+    }
+
+    /// `min(maxconn − active, reported − routed_since_report)`.
+    pub fn effective(&self) -> u32 {
+        let free = self.maxconn.saturating_sub(self.active.load(Relaxed));
+        if !self.capacity_aware {
+            return free;
+        }
+        match self.reported.load(Relaxed) {
+            NONE => 0,
+            r => free.min(r.saturating_sub(self.routed_since_report.load(Relaxed))),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        match self.admin_state() {
+            AdminState::Maint => State::Maint,
+            AdminState::Drain => State::Drain,
+            AdminState::Ready if !self.healthy() => State::Down,
+            AdminState::Ready if self.effective() == 0 => State::Full,
+            AdminState::Ready => State::Up,
+        }
+    }
+
+    /// A fresh capacity report from the health checker.
+    pub fn report_capacity(&self, available: u32) {
+        self.reported.store(available.min(NONE - 1), Relaxed);
+        self.routed_since_report.store(0, Relaxed);
+        *self.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// The fleet answered 429: it has no free worker, whatever it reported.
+    pub fn saw_429(&self) {
+        self.answered_429.fetch_add(1, Relaxed);
+        if self.capacity_aware {
+            self.reported.store(0, Relaxed);
+            self.routed_since_report.store(0, Relaxed);
+        }
+    }
+
+    /// Takes one unit of capacity for a new call; false when there is none left.
+    fn try_reserve(&self) -> bool {
+        let took_active = self
+            .active
+            .fetch_update(Relaxed, Relaxed, |a| (a < self.maxconn).then_some(a + 1))
+            .is_ok();
+        if !took_active {
+            return false;
+        }
+        if self.capacity_aware {
+            let took_capacity = self
+                .routed_since_report
+                .fetch_update(Relaxed, Relaxed, |r| match self.reported.load(Relaxed) {
+                    NONE => None,
+                    rep => (r < rep).then_some(r + 1),
+                })
+                .is_ok();
+            if !took_capacity {
+                self.active.fetch_sub(1, Relaxed);
+                return false;
+            }
+        }
+        self.sessions_total.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Gives back a reservation whose call never reached the fleet's worker.
+    fn unreserve(&self) {
+        let _ = self.routed_since_report.fetch_update(Relaxed, Relaxed, |r| r.checked_sub(1));
+        let _ = self.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
+    }
+
+    fn release(&self) {
+        let _ = self.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
+    }
+
+    /// Check result for `stat`.
+    pub fn record_check(&self, ok: bool, reason: String, latency_ms: Option<f64>) {
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .ok();
+        *self.check.lock().unwrap_or_else(|e| e.into_inner()) = CheckStatus {
+            ok,
+            reason,
+            latency_ms,
+            at,
+        };
+    }
+
+    pub fn check_status(&self) -> CheckStatus {
+        self.check.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// A reserved slot on a server; dropping it releases the slot.
+#[derive(Debug)]
+pub struct Lease {
+    pub server: Arc<Server>,
+    /// Set once the fleet accepted the call (101): from then on dropping
+    /// releases `active` only; before, it gives the capacity back too.
+    accepted: bool,
+}
+
+impl Lease {
+    pub fn accepted(&mut self) {
+        self.accepted = true;
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if self.accepted {
+            self.server.release();
+        } else {
+            self.server.unreserve();
+        }
+    }
+}
+
+/// A pool as the data path sees it: settings plus its servers.
+pub struct Pool {
+    pub index: usize,
+    pub name: Arc<str>,
+    pub balance: Balance,
+    pub retry_on: Vec<RetryOn>,
+    pub retries: u32,
+    pub check: CheckConfig,
+    pub servers: arc_swap::ArcSwap<Vec<Arc<Server>>>,
+    rotation: AtomicU32,
+    /// Calls answered 503 because no server had capacity.
+    pub no_capacity_total: AtomicU64,
+    /// Upgrade attempts retried on another server.
+    pub retries_total: AtomicU64,
+    /// 429s handed to carriers (every candidate refused, or 429 not retried).
+    pub passed_429_total: AtomicU64,
+    pub tls: Arc<rustls::ClientConfig>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool").field("name", &self.name).finish()
+    }
+}
+
+impl Pool {
+    pub fn new(
+        index: usize,
+        name: Arc<str>,
+        cfg: &crate::config::PoolConfig,
+        servers: Vec<Arc<Server>>,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self {
+            index,
+            name,
+            balance: cfg.balance,
+            retry_on: cfg.retry_on.clone(),
+            retries: cfg.retries,
+            check: cfg.check.clone(),
+            servers: arc_swap::ArcSwap::from_pointee(servers),
+            rotation: AtomicU32::new(0),
+            no_capacity_total: AtomicU64::new(0),
+            retries_total: AtomicU64::new(0),
+            passed_429_total: AtomicU64::new(0),
+            tls,
+        }
+    }
+
+    pub fn retries_on(&self, r: RetryOn) -> bool {
+        self.retry_on.contains(&r)
+    }
+
+    /// Sum of effective capacity of servers that take new calls.
+    pub fn total_effective(&self) -> u64 {
+        self.servers
+            .load()
+            .iter()
+            .filter(|s| s.state() == State::Up)
+            .map(|s| u64::from(s.effective()))
+            .sum()
+    }
+
+    /// Picks and reserves a server that is UP and not in `exclude`:
+    /// fewest tunnels first, then most effective capacity, rotating among ties.
+    pub fn pick(&self, exclude: &[u32]) -> Option<Lease> {
+        let servers = self.servers.load();
+        let n = servers.len();
+        if n == 0 {
+            return None;
+        }
+        let start = self.rotation.fetch_add(1, Relaxed) as usize % n;
+        let mut skip: Vec<u32> = exclude.to_vec();
+        // Bounded: each failed reservation removes one candidate.
+        for _ in 0..n {
+            let mut best: Option<(&Arc<Server>, u32, u32)> = None;
+            for i in 0..n {
+                let s = &servers[(start + i) % n];
+                if skip.contains(&s.id) || s.state() != State::Up {
+                    continue;
+                }
+                let (active, eff) = (s.active(), s.effective());
+                let better = match best {
+                    None => true,
+                    Some((_, a, e)) => active < a || (active == a && eff > e),
+                };
+                if better {
+                    best = Some((s, active, eff));
+                }
+            }
+            let (server, _, _) = best?;
+            if server.try_reserve() {
+                return Some(Lease {
+                    server: Arc::clone(server),
+                    accepted: false,
+                });
+            }
+            skip.push(server.id);
+        }
+        None
+    }
+
+    /// The server with the most effective capacity (for outbound dialers), without reserving.
+    pub fn most_capacity(&self) -> Option<Arc<Server>> {
+        self.servers
+            .load()
+            .iter()
+            .filter(|s| s.state() == State::Up)
+            .max_by_key(|s| s.effective())
+            .cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(id: u32, maxconn: u32) -> Arc<Server> {
+        let def = ServerDef {
+            name: format!("s{id}"),
+            host: "127.0.0.1".into(),
+            port: 443,
+            sni: None,
+            maxconn: None,
+        };
+        let s = Arc::new(Server::new(id, "p".into(), def, maxconn, ServerName::try_from("localhost").unwrap(), true));
+        s.set_healthy(true);
+        s
+    }
+
+    fn pool(servers: Vec<Arc<Server>>) -> Pool {
+        let cfg: crate::config::PoolConfig = toml::from_str("").unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Pool::new(0, "p".into(), &cfg, servers, Arc::new(tls))
+    }
+
+    #[test]
+    fn effective_capacity_is_the_smaller_of_maxconn_and_report() {
+        let s = server(1, 16);
+        assert_eq!(s.state(), State::Full, "no report yet means no capacity");
+        s.report_capacity(20);
+        assert_eq!(s.effective(), 16, "a report above maxconn is capped by maxconn, not refused");
+        assert_eq!(s.state(), State::Up);
+        s.report_capacity(2);
+        assert_eq!(s.effective(), 2);
+        s.report_capacity(0);
+        assert_eq!(s.state(), State::Full, "a report of 0 is FULL at once");
+    }
+
+    #[test]
+    fn routing_uses_up_reported_capacity_before_the_next_report() {
+        let s = server(1, 16);
+        s.report_capacity(2);
+        let p = pool(vec![Arc::clone(&s)]);
+        let a = p.pick(&[]).unwrap();
+        let b = p.pick(&[]).unwrap();
+        assert!(p.pick(&[]).is_none(), "two reported, two routed: FULL");
+        assert_eq!(s.state(), State::Full);
+        drop(b); // never accepted: capacity comes back
+        assert_eq!(s.effective(), 1);
+        let mut a = a;
+        a.accepted();
+        drop(a);
+        assert_eq!(s.active(), 0);
+    }
+
+    #[test]
+    fn leastconn_spreads_evenly_and_skips_full_servers() {
+        let (a, b) = (server(1, 16), server(2, 16));
+        a.report_capacity(16);
+        b.report_capacity(16);
+        let p = pool(vec![Arc::clone(&a), Arc::clone(&b)]);
+        let leases: Vec<_> = (0..20).map(|_| p.pick(&[]).unwrap()).collect();
+        assert_eq!((a.active(), b.active()), (10, 10));
+        a.report_capacity(0);
+        let more: Vec<_> = (0..3).map(|_| p.pick(&[]).unwrap()).collect();
+        assert!(more.iter().all(|l| l.server.id == 2));
+        drop(leases);
+    }
+
+    #[test]
+    fn drained_and_excluded_servers_are_not_picked() {
+        let (a, b) = (server(1, 16), server(2, 16));
+        a.report_capacity(5);
+        b.report_capacity(5);
+        a.set_admin_state(AdminState::Drain);
+        let p = pool(vec![Arc::clone(&a), Arc::clone(&b)]);
+        assert_eq!(p.pick(&[]).unwrap().server.id, 2);
+        assert!(p.pick(&[2]).is_none());
+    }
+
+    #[test]
+    fn a_429_makes_the_server_full() {
+        let s = server(1, 16);
+        s.report_capacity(9);
+        s.saw_429();
+        assert_eq!(s.state(), State::Full);
+    }
+}

@@ -1,0 +1,219 @@
+//! Data path: one WebSocket call. Pick a server, connect, send the upgrade,
+//! and either tunnel after a 101 or relay the fleet's answer. Failures are
+//! retried on another server only before anything reached the carrier; a
+//! 429 is never rewritten; no capacity anywhere is a 503 at once.
+
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::{
+    config::RetryOn,
+    http1::{self, HeadError, HeadLimits, RequestHead},
+    pool::{Lease, Pool},
+    runtime::{Runtime, Shared},
+    tunnel, upstream,
+};
+
+/// Largest non-101 answer body held to relay or retry.
+const MAX_ANSWER_BODY: usize = 64 * 1024;
+
+/// A call as logged.
+#[derive(Debug)]
+pub struct Call<'a> {
+    pub peer: SocketAddr,
+    pub local_port: u16,
+    pub route: &'a str,
+    pub bot_id: Option<&'a str>,
+    pub started: Instant,
+}
+
+/// One attempt's outcome.
+enum Attempt<S> {
+    /// 101: the server stream and the response head (with any bytes behind it).
+    Upgraded(S, http1::ResponseHead),
+    /// A complete non-101 answer.
+    Answer { status: u16, bytes: Vec<u8> },
+    /// Nothing usable; `RetryOn` says which kind of failure.
+    Failed(RetryOn, String),
+    /// A response that is not HTTP (not retried).
+    BadResponse(String),
+}
+
+async fn attempt(
+    lease: &Lease,
+    pool: &Pool,
+    rt: &Runtime,
+    request: &[u8],
+    early: &[u8],
+) -> Attempt<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let server = &lease.server;
+    let mut up = match upstream::connect(server, &pool.tls, rt.timeouts.connect.0).await {
+        Ok(s) => s,
+        Err(e) => return Attempt::Failed(RetryOn::ConnFailure, e.to_string()),
+    };
+    let write = async {
+        up.write_all(request).await?;
+        if !early.is_empty() {
+            up.write_all(early).await?;
+        }
+        up.flush().await
+    };
+    if let Err(e) = write.await {
+        return Attempt::Failed(RetryOn::ConnFailure, format!("sending the upgrade: {e}"));
+    }
+    let limits = HeadLimits {
+        max_bytes: rt.limits.max_header_bytes,
+        max_headers: rt.limits.max_headers,
+    };
+    let head = match http1::read_response(&mut up, limits, rt.timeouts.upgrade_response.0).await {
+        Ok(h) => h,
+        Err(HeadError::Closed { bytes: 0 }) => return Attempt::Failed(RetryOn::EmptyResponse, "closed without answering".into()),
+        Err(HeadError::Io(e)) => return Attempt::Failed(RetryOn::EmptyResponse, format!("reset before answering: {e}")),
+        Err(HeadError::Timeout { .. }) => {
+            return Attempt::Failed(RetryOn::ResponseTimeout, "no answer in time".into());
+        }
+        Err(e) => return Attempt::BadResponse(e.to_string()),
+    };
+    if head.status == 101 {
+        return Attempt::Upgraded(up, head);
+    }
+    let status = head.status;
+    let mut bytes = head.raw.to_vec();
+    let mut body = head.rest.to_vec();
+    let want = head.content_length.map(|n| n as usize);
+    let read_body = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            if want.is_some_and(|w| body.len() >= w) || body.len() >= MAX_ANSWER_BODY {
+                break;
+            }
+            match up.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => body.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(rt.timeouts.upgrade_response.0, read_body).await;
+    if let Some(w) = want {
+        body.truncate(w);
+    }
+    bytes.extend_from_slice(&body);
+    Attempt::Answer { status, bytes }
+}
+
+/// Serves a validated upgrade on a route to `pool_index`.
+pub async fn forward<C>(shared: &Shared, rt: Arc<Runtime>, pool_index: usize, mut client: C, head: RequestHead, call: Call<'_>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let pool = Arc::clone(&rt.pools[pool_index]);
+    let request = http1::upstream_request(&head, call.peer.ip(), "https", call.local_port);
+    let mut tried: Vec<u32> = Vec::new();
+    let mut last_answer: Option<(u16, Vec<u8>)> = None;
+    let mut last_failure: Option<(RetryOn, String)> = None;
+    let mut attempts = 0u32;
+    let mut server_name = String::from("-");
+    let log = |status: u16, attempts: u32, server: &str, to_server: u64, to_client: u64, reason: &str| {
+        tracing::info!(
+            target: "call",
+            bot_id = call.bot_id.unwrap_or("-"),
+            route = call.route,
+            pool = %pool.name,
+            server,
+            status,
+            attempts,
+            duration_ms = call.started.elapsed().as_millis() as u64,
+            bytes_to_server = to_server,
+            bytes_to_client = to_client,
+            close_reason = reason,
+            client = %call.peer,
+            "call"
+        );
+    };
+    loop {
+        if attempts > pool.retries {
+            break;
+        }
+        let Some(mut lease) = pool.pick(&tried) else {
+            break;
+        };
+        attempts += 1;
+        if attempts > 1 {
+            pool.retries_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        tried.push(lease.server.id);
+        server_name = lease.server.name().to_owned();
+        match attempt(&lease, &pool, &rt, &request, &head.rest).await {
+            Attempt::Upgraded(up, resp) => {
+                lease.accepted();
+                shared.changed.notify_one();
+                let write = async {
+                    client.write_all(&resp.raw).await?;
+                    if !resp.rest.is_empty() {
+                        client.write_all(&resp.rest).await?;
+                    }
+                    client.flush().await
+                };
+                if write.await.is_err() {
+                    shared.metrics.tunnel_closed("client_error");
+                    log(101, attempts, &server_name, 0, 0, "client_error");
+                    return;
+                }
+                shared.metrics.response(101);
+                let stats = tunnel::run(client, up, rt.timeouts.tunnel_idle.0, std::future::pending()).await;
+                shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
+                shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
+                shared.metrics.tunnel_closed(stats.reason.as_str());
+                drop(lease);
+                shared.changed.notify_one();
+                log(101, attempts, &server_name, stats.to_server, stats.to_client, stats.reason.as_str());
+                return;
+            }
+            Attempt::Answer { status: 429, bytes } => {
+                lease.server.saw_429();
+                shared.changed.notify_one();
+                last_answer = Some((429, bytes));
+                if !pool.retries_on(RetryOn::TooManyRequests) {
+                    break;
+                }
+            }
+            Attempt::Answer { status, bytes } => {
+                last_answer = Some((status, bytes));
+                break;
+            }
+            Attempt::Failed(kind, reason) => {
+                tracing::warn!(pool = %pool.name, server = %server_name, %reason, "upgrade attempt failed");
+                last_failure = Some((kind, reason));
+                if !pool.retries_on(kind) {
+                    break;
+                }
+            }
+            Attempt::BadResponse(reason) => {
+                tracing::warn!(pool = %pool.name, server = %server_name, %reason, "fleet sent a malformed response");
+                last_failure = Some((RetryOn::EmptyResponse, reason));
+                break;
+            }
+        }
+    }
+    // Nothing reached the carrier yet: answer with the last real answer, or our own.
+    let (status, reason) = if let Some((status, bytes)) = last_answer {
+        if status == 429 {
+            pool.passed_429_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = client.write_all(&bytes).await;
+        let _ = client.shutdown().await;
+        (status, "answered")
+    } else if let Some((kind, reason)) = last_failure {
+        let status = if kind == RetryOn::ResponseTimeout { 504 } else { 502 };
+        http1::respond(&mut client, status, &format!("no fleet answered: {reason}"), &[]).await;
+        (status, "upstream_failed")
+    } else {
+        pool.no_capacity_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let retry_after = rt.retry_after(pool_index).to_string();
+        http1::respond(&mut client, 503, "no fleet has a free worker", &[("Retry-After", retry_after)]).await;
+        (503, "no_capacity")
+    };
+    shared.metrics.response(status);
+    log(status, attempts, &server_name, 0, 0, reason);
+}

@@ -1,0 +1,144 @@
+//! Data path: path patterns (`/ws/{bot_id}`) compiled once, matched per
+//! request without allocation beyond the captured parameters.
+
+/// One segment of a pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A compiled path pattern.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutePattern {
+    segments: Vec<Segment>,
+}
+
+impl RoutePattern {
+    /// Parses `/a/{name}/b`; `{name}` matches exactly one non-empty segment.
+    pub fn parse(pattern: &str) -> Result<Self, String> {
+        let rest = pattern
+            .strip_prefix('/')
+            .ok_or_else(|| format!("`{pattern}` must start with /"))?;
+        let mut segments = Vec::new();
+        for seg in rest.split('/') {
+            if let Some(inner) = seg.strip_prefix('{') {
+                let name = inner
+                    .strip_suffix('}')
+                    .ok_or_else(|| format!("`{pattern}`: `{seg}` is missing `}}`"))?;
+                if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                    return Err(format!("`{pattern}`: parameter name `{name}` must be letters, digits or _"));
+                }
+                segments.push(Segment::Param(name.to_owned()));
+            } else if seg.contains(['{', '}']) {
+                return Err(format!("`{pattern}`: `{seg}` mixes text and a parameter"));
+            } else {
+                segments.push(Segment::Literal(seg.to_owned()));
+            }
+        }
+        Ok(Self { segments })
+    }
+
+    /// Matches a path (no query string); returns the captured parameters.
+    pub fn matches<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+        let rest = path.strip_prefix('/')?;
+        let mut params = Vec::new();
+        let mut parts = rest.split('/');
+        for seg in &self.segments {
+            let part = parts.next()?;
+            match seg {
+                Segment::Literal(lit) if lit == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(_) if part.is_empty() => return None,
+                Segment::Param(name) => params.push((name.as_str(), part)),
+            }
+        }
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(params)
+    }
+}
+
+/// A route: pattern → pool index.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub pattern: RoutePattern,
+    pub path: String,
+    pub pool: usize,
+}
+
+/// What a request path leads to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Target<'p> {
+    /// The local health path.
+    Health,
+    /// A route: pool index and captured parameters.
+    Pool { route: usize, pool: usize, params: Vec<(String, &'p str)> },
+    NotFound,
+}
+
+/// Routes in configured order plus the local health path.
+#[derive(Debug, Clone)]
+pub struct RouteTable {
+    pub health_path: String,
+    pub routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Looks a request target up; the query string is ignored.
+    pub fn lookup<'p>(&self, target: &'p str) -> Target<'p> {
+        let path = target.split(['?', '#']).next().unwrap_or("");
+        if path == self.health_path {
+            return Target::Health;
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            if let Some(params) = r.pattern.matches(path) {
+                return Target::Pool {
+                    route: i,
+                    pool: r.pool,
+                    params: params.into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+                };
+            }
+        }
+        Target::NotFound
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> RouteTable {
+        let mk = |p: &str, pool| Route {
+            pattern: RoutePattern::parse(p).unwrap(),
+            path: p.to_owned(),
+            pool,
+        };
+        RouteTable {
+            health_path: "/haproxy-health".into(),
+            routes: vec![mk("/ws/{bot_id}", 0), mk("/exotel/{bot_id}", 0)],
+        }
+    }
+
+    #[test]
+    fn seed_route_table() {
+        let t = table();
+        assert_eq!(t.lookup("/haproxy-health"), Target::Health);
+        match t.lookup("/ws/bot-7?token=x") {
+            Target::Pool { pool: 0, params, .. } => assert_eq!(params, vec![("bot_id".to_owned(), "bot-7")]),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(t.lookup("/exotel/abc"), Target::Pool { route: 1, .. }));
+        for p in ["/attach", "/livekit/dialout", "/livekit/widget", "/ws", "/ws/", "/ws/a/b", "/", "*"] {
+            assert_eq!(t.lookup(p), Target::NotFound, "{p}");
+        }
+    }
+
+    #[test]
+    fn bad_patterns_are_refused() {
+        for p in ["ws/{x}", "/ws/{x", "/ws/a{x}", "/ws/{}", "/ws/{a-b}"] {
+            assert!(RoutePattern::parse(p).is_err(), "{p}");
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! The running state both paths share: an immutable [`Runtime`] snapshot
+//! (routes, pools, limits) behind `ArcSwap`, plus long-lived pieces
+//! (metrics, certificates, XDP status). Building a snapshot from a config
+//! is control path; reading it is data path.
+
+use std::{
+    collections::BTreeSet,
+    sync::{Arc, atomic::AtomicU32},
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Notify, Semaphore};
+
+use crate::{
+    certs::CertStore,
+    config::{Config, ConfigError, Limits, Timeouts},
+    metrics::Metrics,
+    pool::{Pool, Server},
+    routes::{Route, RoutePattern, RouteTable},
+    tls,
+    xdp::XdpState,
+};
+
+/// One immutable view of the configuration in force.
+#[derive(Debug)]
+pub struct Runtime {
+    pub generation: u64,
+    pub routes: RouteTable,
+    pub pools: Vec<Arc<Pool>>,
+    pub limits: Limits,
+    pub timeouts: Timeouts,
+    pub acme_upstream: String,
+}
+
+impl Runtime {
+    /// Pools that at least one route leads to.
+    pub fn routed_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
+        let used: BTreeSet<usize> = self.routes.routes.iter().map(|r| r.pool).collect();
+        self.pools.iter().filter(move |p| used.contains(&p.index))
+    }
+
+    /// Retry-After for a pool's all-full 503: its check interval in whole seconds, at least 1.
+    pub fn retry_after(&self, pool: usize) -> u64 {
+        let ms = self.pools[pool].check.interval.0.as_millis() as u64;
+        ms.div_ceil(1000).max(1)
+    }
+}
+
+/// Everything the daemon's tasks share.
+#[derive(Debug)]
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub certs: Arc<CertStore>,
+    pub xdp: XdpState,
+    /// Signalled when a server's state or capacity may have changed.
+    pub changed: Arc<Notify>,
+    pub conn_limit: Arc<Semaphore>,
+    next_server_id: AtomicU32,
+}
+
+impl Shared {
+    pub fn new(runtime: Runtime, certs: Arc<CertStore>, max_connections: usize, next_server_id: u32) -> Self {
+        Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics: Metrics::default(),
+            certs,
+            xdp: XdpState::default(),
+            changed: Arc::new(Notify::new()),
+            conn_limit: Arc::new(Semaphore::new(max_connections)),
+            next_server_id: AtomicU32::new(next_server_id),
+        }
+    }
+
+    pub fn next_server_id(&self) -> u32 {
+        self.next_server_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Builds pools and routes from a validated config. Server ids are drawn from `next_id`.
+pub fn build(config: &Config, generation: u64, mut next_id: impl FnMut() -> u32) -> Result<Runtime, ConfigError> {
+    let mut pools = Vec::new();
+    for (index, (name, pcfg)) in config.pools.iter().enumerate() {
+        let key = format!("pools.{name}");
+        let client = tls::client_config(&pcfg.tls).map_err(|e| ConfigError::Invalid {
+            key: format!("{key}.tls"),
+            reason: e.to_string(),
+        })?;
+        let pool_name: Arc<str> = Arc::from(name.as_str());
+        let mut servers = Vec::new();
+        for def in config.pool_servers(name, pcfg)? {
+            let sni = def.sni.as_deref().or(pcfg.tls.sni.as_deref());
+            let server_name = tls::server_name(sni, &def.host).map_err(|reason| ConfigError::Invalid {
+                key: format!("{key}.servers"),
+                reason,
+            })?;
+            let maxconn = def.maxconn.unwrap_or(pcfg.maxconn);
+            servers.push(Arc::new(Server::new(
+                next_id(),
+                Arc::clone(&pool_name),
+                def,
+                maxconn,
+                server_name,
+                !pcfg.check.capacity.is_empty(),
+            )));
+        }
+        pools.push(Arc::new(Pool::new(index, pool_name, pcfg, servers, client)));
+    }
+    let routes = config
+        .routes
+        .iter()
+        .map(|r| {
+            let pool = pools.iter().position(|p| *p.name == r.pool).unwrap_or_default();
+            RoutePattern::parse(&r.path)
+                .map(|pattern| Route {
+                    pattern,
+                    path: r.path.clone(),
+                    pool,
+                })
+                .map_err(|reason| ConfigError::Invalid {
+                    key: "routes".to_owned(),
+                    reason,
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Runtime {
+        generation,
+        routes: RouteTable {
+            health_path: config.listen.health_path.clone(),
+            routes,
+        },
+        pools,
+        limits: config.limits.clone(),
+        timeouts: config.timeouts.clone(),
+        acme_upstream: config.listen.acme_upstream.clone(),
+    })
+}
