@@ -2,8 +2,8 @@
 use which::which;
 
 fn main() {
-    match which("bpf-linker") {
-        Ok(path) => println!("cargo:rerun-if-changed={}", path.display()),
-        Err(err) => println!("cargo:warning=bpf-linker not found on PATH: {err}"),
+    // Host-side checks (clippy on the workspace) run without it; that is fine.
+    if let Ok(path) = which("bpf-linker") {
+        println!("cargo:rerun-if-changed={}", path.display());
     }
 }

@@ -56,7 +56,9 @@ impl CallError {
 
 /// Opens `wss://{host}{path}` on `addr`; `host` is the SNI and Host header.
 pub async fn connect(addr: SocketAddr, host: &str, path: &str, tls: Arc<ClientConfig>) -> Result<Wss, CallError> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| CallError::Other(format!("connect {addr}: {e}")))?;
+    let tcp = TcpStream::connect(addr)
+        .await
+        .map_err(|e| CallError::Other(format!("connect {addr}: {e}")))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(host.to_owned()).map_err(|e| CallError::Other(e.to_string()))?;
     let stream = TlsConnector::from(tls)
@@ -68,7 +70,11 @@ pub async fn connect(addr: SocketAddr, host: &str, path: &str, tls: Arc<ClientCo
         Ok((ws, _)) => Ok(ws),
         Err(tungstenite::Error::Http(resp)) => {
             let status = resp.status().as_u16();
-            let body = resp.body().as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+            let body = resp
+                .body()
+                .as_ref()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
             Err(CallError::Status(status, body))
         }
         Err(e) => Err(CallError::Other(e.to_string())),

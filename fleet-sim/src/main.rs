@@ -8,7 +8,10 @@ use clap::Parser;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 #[derive(Debug, Parser)]
-#[command(name = "fleet-sim", about = "Simulated call fleet: health JSON, WebSocket echo, 429 when full")]
+#[command(
+    name = "fleet-sim",
+    about = "Simulated call fleet: health JSON, WebSocket echo, 429 when full"
+)]
 struct Args {
     /// HTTPS address (health and calls).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -45,8 +48,12 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let https = tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("bind {}", args.listen))?;
-        let control = tokio::net::TcpListener::bind(args.control).await.with_context(|| format!("bind {}", args.control))?;
+        let https = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("bind {}", args.listen))?;
+        let control = tokio::net::TcpListener::bind(args.control)
+            .await
+            .with_context(|| format!("bind {}", args.control))?;
         let line = serde_json::json!({
             "https": https.local_addr()?.to_string(),
             "control": control.local_addr()?.to_string(),

@@ -104,7 +104,9 @@ impl Fleet {
     /// Takes a worker for a call; false when all are busy.
     fn take_worker(&self) -> bool {
         self.calls
-            .fetch_update(SeqCst, SeqCst, |c| (c + self.occupied.load(SeqCst) < self.workers.load(SeqCst)).then_some(c + 1))
+            .fetch_update(SeqCst, SeqCst, |c| {
+                (c + self.occupied.load(SeqCst) < self.workers.load(SeqCst)).then_some(c + 1)
+            })
             .is_ok()
     }
 
@@ -288,7 +290,9 @@ async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infa
         }
         "/free" => {
             let n = num(&req, "n").unwrap_or(1) as u32;
-            let _ = fleet.occupied.fetch_update(SeqCst, SeqCst, |o| Some(o.saturating_sub(n)));
+            let _ = fleet
+                .occupied
+                .fetch_update(SeqCst, SeqCst, |o| Some(o.saturating_sub(n)));
             ok(&fleet)
         }
         "/capacity" => match num(&req, "workers") {
@@ -309,7 +313,9 @@ async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infa
             }
         }
         "/order" => {
-            fleet.available_first.store(num(&req, "available_first").unwrap_or(1) != 0, SeqCst);
+            fleet
+                .available_first
+                .store(num(&req, "available_first").unwrap_or(1) != 0, SeqCst);
             ok(&fleet)
         }
         "/decoy" => {
@@ -352,11 +358,15 @@ pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpLis
     let f = Arc::clone(&fleet);
     let control_task = tokio::spawn(async move {
         loop {
-            let Ok((tcp, _)) = control_listener.accept().await else { continue };
+            let Ok((tcp, _)) = control_listener.accept().await else {
+                continue;
+            };
             let f = Arc::clone(&f);
             tokio::spawn(async move {
                 let svc = service_fn(move |req| control(Arc::clone(&f), req));
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
             });
         }
     });

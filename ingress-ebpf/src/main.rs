@@ -18,6 +18,10 @@ use ingress_common::{action, counter};
 use crate::packet::{Parsed, parse};
 
 #[xdp]
+#[expect(
+    clippy::needless_pass_by_value,
+    reason = "the #[xdp] entry point takes its context by value"
+)]
 pub fn ingress_xdp(ctx: XdpContext) -> u32 {
     maps::count(counter::SEEN);
     let (outcome, verdict) = decide(&ctx);

@@ -6,9 +6,7 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     macros::btf_map,
 };
-use ingress_common::{
-    Control, FleetEntry, Ipv4Prefix, Ipv6Prefix, MAX_CARRIERS, MAX_FLEETS, MAX_PORTS, counter,
-};
+use ingress_common::{Control, FleetEntry, Ipv4Prefix, Ipv6Prefix, MAX_CARRIERS, MAX_FLEETS, MAX_PORTS, counter};
 
 use crate::packet::{Addr, Syn};
 
@@ -59,7 +57,7 @@ pub fn control() -> Option<Control> {
 #[inline(always)]
 pub fn is_listener_port(port: u16) -> bool {
     // SAFETY: the value is copied out at once; no reference outlives the lookup.
-    unsafe { PORTS.get(&port).is_some() }
+    unsafe { PORTS.get(port).is_some() }
 }
 
 #[inline(always)]

@@ -146,8 +146,7 @@ fn parse_ipv4(ctx: &XdpContext, l3_off: usize) -> Parsed {
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by ptr_at; align-1 struct.
-    let (version_ihl, proto, frag, src) =
-        unsafe { ((*ip).version_ihl, (*ip).proto, be16((*ip).frag_be), (*ip).src) };
+    let (version_ihl, proto, frag, src) = unsafe { ((*ip).version_ihl, (*ip).proto, be16((*ip).frag_be), (*ip).src) };
     if version_ihl >> 4 != 4 {
         return Parsed::Malformed;
     }
@@ -187,8 +186,14 @@ fn parse_tcp(ctx: &XdpContext, l3_off: usize, l4_off: usize, src: Addr, plain_ip
         return Parsed::Malformed;
     };
     // SAFETY: bounds checked by ptr_at; align-1 struct.
-    let (flags, dst_port, seq, doff) =
-        unsafe { ((*tcp).flags, be16((*tcp).dst_port_be), (*tcp).seq_be, (*tcp).data_offset) };
+    let (flags, dst_port, seq, doff) = unsafe {
+        (
+            (*tcp).flags,
+            be16((*tcp).dst_port_be),
+            (*tcp).seq_be,
+            (*tcp).data_offset,
+        )
+    };
     if ((doff >> 4) as usize) * 4 < TCP_MIN_LEN {
         return Parsed::Malformed;
     }

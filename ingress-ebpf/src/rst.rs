@@ -5,8 +5,7 @@
 use aya_ebpf::{helpers::bpf_xdp_adjust_tail, programs::XdpContext};
 
 use crate::packet::{
-    Addr, EthHdr, IPV4_MIN_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, Syn, TCP_ACK, TCP_MIN_LEN, TCP_RST,
-    TcpHdr, ptr_at,
+    Addr, EthHdr, IPV4_MIN_LEN, IPV6_LEN, Ipv4Hdr, Ipv6Hdr, Syn, TCP_ACK, TCP_MIN_LEN, TCP_RST, TcpHdr, ptr_at,
 };
 
 const IPPROTO_TCP: u8 = 6;

@@ -121,7 +121,10 @@ fn stats_html(shared: &Shared) -> String {
 }
 
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -129,10 +132,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<
     let resp = match (req.method(), path.as_str()) {
         (&Method::GET, "/api/servers") => json(StatusCode::OK, &serde_json::json!({ "servers": servers(&shared) })),
         (&Method::GET, "/api/status") => json(StatusCode::OK, &status_json(&shared)),
-        (&Method::GET, "/metrics") => text("text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(&shared)),
-        (&Method::GET, "/stats.json") => json(StatusCode::OK, &serde_json::json!({ "servers": servers(&shared), "status": status_json(&shared) })),
+        (&Method::GET, "/metrics") => text(
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(&shared),
+        ),
+        (&Method::GET, "/stats.json") => json(
+            StatusCode::OK,
+            &serde_json::json!({ "servers": servers(&shared), "status": status_json(&shared) }),
+        ),
         (&Method::GET, "/stats") => text("text/html; charset=utf-8", stats_html(&shared)),
-        (_, "/api/servers" | "/api/status" | "/metrics" | "/stats" | "/stats.json") => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (_, "/api/servers" | "/api/status" | "/metrics" | "/stats" | "/stats.json") => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
         _ => error(StatusCode::NOT_FOUND, &format!("no admin route {path}")),
     };
     Ok(resp)
@@ -143,7 +154,9 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| handle(Arc::clone(&shared), req));
-    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Serves the admin API on loopback TCP until `stop`.

@@ -42,7 +42,10 @@ pub struct Bundle {
 
 impl fmt::Debug for Bundle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Bundle").field("stem", &self.stem).field("names", &self.names).finish()
+        f.debug_struct("Bundle")
+            .field("stem", &self.stem)
+            .field("names", &self.names)
+            .finish()
     }
 }
 
@@ -119,7 +122,11 @@ impl fmt::Debug for CertStore {
 
 impl CertStore {
     /// Loads the directory; fails when no bundle at all is usable.
-    pub fn load(dir: &Path, default_stem: Option<String>, provider: Arc<CryptoProvider>) -> Result<Arc<Self>, CertError> {
+    pub fn load(
+        dir: &Path,
+        default_stem: Option<String>,
+        provider: Arc<CryptoProvider>,
+    ) -> Result<Arc<Self>, CertError> {
         let store = Arc::new(Self {
             dir: dir.to_owned(),
             default_stem,
@@ -204,7 +211,8 @@ impl CertStore {
         self.errors.fetch_add(errors.len() as u64, Relaxed);
         if changed {
             let names: Vec<_> = bundles.keys().cloned().collect();
-            self.index.store(Arc::new(Index::build(bundles, self.default_stem.as_deref())));
+            self.index
+                .store(Arc::new(Index::build(bundles, self.default_stem.as_deref())));
             self.reloads.fetch_add(1, Relaxed);
             tracing::info!(bundles = ?names, "certificates loaded");
         }
@@ -249,7 +257,8 @@ fn load_bundle(path: &Path, stem: &str, content: Vec<u8>, provider: &CryptoProvi
     };
     let key = PrivateKeyDer::from_pem_slice(&content).map_err(|e| bad(format!("no usable private key: {e}")))?;
     let names = leaf_names(leaf).map_err(bad)?;
-    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| bad(format!("key does not fit the certificate: {e}")))?;
+    let certified = CertifiedKey::from_der(chain, key, provider)
+        .map_err(|e| bad(format!("key does not fit the certificate: {e}")))?;
     Ok(Bundle {
         stem: stem.to_owned(),
         names,
@@ -269,7 +278,9 @@ fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
                 GeneralName::DNSName(d) => names.push((*d).to_owned()),
                 GeneralName::IPAddress(ip) => match ip.len() {
                     4 => names.push(std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*ip).unwrap_or_default()).to_string()),
-                    16 => names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default()).to_string()),
+                    16 => {
+                        names.push(std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*ip).unwrap_or_default()).to_string())
+                    }
                     _ => {}
                 },
                 _ => {}

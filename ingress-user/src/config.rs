@@ -18,10 +18,7 @@ use crate::routes::RoutePattern;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("{key}: {reason}")]
@@ -468,14 +465,15 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
         return Err("empty address".to_owned());
     }
     let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-        let (host, after) = rest
-            .split_once(']')
-            .ok_or_else(|| format!("`{s}`: missing `]`"))?;
+        let (host, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: missing `]`"))?;
         match after {
             "" => (host, None),
             p => (
                 host,
-                Some(p.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected `:port` after `]`"))?),
+                Some(
+                    p.strip_prefix(':')
+                        .ok_or_else(|| format!("`{s}`: expected `:port` after `]`"))?,
+                ),
             ),
         }
     } else {
@@ -647,7 +645,10 @@ impl Config {
             let key = format!("routes[{i}]");
             RoutePattern::parse(&route.path).map_err(|e| invalid(format!("{key}.path"), e))?;
             if !seen_paths.insert(route.path.clone()) {
-                return Err(invalid(format!("{key}.path"), format!("`{}` is listed twice", route.path)));
+                return Err(invalid(
+                    format!("{key}.path"),
+                    format!("`{}` is listed twice", route.path),
+                ));
             }
             if !self.pools.contains_key(&route.pool) {
                 return Err(invalid(
@@ -681,13 +682,19 @@ impl Config {
             return Err(invalid(format!("{key}.check"), "fall and rise must be at least 1"));
         }
         if check.interval.0.is_zero() || check.timeout.0.is_zero() {
-            return Err(invalid(format!("{key}.check"), "interval and timeout must be more than 0"));
+            return Err(invalid(
+                format!("{key}.check"),
+                "interval and timeout must be more than 0",
+            ));
         }
         if !check.path.starts_with('/') {
             return Err(invalid(format!("{key}.check.path"), "must start with /"));
         }
         if check.method.is_empty() || !check.method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(invalid(format!("{key}.check.method"), "must be an upper-case HTTP method"));
+            return Err(invalid(
+                format!("{key}.check.method"),
+                "must be an upper-case HTTP method",
+            ));
         }
         regex::Regex::new(&check.expect_status)
             .map_err(|e| invalid(format!("{key}.check.expect_status"), e.to_string()))?;
@@ -701,7 +708,10 @@ impl Config {
         let mut names = BTreeSet::new();
         for s in &servers {
             if !names.insert(s.name.clone()) {
-                return Err(invalid(format!("{key}.servers"), format!("server name `{}` is used twice", s.name)));
+                return Err(invalid(
+                    format!("{key}.servers"),
+                    format!("server name `{}` is used twice", s.name),
+                ));
             }
         }
         Ok(())
@@ -741,25 +751,17 @@ impl Config {
             out.push(def);
         }
         if let Some(file) = &pool.servers_file {
-            let text = std::fs::read_to_string(file)
-                .map_err(|e| invalid(format!("{key}.servers_file"), format!("cannot read {}: {e}", file.display())))?;
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                invalid(
+                    format!("{key}.servers_file"),
+                    format!("cannot read {}: {e}", file.display()),
+                )
+            })?;
             let defs = parse_servers_file(&text)
                 .map_err(|e| invalid(format!("{key}.servers_file"), format!("{}: {e}", file.display())))?;
             out.extend(defs);
         }
         Ok(out)
-    }
-
-    /// Ports the XDP program guards: `[xdp] ports`, else the https ports.
-    pub fn xdp_ports(&self) -> Vec<u16> {
-        if self.xdp.ports.is_empty() {
-            let mut ports: Vec<u16> = self.listen.https.0.iter().map(SocketAddr::port).collect();
-            ports.sort_unstable();
-            ports.dedup();
-            ports
-        } else {
-            self.xdp.ports.clone()
-        }
     }
 }
 
@@ -800,7 +802,10 @@ mod tests {
 
     #[test]
     fn route_to_missing_pool_is_refused() {
-        let c = Config::parse(&format!("{MINIMAL}\n[[routes]]\npath = \"/ws/{{bot_id}}\"\npool = \"nope\"\n")).unwrap();
+        let c = Config::parse(&format!(
+            "{MINIMAL}\n[[routes]]\npath = \"/ws/{{bot_id}}\"\npool = \"nope\"\n"
+        ))
+        .unwrap();
         let msg = c.validate().unwrap_err().to_string();
         assert!(msg.contains("routes[0].pool") && msg.contains("nope"), "{msg}");
     }
@@ -814,7 +819,10 @@ mod tests {
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(parse_host_port("fleet.example.com").unwrap(), ("fleet.example.com".into(), 443));
+        assert_eq!(
+            parse_host_port("fleet.example.com").unwrap(),
+            ("fleet.example.com".into(), 443)
+        );
         assert_eq!(parse_host_port("10.0.0.5:8443").unwrap(), ("10.0.0.5".into(), 8443));
         assert_eq!(parse_host_port("[::1]:9000").unwrap(), ("::1".into(), 9000));
         assert_eq!(parse_host_port("[::1]").unwrap(), ("::1".into(), 443));

@@ -22,7 +22,11 @@ fn spawn_health(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
     let mut tasks = Vec::new();
     for pool in &rt.pools {
         for server in pool.servers.load().iter() {
-            tasks.push(tokio::spawn(health::run(Arc::clone(server), Arc::clone(pool), Arc::clone(&shared.changed))));
+            tasks.push(tokio::spawn(health::run(
+                Arc::clone(server),
+                Arc::clone(pool),
+                Arc::clone(&shared.changed),
+            )));
         }
     }
     tasks
@@ -34,7 +38,11 @@ use crate::runtime::Shared;
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let provider = tls::provider();
-    let certs = CertStore::load(&config.listen.certs, config.listen.default_cert.clone(), Arc::clone(&provider))?;
+    let certs = CertStore::load(
+        &config.listen.certs,
+        config.listen.default_cert.clone(),
+        Arc::clone(&provider),
+    )?;
     let ids = AtomicU32::new(1);
     let rt = runtime::build(&config, 1, || ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed))?;
     let shared = Arc::new(Shared::new(
@@ -51,12 +59,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Some(a) => front::bind_all(&a.0).await?,
         None => Vec::new(),
     };
-    let unix = admin::bind_unix(&config.admin.socket).with_context(|| format!("admin socket {}", config.admin.socket.display()))?;
+    let unix = admin::bind_unix(&config.admin.socket)
+        .with_context(|| format!("admin socket {}", config.admin.socket.display()))?;
     let admin_tcp = match config.admin.listen {
-        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("admin listen {a}"))?),
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("admin listen {a}"))?,
+        ),
         None => None,
     };
 
+    // Ports as bound (a configured port 0 becomes the real one).
+    let bound_https_ports: Vec<u16> = https
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| a.port())
+        .collect();
     let mut ready = serde_json::json!({
         "ready": true,
         "https": https.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>(),
@@ -66,7 +85,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     });
 
     for l in https {
-        tokio::spawn(front::serve(l, Arc::clone(&shared), Some(acceptor.clone()), stop_rx.clone()));
+        tokio::spawn(front::serve(
+            l,
+            Arc::clone(&shared),
+            Some(acceptor.clone()),
+            stop_rx.clone(),
+        ));
     }
     for l in http {
         tokio::spawn(front::serve(l, Arc::clone(&shared), None, stop_rx.clone()));
@@ -84,7 +108,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     };
 
-    let xdp_task = match xdp::start(&config) {
+    let xdp_ports = if config.xdp.ports.is_empty() {
+        bound_https_ports
+    } else {
+        config.xdp.ports.clone()
+    };
+    let xdp_task = match xdp::start(&config, &xdp_ports) {
         Ok(handle) => {
             tracing::info!(interface = %handle.interface, mode = handle.mode, pins = %config.xdp.pin_path.display(), "XDP program attached");
             shared.xdp.update(|s| {
@@ -93,7 +122,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 s.mode = Some(handle.mode.to_owned());
             });
             let warmup = warmup(&config);
-            Some(tokio::spawn(xdp::run_sync(Arc::clone(&shared), handle, config.xdp.lease.0, warmup, stop_rx.clone())))
+            Some(tokio::spawn(xdp::run_sync(
+                Arc::clone(&shared),
+                handle,
+                config.xdp.lease.0,
+                warmup,
+                stop_rx.clone(),
+            )))
         }
         Err(reason) => {
             tracing::warn!("################################################################");

@@ -22,7 +22,12 @@ use crate::{
 };
 
 /// Accepts until `stop` turns true. `tls` = None serves the plain HTTP front.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: Option<TlsAcceptor>, mut stop: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    tls: Option<TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
     let kind = if tls.is_some() { "https" } else { "http" };
     loop {
         let accepted = tokio::select! {
@@ -88,7 +93,14 @@ async fn refuse_head<S: AsyncWrite + Unpin>(io: &mut S, shared: &Shared, err: &H
     }
 }
 
-async fn handle_https(tcp: TcpStream, peer: SocketAddr, local_port: u16, shared: Arc<Shared>, acceptor: TlsAcceptor, _permit: OwnedSemaphorePermit) {
+async fn handle_https(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    local_port: u16,
+    shared: Arc<Shared>,
+    acceptor: TlsAcceptor,
+    _permit: OwnedSemaphorePermit,
+) {
     let started = std::time::Instant::now();
     let (limits, header_timeout) = limits(&shared);
     let deadline = Instant::now() + header_timeout;
@@ -117,7 +129,10 @@ async fn handle_https(tcp: TcpStream, peer: SocketAddr, local_port: u16, shared:
         Target::Health => {
             shared.metrics.response(200);
             let body = "ok";
-            let bytes = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let bytes = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = tls.write_all(bytes.as_bytes()).await;
             let _ = tls.shutdown().await;
         }
@@ -150,7 +165,10 @@ fn tls_reason(e: &std::io::Error) -> &'static str {
     let s = e.to_string();
     if s.contains("ProtocolVersion") || s.contains("protocol version") || s.contains("UnsupportedVersion") {
         "protocol_version"
-    } else if s.contains("NoCertificatesPresented") || s.contains("no server certificate") || s.contains("NoCertificate") {
+    } else if s.contains("NoCertificatesPresented")
+        || s.contains("no server certificate")
+        || s.contains("NoCertificate")
+    {
         "no_certificate"
     } else if e.kind() == std::io::ErrorKind::UnexpectedEof {
         "eof"
@@ -204,9 +222,14 @@ async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, 
 pub async fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>> {
     let mut out = Vec::new();
     for a in addrs {
-        let sock = if a.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        let sock = if a.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
         sock.set_reuseaddr(true)?;
-        sock.bind(*a).map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
+        sock.bind(*a)
+            .map_err(|e| std::io::Error::new(e.kind(), format!("bind {a}: {e}")))?;
         out.push(sock.listen(4096)?);
     }
     Ok(out)

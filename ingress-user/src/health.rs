@@ -81,7 +81,9 @@ pub fn evaluate(status: u16, expect: &Regex, body: &[u8], pointer: &str) -> Resu
 pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String> {
     let check = &pool.check;
     let fut = async {
-        let tls = upstream::connect(server, &pool.tls, check.timeout.0).await.map_err(|e| e.to_string())?;
+        let tls = upstream::connect(server, &pool.tls, check.timeout.0)
+            .await
+            .map_err(|e| e.to_string())?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
@@ -106,7 +108,10 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String>
     };
     match tokio::time::timeout(check.timeout.0, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {}", humantime::format_duration(check.timeout.0))),
+        Err(_) => Err(format!(
+            "timed out after {}",
+            humantime::format_duration(check.timeout.0)
+        )),
     }
 }
 
@@ -181,14 +186,34 @@ mod tests {
     #[test]
     fn capacity_is_read_by_pointer_whatever_the_key_order() {
         let p = "/fleet_available";
-        assert_eq!(evaluate(200, &re(), br#"{"fleet_workers":16,"fleet_busy":9,"fleet_available":7}"#, p), Ok(Some(7)));
-        assert_eq!(evaluate(200, &re(), br#"{"fleet_available":3,"fleet_workers":16}"#, p), Ok(Some(3)));
         assert_eq!(
-            evaluate(200, &re(), br#"{"prev_fleet_available":9,"max_fleet_available":16,"fleet_available":0}"#, p),
+            evaluate(
+                200,
+                &re(),
+                br#"{"fleet_workers":16,"fleet_busy":9,"fleet_available":7}"#,
+                p
+            ),
+            Ok(Some(7))
+        );
+        assert_eq!(
+            evaluate(200, &re(), br#"{"fleet_available":3,"fleet_workers":16}"#, p),
+            Ok(Some(3))
+        );
+        assert_eq!(
+            evaluate(
+                200,
+                &re(),
+                br#"{"prev_fleet_available":9,"max_fleet_available":16,"fleet_available":0}"#,
+                p
+            ),
             Ok(Some(0)),
             "decoy keys are ignored"
         );
-        assert_eq!(evaluate(200, &re(), br#"{"fleet_available":20}"#, p), Ok(Some(20)), "no upper bound tied to maxconn");
+        assert_eq!(
+            evaluate(200, &re(), br#"{"fleet_available":20}"#, p),
+            Ok(Some(20)),
+            "no upper bound tied to maxconn"
+        );
     }
 
     #[test]

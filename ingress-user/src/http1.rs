@@ -57,7 +57,9 @@ impl RequestHead {
     }
 
     pub fn header_str(&self, name: &str) -> Option<&str> {
-        self.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+        self.header(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
     }
 
     /// Whether a comma-separated header holds `token` (case-insensitive), in any of its lines.
@@ -159,7 +161,9 @@ pub async fn read_response<S: AsyncRead + Unpin>(
                     if h.name.eq_ignore_ascii_case("content-length") {
                         content_length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
                     } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("chunked");
+                        chunked = String::from_utf8_lossy(h.value)
+                            .to_ascii_lowercase()
+                            .contains("chunked");
                     }
                 }
                 let rest = buf.split_off(len);
@@ -222,7 +226,11 @@ pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: 
     out.extend_from_slice(head.method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(head.target.as_bytes());
-    out.extend_from_slice(if head.minor_version == 0 { b" HTTP/1.0\r\n" } else { b" HTTP/1.1\r\n" });
+    out.extend_from_slice(if head.minor_version == 0 {
+        b" HTTP/1.0\r\n"
+    } else {
+        b" HTTP/1.1\r\n"
+    });
     for (name, value) in &head.headers {
         if OWN_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
             continue;
@@ -232,7 +240,10 @@ pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: 
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(format!("X-Forwarded-For: {client_ip}\r\nX-Forwarded-Proto: {proto}\r\nX-Forwarded-Port: {port}\r\n\r\n").as_bytes());
+    out.extend_from_slice(
+        format!("X-Forwarded-For: {client_ip}\r\nX-Forwarded-Proto: {proto}\r\nX-Forwarded-Port: {port}\r\n\r\n")
+            .as_bytes(),
+    );
     out
 }
 
@@ -291,7 +302,13 @@ mod tests {
 
     async fn parse(bytes: &[u8]) -> Result<RequestHead, HeadError> {
         let mut io = bytes;
-        read_request(&mut io, BytesMut::new(), limits(), Instant::now() + Duration::from_secs(1)).await
+        read_request(
+            &mut io,
+            BytesMut::new(),
+            limits(),
+            Instant::now() + Duration::from_secs(1),
+        )
+        .await
     }
 
     const UPGRADE: &[u8] = b"GET /ws/bot1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: 6.6.6.6\r\n\r\nEXTRA";
@@ -326,7 +343,13 @@ mod tests {
         assert!(matches!(parse(req.as_bytes()).await, Err(HeadError::TooManyHeaders(8))));
         let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(2000));
         assert!(matches!(parse(big.as_bytes()).await, Err(HeadError::TooLarge(1024))));
-        assert!(matches!(parse(b"GET / HTTP/1.1\r\nHost").await, Err(HeadError::Closed { bytes: 20 })));
-        assert!(matches!(parse(b"\x16\x03\x01garbage\r\n\r\n").await, Err(HeadError::Malformed(_))));
+        assert!(matches!(
+            parse(b"GET / HTTP/1.1\r\nHost").await,
+            Err(HeadError::Closed { bytes: 20 })
+        ));
+        assert!(matches!(
+            parse(b"\x16\x03\x01garbage\r\n\r\n").await,
+            Err(HeadError::Malformed(_))
+        ));
     }
 }

@@ -7,7 +7,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "ingress", version, about = "Capacity-aware WSS ingress for voice-call fleets")]
+#[command(
+    name = "ingress",
+    version,
+    about = "Capacity-aware WSS ingress for voice-call fleets"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,11 @@ fn init_tracing() {
     use tracing_subscriber::{EnvFilter, fmt};
     let filter = EnvFilter::try_from_env("INGRESS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("INGRESS_LOG_FORMAT").is_ok_and(|v| v == "json");
-    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     if json {
         builder.json().init();
     } else {
@@ -73,13 +81,20 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|(name, p)| c.pool_servers(name, p).map(|s| s.len()).unwrap_or(0))
                 .sum();
-            println!("{}: ok ({} routes, {} pools, {} servers)", config.display(), c.routes.len(), c.pools.len(), servers);
+            println!(
+                "{}: ok ({} routes, {} pools, {} servers)",
+                config.display(),
+                c.routes.len(),
+                c.pools.len(),
+                servers
+            );
             Ok(())
         }
         Command::Bpf {
             command: BpfCommand::Dump { json, pin_path },
         } => {
-            let out = ingress_user::xdp::dump(&pin_path, json).with_context(|| format!("reading maps pinned under {}", pin_path.display()))?;
+            let out = ingress_user::xdp::dump(&pin_path, json)
+                .with_context(|| format!("reading maps pinned under {}", pin_path.display()))?;
             print!("{out}");
             Ok(())
         }

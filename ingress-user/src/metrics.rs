@@ -66,16 +66,56 @@ pub struct Metrics {
 
 impl Metrics {
     fn register(&self, r: &mut Registry) {
-        r.register("ingress_connections_accepted", "Client connections accepted, by listener", self.accepted.clone());
-        r.register("ingress_connections_refused", "Client connections closed at accept, by reason", self.refused.clone());
-        r.register("ingress_tls_handshakes", "Completed front TLS handshakes", self.tls_handshakes.clone());
-        r.register("ingress_tls_handshake_errors", "Failed front TLS handshakes, by reason", self.tls_errors.clone());
-        r.register("ingress_responses", "Answers sent to clients, by status", self.responses.clone());
-        r.register("ingress_bad_requests", "Requests refused before routing, by reason", self.bad_requests.clone());
-        r.register("ingress_tunnels_closed", "Tunnels closed, by reason", self.tunnels_closed.clone());
-        r.register("ingress_tunnel_bytes_to_server", "Bytes copied from clients to fleets", self.tunnel_bytes_to_server.clone());
-        r.register("ingress_tunnel_bytes_to_client", "Bytes copied from fleets to clients", self.tunnel_bytes_to_client.clone());
-        r.register("ingress_acme_forwarded", "ACME HTTP-01 requests forwarded", self.acme_forwarded.clone());
+        r.register(
+            "ingress_connections_accepted",
+            "Client connections accepted, by listener",
+            self.accepted.clone(),
+        );
+        r.register(
+            "ingress_connections_refused",
+            "Client connections closed at accept, by reason",
+            self.refused.clone(),
+        );
+        r.register(
+            "ingress_tls_handshakes",
+            "Completed front TLS handshakes",
+            self.tls_handshakes.clone(),
+        );
+        r.register(
+            "ingress_tls_handshake_errors",
+            "Failed front TLS handshakes, by reason",
+            self.tls_errors.clone(),
+        );
+        r.register(
+            "ingress_responses",
+            "Answers sent to clients, by status",
+            self.responses.clone(),
+        );
+        r.register(
+            "ingress_bad_requests",
+            "Requests refused before routing, by reason",
+            self.bad_requests.clone(),
+        );
+        r.register(
+            "ingress_tunnels_closed",
+            "Tunnels closed, by reason",
+            self.tunnels_closed.clone(),
+        );
+        r.register(
+            "ingress_tunnel_bytes_to_server",
+            "Bytes copied from clients to fleets",
+            self.tunnel_bytes_to_server.clone(),
+        );
+        r.register(
+            "ingress_tunnel_bytes_to_client",
+            "Bytes copied from fleets to clients",
+            self.tunnel_bytes_to_client.clone(),
+        );
+        r.register(
+            "ingress_acme_forwarded",
+            "ACME HTTP-01 requests forwarded",
+            self.acme_forwarded.clone(),
+        );
     }
 
     pub fn response(&self, status: u16) {
@@ -146,10 +186,18 @@ pub fn render(shared: &Shared) -> String {
     let no_capacity = Family::<PoolLabel, Counter>::default();
     let pool_capacity = Family::<PoolLabel, Gauge>::default();
     for pool in &rt.pools {
-        let pl = PoolLabel { pool: pool.name.to_string() };
-        retries.get_or_create(&pl).inc_by(pool.retries_total.load(std::sync::atomic::Ordering::Relaxed));
-        passed_429.get_or_create(&pl).inc_by(pool.passed_429_total.load(std::sync::atomic::Ordering::Relaxed));
-        no_capacity.get_or_create(&pl).inc_by(pool.no_capacity_total.load(std::sync::atomic::Ordering::Relaxed));
+        let pl = PoolLabel {
+            pool: pool.name.to_string(),
+        };
+        retries
+            .get_or_create(&pl)
+            .inc_by(pool.retries_total.load(std::sync::atomic::Ordering::Relaxed));
+        passed_429
+            .get_or_create(&pl)
+            .inc_by(pool.passed_429_total.load(std::sync::atomic::Ordering::Relaxed));
+        no_capacity
+            .get_or_create(&pl)
+            .inc_by(pool.no_capacity_total.load(std::sync::atomic::Ordering::Relaxed));
         pool_capacity.get_or_create(&pl).set(pool.total_effective() as i64);
         for s in pool.servers.load().iter() {
             let l = ServerLabels {
@@ -170,38 +218,110 @@ pub fn render(shared: &Shared) -> String {
             maxconn.get_or_create(&l).set(i64::from(s.maxconn));
             reported.get_or_create(&l).set(s.reported().map_or(-1, i64::from));
             effective.get_or_create(&l).set(i64::from(s.effective()));
-            sessions.get_or_create(&l).inc_by(s.sessions_total.load(std::sync::atomic::Ordering::Relaxed));
-            answered_429.get_or_create(&l).inc_by(s.answered_429.load(std::sync::atomic::Ordering::Relaxed));
+            sessions
+                .get_or_create(&l)
+                .inc_by(s.sessions_total.load(std::sync::atomic::Ordering::Relaxed));
+            answered_429
+                .get_or_create(&l)
+                .inc_by(s.answered_429.load(std::sync::atomic::Ordering::Relaxed));
             let check = s.check_status();
             check_ok.get_or_create(&l).set(i64::from(check.ok));
             check_ms.get_or_create(&l).set(check.latency_ms.unwrap_or(0.0));
         }
     }
-    r.register("ingress_server_state", "1 for the server's current state (UP, FULL, DOWN, DRAIN, MAINT)", state);
-    r.register("ingress_server_active", "Tunnels the ingress holds to the server", active);
+    r.register(
+        "ingress_server_state",
+        "1 for the server's current state (UP, FULL, DOWN, DRAIN, MAINT)",
+        state,
+    );
+    r.register(
+        "ingress_server_active",
+        "Tunnels the ingress holds to the server",
+        active,
+    );
     r.register("ingress_server_maxconn", "Per-server connection limit", maxconn);
-    r.register("ingress_server_reported_capacity", "Capacity the fleet last reported (-1: none yet)", reported);
-    r.register("ingress_server_effective_capacity", "min(maxconn - active, reported - routed since report)", effective);
+    r.register(
+        "ingress_server_reported_capacity",
+        "Capacity the fleet last reported (-1: none yet)",
+        reported,
+    );
+    r.register(
+        "ingress_server_effective_capacity",
+        "min(maxconn - active, reported - routed since report)",
+        effective,
+    );
     r.register("ingress_server_sessions", "Calls routed to the server", sessions);
-    r.register("ingress_server_answered_429", "429 answers the server gave to upgrades", answered_429);
-    r.register("ingress_server_check_ok", "1 when the last health check passed", check_ok);
-    r.register("ingress_server_check_latency_ms", "Latency of the last health check", check_ms);
-    r.register("ingress_pool_retries", "Upgrade attempts redispatched to another server", retries);
+    r.register(
+        "ingress_server_answered_429",
+        "429 answers the server gave to upgrades",
+        answered_429,
+    );
+    r.register(
+        "ingress_server_check_ok",
+        "1 when the last health check passed",
+        check_ok,
+    );
+    r.register(
+        "ingress_server_check_latency_ms",
+        "Latency of the last health check",
+        check_ms,
+    );
+    r.register(
+        "ingress_pool_retries",
+        "Upgrade attempts redispatched to another server",
+        retries,
+    );
     r.register("ingress_pool_passed_429", "429s handed to carriers", passed_429);
-    r.register("ingress_pool_no_capacity", "Calls answered 503 because no server had capacity", no_capacity);
-    r.register("ingress_pool_effective_capacity", "Sum of effective capacity of UP servers", pool_capacity);
-    r.register("ingress_cert_reloads", "Certificate directory reloads that changed something", counter(shared.certs.reloads.load(std::sync::atomic::Ordering::Relaxed)));
-    r.register("ingress_cert_errors", "Certificate bundles refused", counter(shared.certs.errors.load(std::sync::atomic::Ordering::Relaxed)));
-    r.register("ingress_config_generation", "Generation of the running configuration", gauge(rt.generation as i64));
+    r.register(
+        "ingress_pool_no_capacity",
+        "Calls answered 503 because no server had capacity",
+        no_capacity,
+    );
+    r.register(
+        "ingress_pool_effective_capacity",
+        "Sum of effective capacity of UP servers",
+        pool_capacity,
+    );
+    r.register(
+        "ingress_cert_reloads",
+        "Certificate directory reloads that changed something",
+        counter(shared.certs.reloads.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    r.register(
+        "ingress_cert_errors",
+        "Certificate bundles refused",
+        counter(shared.certs.errors.load(std::sync::atomic::Ordering::Relaxed)),
+    );
+    r.register(
+        "ingress_config_generation",
+        "Generation of the running configuration",
+        gauge(rt.generation as i64),
+    );
 
     let xdp = shared.xdp.snapshot();
-    r.register("ingress_xdp_attached", "1 while the XDP program is attached", gauge(i64::from(xdp.attached)));
-    r.register("ingress_xdp_shedding", "1 while the XDP program sheds carrier SYNs", gauge(i64::from(xdp.shedding)));
+    r.register(
+        "ingress_xdp_attached",
+        "1 while the XDP program is attached",
+        gauge(i64::from(xdp.attached)),
+    );
+    r.register(
+        "ingress_xdp_shedding",
+        "1 while the XDP program sheds carrier SYNs",
+        gauge(i64::from(xdp.shedding)),
+    );
     let packets = Family::<OutcomeLabel, Counter>::default();
     for (name, v) in xdp.counters {
-        packets.get_or_create(&OutcomeLabel { outcome: name.to_owned() }).inc_by(v);
+        packets
+            .get_or_create(&OutcomeLabel {
+                outcome: name.to_owned(),
+            })
+            .inc_by(v);
     }
-    r.register("ingress_xdp_packets", "Packets seen by the XDP program, by outcome", packets);
+    r.register(
+        "ingress_xdp_packets",
+        "Packets seen by the XDP program, by outcome",
+        packets,
+    );
 
     let mut out = String::new();
     let _ = text::encode(&mut out, &r);

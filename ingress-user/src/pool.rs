@@ -126,12 +126,22 @@ pub struct Server {
 
 impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Server").field("pool", &self.pool).field("name", &self.def.name).finish()
+        f.debug_struct("Server")
+            .field("pool", &self.pool)
+            .field("name", &self.def.name)
+            .finish()
     }
 }
 
 impl Server {
-    pub fn new(id: u32, pool: Arc<str>, def: ServerDef, maxconn: u32, server_name: ServerName<'static>, capacity_aware: bool) -> Self {
+    pub fn new(
+        id: u32,
+        pool: Arc<str>,
+        def: ServerDef,
+        maxconn: u32,
+        server_name: ServerName<'static>,
+        capacity_aware: bool,
+    ) -> Self {
         Self {
             id,
             pool,
@@ -253,7 +263,9 @@ impl Server {
 
     /// Gives back a reservation whose call never reached the fleet's worker.
     fn unreserve(&self) {
-        let _ = self.routed_since_report.fetch_update(Relaxed, Relaxed, |r| r.checked_sub(1));
+        let _ = self
+            .routed_since_report
+            .fetch_update(Relaxed, Relaxed, |r| r.checked_sub(1));
         let _ = self.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
     }
 
@@ -430,7 +442,14 @@ mod tests {
             sni: None,
             maxconn: None,
         };
-        let s = Arc::new(Server::new(id, "p".into(), def, maxconn, ServerName::try_from("localhost").unwrap(), true));
+        let s = Arc::new(Server::new(
+            id,
+            "p".into(),
+            def,
+            maxconn,
+            ServerName::try_from("localhost").unwrap(),
+            true,
+        ));
         s.set_healthy(true);
         s
     }
@@ -450,7 +469,11 @@ mod tests {
         let s = server(1, 16);
         assert_eq!(s.state(), State::Full, "no report yet means no capacity");
         s.report_capacity(20);
-        assert_eq!(s.effective(), 16, "a report above maxconn is capped by maxconn, not refused");
+        assert_eq!(
+            s.effective(),
+            16,
+            "a report above maxconn is capped by maxconn, not refused"
+        );
         assert_eq!(s.state(), State::Up);
         s.report_capacity(2);
         assert_eq!(s.effective(), 2);

@@ -68,8 +68,12 @@ async fn attempt(
     };
     let head = match http1::read_response(&mut up, limits, rt.timeouts.upgrade_response.0).await {
         Ok(h) => h,
-        Err(HeadError::Closed { bytes: 0 }) => return Attempt::Failed(RetryOn::EmptyResponse, "closed without answering".into()),
-        Err(HeadError::Io(e)) => return Attempt::Failed(RetryOn::EmptyResponse, format!("reset before answering: {e}")),
+        Err(HeadError::Closed { bytes: 0 }) => {
+            return Attempt::Failed(RetryOn::EmptyResponse, "closed without answering".into());
+        }
+        Err(HeadError::Io(e)) => {
+            return Attempt::Failed(RetryOn::EmptyResponse, format!("reset before answering: {e}"));
+        }
         Err(HeadError::Timeout { .. }) => {
             return Attempt::Failed(RetryOn::ResponseTimeout, "no answer in time".into());
         }
@@ -103,8 +107,14 @@ async fn attempt(
 }
 
 /// Serves a validated upgrade on a route to `pool_index`.
-pub async fn forward<C>(shared: &Shared, rt: Arc<Runtime>, pool_index: usize, mut client: C, head: RequestHead, call: Call<'_>)
-where
+pub async fn forward<C>(
+    shared: &Shared,
+    rt: Arc<Runtime>,
+    pool_index: usize,
+    mut client: C,
+    head: RequestHead,
+    call: Call<'_>,
+) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let pool = Arc::clone(&rt.pools[pool_index]);
@@ -167,7 +177,14 @@ where
                 shared.metrics.tunnel_closed(stats.reason.as_str());
                 drop(lease);
                 shared.changed.notify_one();
-                log(101, attempts, &server_name, stats.to_server, stats.to_client, stats.reason.as_str());
+                log(
+                    101,
+                    attempts,
+                    &server_name,
+                    stats.to_server,
+                    stats.to_client,
+                    stats.reason.as_str(),
+                );
                 return;
             }
             Attempt::Answer { status: 429, bytes } => {
@@ -209,9 +226,16 @@ where
         http1::respond(&mut client, status, &format!("no fleet answered: {reason}"), &[]).await;
         (status, "upstream_failed")
     } else {
-        pool.no_capacity_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        pool.no_capacity_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let retry_after = rt.retry_after(pool_index).to_string();
-        http1::respond(&mut client, 503, "no fleet has a free worker", &[("Retry-After", retry_after)]).await;
+        http1::respond(
+            &mut client,
+            503,
+            "no fleet has a free worker",
+            &[("Retry-After", retry_after)],
+        )
+        .await;
         (503, "no_capacity")
     };
     shared.metrics.response(status);

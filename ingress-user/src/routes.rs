@@ -27,7 +27,9 @@ impl RoutePattern {
                     .strip_suffix('}')
                     .ok_or_else(|| format!("`{pattern}`: `{seg}` is missing `}}`"))?;
                 if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                    return Err(format!("`{pattern}`: parameter name `{name}` must be letters, digits or _"));
+                    return Err(format!(
+                        "`{pattern}`: parameter name `{name}` must be letters, digits or _"
+                    ));
                 }
                 segments.push(Segment::Param(name.to_owned()));
             } else if seg.contains(['{', '}']) {
@@ -74,7 +76,11 @@ pub enum Target<'p> {
     /// The local health path.
     Health,
     /// A route: pool index and captured parameters.
-    Pool { route: usize, pool: usize, params: Vec<(String, &'p str)> },
+    Pool {
+        route: usize,
+        pool: usize,
+        params: Vec<(String, &'p str)>,
+    },
     NotFound,
 }
 
@@ -130,7 +136,16 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(t.lookup("/exotel/abc"), Target::Pool { route: 1, .. }));
-        for p in ["/attach", "/livekit/dialout", "/livekit/widget", "/ws", "/ws/", "/ws/a/b", "/", "*"] {
+        for p in [
+            "/attach",
+            "/livekit/dialout",
+            "/livekit/widget",
+            "/ws",
+            "/ws/",
+            "/ws/a/b",
+            "/",
+            "*",
+        ] {
             assert_eq!(t.lookup(p), Target::NotFound, "{p}");
         }
     }

@@ -46,7 +46,8 @@ pub fn server_config(store: Arc<CertStore>, min: TlsVersion) -> Result<Arc<Serve
 
 /// A pool's client config: its `ca` or the system roots, or no verification.
 pub fn client_config(tls: &PoolTls) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider()).with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mut cfg = if !tls.verify {
         builder
             .dangerous()
@@ -72,7 +73,9 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| bad(format!("bad PEM: {e}")))?;
-        roots.add(cert).map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
     }
     if roots.is_empty() {
         return Err(bad("no certificate in the file".to_owned()));

@@ -51,14 +51,25 @@ fn stamp(epoch: Instant) -> u64 {
 }
 
 /// Copies one direction; returns `Ok(())` on EOF, `Err` on an I/O error.
-async fn pump<R, W>(mut from: ReadHalf<R>, mut to: WriteHalf<W>, bytes: &AtomicU64, last: &AtomicU64, epoch: Instant) -> std::io::Result<()>
+async fn pump<R, W>(
+    mut from: ReadHalf<R>,
+    mut to: WriteHalf<W>,
+    bytes: &AtomicU64,
+    last: &AtomicU64,
+    epoch: Instant,
+) -> std::io::Result<()>
 where
     R: AsyncRead,
     W: AsyncWrite,
 {
     let mut buf = vec![0u8; BUF];
     loop {
-        let n = from.read(&mut buf).await?;
+        let n = match from.read(&mut buf).await {
+            Ok(n) => n,
+            // A peer that closes TCP without TLS close_notify has still closed.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             let _ = to.shutdown().await;
             return Ok(());
@@ -71,7 +82,12 @@ where
 
 /// Runs the tunnel. `client_first` is written to the server first (bytes the
 /// client sent right behind its request head); `server_first` to the client.
-pub async fn run<C, S>(client: C, server: S, idle: Duration, cancel: impl std::future::Future<Output = ()>) -> TunnelStats
+pub async fn run<C, S>(
+    client: C,
+    server: S,
+    idle: Duration,
+    cancel: impl std::future::Future<Output = ()>,
+) -> TunnelStats
 where
     C: AsyncRead + AsyncWrite,
     S: AsyncRead + AsyncWrite,

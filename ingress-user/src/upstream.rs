@@ -22,13 +22,19 @@ pub enum ConnectError {
 }
 
 /// Connects and completes the TLS handshake within `timeout`.
-pub async fn connect(server: &Server, tls: &Arc<rustls::ClientConfig>, timeout: Duration) -> Result<TlsStream<TcpStream>, ConnectError> {
+pub async fn connect(
+    server: &Server,
+    tls: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> Result<TlsStream<TcpStream>, ConnectError> {
     let addr = server.def.addr();
     let fut = async {
-        let mut addrs = tokio::net::lookup_host(&addr).await.map_err(|e| ConnectError::Resolve {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
+        let mut addrs = tokio::net::lookup_host(&addr)
+            .await
+            .map_err(|e| ConnectError::Resolve {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
         let sock = addrs.next().ok_or_else(|| ConnectError::Resolve {
             addr: addr.clone(),
             reason: "no address".to_owned(),

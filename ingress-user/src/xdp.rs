@@ -36,7 +36,10 @@ pub enum XdpError {
     #[error("program: {0}")]
     Program(#[from] aya::programs::ProgramError),
     #[error("map {name}: {source}")]
-    Map { name: &'static str, source: aya::maps::MapError },
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
     #[error("map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("{path}: {source}")]
@@ -72,7 +75,9 @@ pub fn parse_prefix(s: &str) -> Result<(IpAddr, u32), String> {
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
     match nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC) {
-        Ok(ts) => (ts.tv_sec() as u64).saturating_mul(1_000_000_000).saturating_add(ts.tv_nsec() as u64),
+        Ok(ts) => (ts.tv_sec() as u64)
+            .saturating_mul(1_000_000_000)
+            .saturating_add(ts.tv_nsec() as u64),
         Err(_) => 0,
     }
 }
@@ -182,13 +187,22 @@ impl XdpHandle {
             reason: e.to_string(),
         };
         let mode = match cfg.mode {
-            XdpMode::Native => program.attach(&interface, AyaXdpMode::Driver).map(|_| "native").map_err(attach_err)?,
-            XdpMode::Skb => program.attach(&interface, AyaXdpMode::Skb).map(|_| "skb").map_err(attach_err)?,
+            XdpMode::Native => program
+                .attach(&interface, AyaXdpMode::Driver)
+                .map(|_| "native")
+                .map_err(attach_err)?,
+            XdpMode::Skb => program
+                .attach(&interface, AyaXdpMode::Skb)
+                .map(|_| "skb")
+                .map_err(attach_err)?,
             XdpMode::Auto | XdpMode::Off => match program.attach(&interface, AyaXdpMode::Driver) {
                 Ok(_) => "native",
                 Err(native) => {
                     tracing::info!(error = %native, "native XDP refused; trying SKB mode");
-                    program.attach(&interface, AyaXdpMode::Skb).map(|_| "skb").map_err(attach_err)?
+                    program
+                        .attach(&interface, AyaXdpMode::Skb)
+                        .map(|_| "skb")
+                        .map_err(attach_err)?
                 }
             },
         };
@@ -214,7 +228,8 @@ impl XdpHandle {
 
     /// Replaces the listener ports.
     pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
-        let mut map: HashMap<_, u16, u8> = HashMap::try_from(self.map_mut(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
+        let mut map: HashMap<_, u16, u8> =
+            HashMap::try_from(self.map_mut(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
         let old: Vec<u16> = map.keys().filter_map(Result::ok).collect();
         for p in old.iter().filter(|p| !ports.contains(p)) {
             map.remove(p).map_err(map_err(map_names::PORTS))?;
@@ -248,7 +263,8 @@ impl XdpHandle {
                 let _ = trie.remove(k);
             }
             for (len, data) in &v4 {
-                trie.insert(&Key::new(*len, *data), 1, 0).map_err(map_err(map_names::CARRIERS4))?;
+                trie.insert(&Key::new(*len, *data), 1, 0)
+                    .map_err(map_err(map_names::CARRIERS4))?;
             }
         }
         let mut trie: LpmTrie<_, [u8; 16], u32> =
@@ -258,7 +274,8 @@ impl XdpHandle {
             let _ = trie.remove(k);
         }
         for (len, data) in &v6 {
-            trie.insert(&Key::new(*len, *data), 1, 0).map_err(map_err(map_names::CARRIERS6))?;
+            trie.insert(&Key::new(*len, *data), 1, 0)
+                .map_err(map_err(map_names::CARRIERS6))?;
         }
         Ok(())
     }
@@ -271,16 +288,22 @@ impl XdpHandle {
             shed: u32::from(shed),
             action: self.action,
             _pad: 0,
-            lease_deadline_ns: if shed { monotonic_ns().saturating_add(lease_ns) } else { 0 },
+            lease_deadline_ns: if shed {
+                monotonic_ns().saturating_add(lease_ns)
+            } else {
+                0
+            },
             generation: self.generation,
         };
-        let mut map: Array<_, Control> = Array::try_from(self.map_mut(map_names::CONTROL)?).map_err(map_err(map_names::CONTROL))?;
+        let mut map: Array<_, Control> =
+            Array::try_from(self.map_mut(map_names::CONTROL)?).map_err(map_err(map_names::CONTROL))?;
         map.set(0, value, 0).map_err(map_err(map_names::CONTROL))
     }
 
     /// Makes `FLEETS` hold exactly `entries`.
     pub fn write_fleets(&mut self, entries: &[FleetEntry]) -> Result<(), XdpError> {
-        let mut map: HashMap<_, u32, FleetEntry> = HashMap::try_from(self.map_mut(map_names::FLEETS)?).map_err(map_err(map_names::FLEETS))?;
+        let mut map: HashMap<_, u32, FleetEntry> =
+            HashMap::try_from(self.map_mut(map_names::FLEETS)?).map_err(map_err(map_names::FLEETS))?;
         let old: Vec<u32> = map.keys().filter_map(Result::ok).collect();
         for id in old.iter().filter(|id| !entries.iter().any(|e| e.id == **id)) {
             let _ = map.remove(id);
@@ -359,7 +382,13 @@ fn fleet_entries(shared: &Shared) -> (Vec<FleetEntry>, u64) {
 /// Keeps the maps in step: on every change notification and at least every
 /// quarter lease; renews the lease while shedding. Ends when `stop` fires,
 /// then clears the shed flag (the link detaches when the handle drops).
-pub async fn run_sync(shared: Arc<Shared>, mut handle: XdpHandle, lease: Duration, warmup: Duration, stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn run_sync(
+    shared: Arc<Shared>,
+    mut handle: XdpHandle,
+    lease: Duration,
+    warmup: Duration,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut policy = ShedPolicy::new(Duration::from_secs(1));
     let started = Instant::now();
     let tick = (lease / 4).min(Duration::from_millis(250));
@@ -403,14 +432,14 @@ pub async fn run_sync(shared: Arc<Shared>, mut handle: XdpHandle, lease: Duratio
 }
 
 /// Sets XDP up from the config, or explains (loudly, once) why not.
-pub fn start(config: &Config) -> Result<XdpHandle, String> {
+pub fn start(config: &Config, ports: &[u16]) -> Result<XdpHandle, String> {
     if config.xdp.mode == XdpMode::Off {
         return Err("xdp.mode = \"off\"".to_owned());
     }
     if !nix::unistd::geteuid().is_root() {
         return Err("not running as root".to_owned());
     }
-    XdpHandle::attach(&config.xdp, &config.xdp_ports()).map_err(|e| e.to_string())
+    XdpHandle::attach(&config.xdp, ports).map_err(|e| e.to_string())
 }
 
 /// `ingress bpf dump`: every pinned map, readable or as JSON.
@@ -424,14 +453,17 @@ pub fn dump(pin_dir: &Path, json: bool) -> Result<String, XdpError> {
         .map_err(map_err(map_names::CONTROL))?
         .get(&0, 0)
         .map_err(map_err(map_names::CONTROL))?;
-    let fleets_map = HashMap::<_, u32, FleetEntry>::try_from(open(map_names::FLEETS)?).map_err(map_err(map_names::FLEETS))?;
+    let fleets_map =
+        HashMap::<_, u32, FleetEntry>::try_from(open(map_names::FLEETS)?).map_err(map_err(map_names::FLEETS))?;
     let mut fleets: Vec<FleetEntry> = fleets_map.iter().filter_map(Result::ok).map(|(_, v)| v).collect();
     fleets.sort_by_key(|f| f.id);
     let ports_map = HashMap::<_, u16, u8>::try_from(open(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
     let mut ports: Vec<u16> = ports_map.keys().filter_map(Result::ok).collect();
     ports.sort_unstable();
-    let c4 = LpmTrie::<_, [u8; 4], u32>::try_from(open(map_names::CARRIERS4)?).map_err(map_err(map_names::CARRIERS4))?;
-    let c6 = LpmTrie::<_, [u8; 16], u32>::try_from(open(map_names::CARRIERS6)?).map_err(map_err(map_names::CARRIERS6))?;
+    let c4 =
+        LpmTrie::<_, [u8; 4], u32>::try_from(open(map_names::CARRIERS4)?).map_err(map_err(map_names::CARRIERS4))?;
+    let c6 =
+        LpmTrie::<_, [u8; 16], u32>::try_from(open(map_names::CARRIERS6)?).map_err(map_err(map_names::CARRIERS6))?;
     let mut carriers: Vec<String> = c4
         .keys()
         .filter_map(Result::ok)
@@ -442,7 +474,8 @@ pub fn dump(pin_dir: &Path, json: bool) -> Result<String, XdpError> {
             .filter_map(Result::ok)
             .map(|k| format!("{}/{}", std::net::Ipv6Addr::from(k.data()), k.prefix_len())),
     );
-    let counters_arr = PerCpuArray::<_, u64>::try_from(open(map_names::COUNTERS)?).map_err(map_err(map_names::COUNTERS))?;
+    let counters_arr =
+        PerCpuArray::<_, u64>::try_from(open(map_names::COUNTERS)?).map_err(map_err(map_names::COUNTERS))?;
     let counters = sum_counters(&counters_arr);
     let now = monotonic_ns();
     let lease_left_ms = control.lease_deadline_ns.saturating_sub(now) / 1_000_000;
@@ -479,7 +512,11 @@ pub fn dump(pin_dir: &Path, json: bool) -> Result<String, XdpError> {
     ));
     out.push_str("FLEETS   id  pool  state  maxconn  active  reported  effective\n");
     for f in &fleets {
-        let reported = if f.reported == REPORTED_NONE { "-".to_owned() } else { f.reported.to_string() };
+        let reported = if f.reported == REPORTED_NONE {
+            "-".to_owned()
+        } else {
+            f.reported.to_string()
+        };
         out.push_str(&format!(
             "         {:<3} {:<5} {:<6} {:<8} {:<7} {:<9} {}\n",
             f.id,
@@ -517,7 +554,10 @@ mod tests {
 
     #[test]
     fn prefixes() {
-        assert_eq!(parse_prefix("192.0.2.0/24").unwrap(), ("192.0.2.0".parse().unwrap(), 24));
+        assert_eq!(
+            parse_prefix("192.0.2.0/24").unwrap(),
+            ("192.0.2.0".parse().unwrap(), 24)
+        );
         assert_eq!(parse_prefix("2001:db8::/32").unwrap().1, 32);
         assert_eq!(parse_prefix("10.0.0.1").unwrap().1, 32);
         assert!(parse_prefix("10.0.0.0/33").is_err());
@@ -530,9 +570,15 @@ mod tests {
         let mut p = ShedPolicy::new(Duration::from_secs(1));
         assert!(!p.update(5, t0));
         assert!(p.update(0, t0), "no capacity: shed at once");
-        assert!(p.update(1, t0 + Duration::from_millis(100)), "one freed slot does not stop shedding");
+        assert!(
+            p.update(1, t0 + Duration::from_millis(100)),
+            "one freed slot does not stop shedding"
+        );
         assert!(p.update(0, t0 + Duration::from_millis(200)));
         assert!(p.update(2, t0 + Duration::from_millis(300)));
-        assert!(!p.update(2, t0 + Duration::from_millis(1300)), "capacity held for the hold: off");
+        assert!(
+            !p.update(2, t0 + Duration::from_millis(1300)),
+            "capacity held for the hold: off"
+        );
     }
 }

@@ -31,7 +31,11 @@ async fn main() -> anyhow::Result<()> {
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let path = if path.is_empty() { "/" } else { path };
     let host = authority.rsplit_once(':').map_or(authority, |(h, _)| h);
-    let addr = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:443") };
+    let addr = if authority.contains(':') {
+        authority.to_owned()
+    } else {
+        format!("{authority}:443")
+    };
     let addr = addr.to_socket_addrs()?.next().context("no address")?;
     let ca = std::fs::read_to_string(&args.ca).with_context(|| format!("reading {}", args.ca.display()))?;
     let tls = fleet_sim::client::tls_config(&ca)?;
