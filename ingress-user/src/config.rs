@@ -660,6 +660,11 @@ impl Config {
         for (name, pool) in &self.pools {
             self.validate_pool(name, pool)?;
         }
+        if let Some(a) = self.admin.listen
+            && !a.ip().is_loopback()
+        {
+            return Err(invalid("admin.listen", format!("{a} is not a loopback address")));
+        }
         if self.xdp.mode != XdpMode::Off && self.xdp.interface.is_none() {
             return Err(invalid("xdp.interface", "required unless mode = \"off\""));
         }
@@ -815,6 +820,21 @@ mod tests {
         let text = MINIMAL.replace("mode = \"off\"", "mode = \"auto\"");
         let msg = Config::parse(&text).unwrap().validate().unwrap_err().to_string();
         assert!(msg.contains("xdp.interface"), "{msg}");
+    }
+
+    #[test]
+    fn readme_example_parses() {
+        let readme = include_str!("../../README.md");
+        let section = readme.split("## Configuration reference").nth(1).expect("section");
+        let example = section
+            .split("```toml")
+            .nth(1)
+            .and_then(|s| s.split("```").next())
+            .expect("toml block");
+        let c = Config::parse(example).unwrap_or_else(|e| panic!("{e}"));
+        c.validate().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.listen.https.0.len(), 2);
+        assert_eq!(c.pool_servers("fleets", &c.pools["fleets"]).unwrap().len(), 2);
     }
 
     #[test]

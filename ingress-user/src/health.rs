@@ -157,8 +157,10 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
                 server.record_check(true, reason, Some(latency));
             }
             Err(reason) => {
-                let healthy = machine.failure(check.fall);
-                server.set_healthy(healthy);
+                // A failed probe never brings a server back (a passive failure may have taken it out).
+                if !machine.failure(check.fall) {
+                    server.set_healthy(false);
+                }
                 server.record_check(false, reason, Some(latency));
             }
         }

@@ -16,6 +16,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StatusLabel {
     pub status: String,
 }
@@ -47,7 +52,7 @@ pub struct OutcomeLabel {
 #[derive(Debug, Default)]
 pub struct Metrics {
     /// Client connections accepted, by listener.
-    pub accepted: Family<ReasonLabel, Counter>,
+    pub accepted: Family<ListenerLabel, Counter>,
     /// Client connections closed at once, by reason (max_connections, …).
     pub refused: Family<ReasonLabel, Counter>,
     pub tls_handshakes: Counter,
@@ -144,7 +149,11 @@ impl Metrics {
         self.refused.get_or_create(&label(reason)).inc();
     }
     pub fn accept(&self, listener: &str) {
-        self.accepted.get_or_create(&label(listener)).inc();
+        self.accepted
+            .get_or_create(&ListenerLabel {
+                listener: listener.to_owned(),
+            })
+            .inc();
     }
     pub fn tls_error(&self, reason: &str) {
         self.tls_errors.get_or_create(&label(reason)).inc();

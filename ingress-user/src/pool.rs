@@ -235,6 +235,14 @@ impl Server {
         }
     }
 
+    /// A connect or TLS failure seen by the data path: out of rotation at
+    /// once, back with the next good health check (so a hung fleet costs at
+    /// most one call one connect timeout).
+    pub fn passive_failure(&self, reason: &str) {
+        self.set_healthy(false);
+        self.record_check(false, format!("connection failed: {reason}"), None);
+    }
+
     /// Takes one unit of capacity for a new call; false when there is none left.
     fn try_reserve(&self) -> bool {
         let took_active = self

@@ -201,6 +201,10 @@ pub async fn forward<C>(
             }
             Attempt::Failed(kind, reason) => {
                 tracing::warn!(pool = %pool.name, server = %server_name, %reason, "upgrade attempt failed");
+                if kind == RetryOn::ConnFailure {
+                    lease.server.passive_failure(&reason);
+                    shared.changed.notify_one();
+                }
                 last_failure = Some((kind, reason));
                 if !pool.retries_on(kind) {
                     break;

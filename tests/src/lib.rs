@@ -473,3 +473,38 @@ timeout = "500ms"
         servers = servers.join("\n"),
     )
 }
+
+/// TLS connect to the ingress and send raw request bytes; returns the raw answer
+/// (read until the server closes, 10 s max).
+pub async fn https_raw(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, request: &[u8]) -> Vec<u8> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut s = tokio_rustls::TlsConnector::from(tls)
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    s.write_all(request).await.expect("write");
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    out
+}
+
+/// A WebSocket upgrade request for `path`.
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// Sends one text message and expects it back within 5 s.
+pub async fn echo(ws: &mut client::Wss, text: &str) -> Result<(), String> {
+    use futures_util::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.map_err(|e| format!("send: {e}"))?;
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => Ok(()),
+        other => Err(format!("no echo: {other:?}")),
+    }
+}

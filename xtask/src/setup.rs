@@ -13,8 +13,9 @@ use anyhow::{Context as _, bail};
 
 use crate::{root, run};
 
-/// Debian packages the tests need: `bpftool` reads the pinned maps like an operator would.
-const TEST_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux"];
+/// Debian packages the tests need: `bpftool` reads the pinned maps like an operator would,
+/// `ip`/`nsenter` build and enter namespaces, `openssl s_client` offers old TLS versions.
+const TEST_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "openssl"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
