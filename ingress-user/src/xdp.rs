@@ -166,7 +166,7 @@ impl XdpHandle {
             path: cfg.pin_path.clone(),
             source,
         })?;
-        let mut ebpf = match load(&cfg.pin_path) {
+        let ebpf = match load(Some(&cfg.pin_path)) {
             Ok(e) => e,
             Err(first) => {
                 // Pins left by an older build may not fit this object: start afresh.
@@ -174,19 +174,17 @@ impl XdpHandle {
                 for name in map_names::ALL {
                     let _ = std::fs::remove_file(cfg.pin_path.join(name));
                 }
-                load(&cfg.pin_path)?
+                load(Some(&cfg.pin_path))?
             }
         };
-        let program: &mut Xdp = ebpf
-            .program_mut(ingress_common::PROGRAM_NAME)
-            .ok_or(XdpError::MissingProgram(ingress_common::PROGRAM_NAME))?
-            .try_into()?;
-        program.load()?;
+        let mut handle = Self::prepare(ebpf, cfg.action, ports, &cfg.carriers)?;
+        handle.interface = interface.clone();
+        let program = handle.program_mut()?;
         let attach_err = |e: aya::programs::ProgramError| XdpError::Attach {
             interface: interface.clone(),
             reason: e.to_string(),
         };
-        let mode = match cfg.mode {
+        handle.mode = match cfg.mode {
             XdpMode::Native => program
                 .attach(&interface, AyaXdpMode::Driver)
                 .map(|_| "native")
@@ -206,20 +204,64 @@ impl XdpHandle {
                 }
             },
         };
+        Ok(handle)
+    }
+
+    /// Loads the program with private (unpinned) maps and attaches it nowhere:
+    /// for running crafted packets through it with `BPF_PROG_TEST_RUN`.
+    pub fn load_detached(action: XdpAction, ports: &[u16], carriers: &[String]) -> Result<Self, XdpError> {
+        Self::prepare(load(None)?, action, ports, carriers)
+    }
+
+    fn prepare(mut ebpf: Ebpf, action: XdpAction, ports: &[u16], carriers: &[String]) -> Result<Self, XdpError> {
+        let program: &mut Xdp = ebpf
+            .program_mut(ingress_common::PROGRAM_NAME)
+            .ok_or(XdpError::MissingProgram(ingress_common::PROGRAM_NAME))?
+            .try_into()?;
+        program.load()?;
         let mut handle = Self {
             ebpf,
-            interface,
-            mode,
-            action: match cfg.action {
+            interface: String::new(),
+            mode: "detached",
+            action: match action {
                 XdpAction::Drop => action::DROP,
                 XdpAction::Rst => action::RST,
             },
             generation: 0,
         };
         handle.set_ports(ports)?;
-        handle.set_carriers(&cfg.carriers)?;
+        handle.set_carriers(carriers)?;
         handle.write_control(false, 0, 0)?;
         Ok(handle)
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
+        Ok(self
+            .ebpf
+            .program_mut(ingress_common::PROGRAM_NAME)
+            .ok_or(XdpError::MissingProgram(ingress_common::PROGRAM_NAME))?
+            .try_into()?)
+    }
+
+    /// Runs one packet through the loaded program; returns the XDP verdict and the packet as the program left it.
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let mut out = vec![0u8; packet.len() + 256];
+        let program = self.program_mut()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    /// Writes the control entry as given (tests use it for expired leases).
+    pub fn set_control(&mut self, value: Control) -> Result<(), XdpError> {
+        let mut map: Array<_, Control> =
+            Array::try_from(self.map_mut(map_names::CONTROL)?).map_err(map_err(map_names::CONTROL))?;
+        map.set(0, value, 0).map_err(map_err(map_names::CONTROL))
     }
 
     fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, XdpError> {
@@ -328,10 +370,12 @@ impl XdpHandle {
     }
 }
 
-fn load(pin_dir: &Path) -> Result<Ebpf, aya::EbpfError> {
+fn load(pin_dir: Option<&Path>) -> Result<Ebpf, aya::EbpfError> {
     let mut loader = EbpfLoader::new();
-    for name in map_names::ALL {
-        loader.map_pin_path(name, pin_dir.join(name));
+    if let Some(dir) = pin_dir {
+        for name in map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
     }
     loader.load(OBJECT)
 }

@@ -14,8 +14,9 @@ use anyhow::{Context as _, bail};
 use crate::{root, run};
 
 /// Debian packages the tests need: `bpftool` reads the pinned maps like an operator would,
-/// `ip`/`nsenter` build and enter namespaces, `openssl s_client` offers old TLS versions.
-const TEST_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "openssl"];
+/// `ip`/`nsenter` build and enter namespaces, `openssl s_client` offers old TLS versions,
+/// `ethtool` turns GRO on a veth so XDP_TX replies (RST mode) are received.
+const TEST_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "openssl", "ethtool"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
