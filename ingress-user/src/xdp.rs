@@ -243,6 +243,19 @@ impl XdpHandle {
             .try_into()?)
     }
 
+    /// Attaches an already loaded (detached) program to `interface` in the
+    /// caller's network namespace; it detaches when the handle drops.
+    pub fn attach_to(&mut self, interface: &str, native: bool) -> Result<(), XdpError> {
+        let mode = if native { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
+        let program = self.program_mut()?;
+        program.attach(interface, mode).map_err(|e| XdpError::Attach {
+            interface: interface.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.interface = interface.to_owned();
+        Ok(())
+    }
+
     /// Runs one packet through the loaded program; returns the XDP verdict and the packet as the program left it.
     pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
         use aya::programs::{TestRun as _, TestRunOptions};

@@ -168,3 +168,58 @@ where
             .block_on(f())
     })
 }
+
+/// What a TCP connect from a namespace ended in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Connect {
+    Connected,
+    /// A RST came back (no listener, or the XDP program answered).
+    Refused,
+    /// No answer at all (the SYN was dropped).
+    TimedOut,
+    Other(String),
+}
+
+/// One TCP connect from `src` inside `ns` to `dst`, bounded by `timeout`.
+pub fn connect_from(
+    ns: &str,
+    src: std::net::Ipv4Addr,
+    dst: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Connect {
+    block_on_in(ns, move || async move {
+        let sock = match tokio::net::TcpSocket::new_v4() {
+            Ok(s) => s,
+            Err(e) => return Connect::Other(e.to_string()),
+        };
+        if let Err(e) = sock.bind(std::net::SocketAddr::from((src, 0))) {
+            return Connect::Other(format!("bind {src}: {e}"));
+        }
+        match tokio::time::timeout(timeout, sock.connect(dst)).await {
+            Ok(Ok(_)) => Connect::Connected,
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Connect::Refused,
+            Ok(Err(e)) => Connect::Other(e.to_string()),
+            Err(_) => Connect::TimedOut,
+        }
+    })
+}
+
+/// A bpffs directory for one test's pinned maps, removed on drop.
+pub struct BpfPins(pub std::path::PathBuf);
+
+impl BpfPins {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        Self(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/ingress-test-{tag}-{}-{n}",
+            std::process::id()
+        )))
+    }
+}
+
+impl Drop for BpfPins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

@@ -41,24 +41,12 @@ async fn a_wss_call_through_the_ingress_echoes() {
     ws.close(None).await.expect("close");
 }
 
-/// A bpffs directory for one test's pins, removed on drop.
-struct Pins(std::path::PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn xdp_program_attaches_in_a_namespace_and_counts_packets() {
     let net = netns::NetPair::new();
     let dir = TestDir::new("xdp");
     let pki = Pki::new(&dir);
-    let pins = Pins(std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/ingress-test-{}",
-        std::process::id()
-    )));
+    let pins = netns::BpfPins::new("attach");
     let fleet = Fleet::start_with(&dir, &pki, "fleet1", 16, Some(&net.ingress_ns));
     let xdp = format!(
         "[xdp]\ninterface = \"{}\"\nmode = \"auto\"\npin_path = \"{}\"\n",

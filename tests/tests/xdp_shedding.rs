@@ -1,0 +1,241 @@
+//! XDP shedding for real: a carrier namespace and an ingress namespace joined
+//! by a veth pair, the daemon attaching its program to the ingress side,
+//! fleets filled through their control port.
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use ingress_tests::{
+    Fleet, Ingress, Pki, TestDir, bin, config,
+    netns::{BpfPins, Connect, NetPair, connect_from},
+};
+use serde_json::Value;
+
+struct Setup {
+    net: NetPair,
+    _pins: BpfPins,
+    pins_path: std::path::PathBuf,
+    _dir: TestDir,
+    fleet: Fleet,
+    ingress: Ingress,
+    https: SocketAddr,
+    http: SocketAddr,
+}
+
+async fn setup(action: &str) -> Setup {
+    let net = NetPair::new();
+    let dir = TestDir::new("shed");
+    let pki = Pki::new(&dir);
+    let pins = BpfPins::new("shed");
+    let fleet = Fleet::start_with(&dir, &pki, "fleet1", 4, Some(&net.ingress_ns));
+    let xdp = format!(
+        "[xdp]\ninterface = \"{}\"\naction = \"{action}\"\ncarriers = [\"{}/32\"]\nlease = \"2s\"\npin_path = \"{}\"\n",
+        net.ingress_if,
+        net.carrier_ip,
+        pins.0.display()
+    );
+    let cfg = config(&dir, &pki, &[("fleet1", fleet.https)], "", &xdp)
+        .replace("https = \"127.0.0.1:0\"", "https = \"0.0.0.0:0\"")
+        .replace("http = \"127.0.0.1:0\"", "http = \"0.0.0.0:0\"");
+    let ingress = Ingress::start_with(&dir, &cfg, Some(&net.ingress_ns));
+    assert_eq!(ingress.proc.ready["xdp"]["attached"], true, "{}", ingress.proc.ready);
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let https = SocketAddr::from((net.ingress_ip, ingress.https.port()));
+    let http = SocketAddr::from((net.ingress_ip, ingress.http.expect("http").port()));
+    let pins_path = pins.0.clone();
+    Setup {
+        net,
+        _pins: pins,
+        pins_path,
+        _dir: dir,
+        fleet,
+        ingress,
+        https,
+        http,
+    }
+}
+
+async fn from(net: &NetPair, src: std::net::Ipv4Addr, dst: SocketAddr, timeout: Duration) -> Connect {
+    let ns = net.carrier_ns.clone();
+    tokio::task::spawn_blocking(move || connect_from(&ns, src, dst, timeout))
+        .await
+        .expect("connect task")
+}
+
+async fn status(ingress: &Ingress) -> Value {
+    let (code, body) = ingress.admin_get("/api/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("status JSON")
+}
+
+async fn wait_shedding(ingress: &Ingress, want: bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if status(ingress).await["xdp"]["shedding"] == want {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "shedding never became {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn dump(pins: &std::path::Path) -> Value {
+    let out = std::process::Command::new(bin("ingress"))
+        .args(["bpf", "dump", "--json", "--pin-path"])
+        .arg(pins)
+        .output()
+        .expect("bpf dump");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("dump JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() {
+    let mut s = setup("drop").await;
+    let net = &s.net;
+    assert_eq!(
+        from(net, net.carrier_ip, s.https, Duration::from_secs(2)).await,
+        Connect::Connected,
+        "room: a carrier connects"
+    );
+
+    let filled = Instant::now();
+    s.fleet.control("/occupy?n=4").await;
+    let took = wait_shedding(&s.ingress, true).await;
+    eprintln!(
+        "fleet full → XDP shedding after {:?} (check interval 200ms)",
+        filled.elapsed()
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "shedding within about one check interval, took {took:?}"
+    );
+    assert_eq!(
+        from(net, net.carrier_ip, s.https, Duration::from_secs(1)).await,
+        Connect::TimedOut,
+        "the carrier's SYN is dropped"
+    );
+    assert!(dump(&s.pins_path)["counters"]["shed_drop"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        from(net, net.other_ip, s.https, Duration::from_secs(2)).await,
+        Connect::Connected,
+        "a non-carrier source still connects"
+    );
+    assert_eq!(
+        from(net, net.carrier_ip, s.http, Duration::from_secs(2)).await,
+        Connect::Connected,
+        "a port not listed still connects"
+    );
+    let d = dump(&s.pins_path);
+    assert!(
+        d["counters"]["not_carrier"].as_u64().unwrap() >= 1 && d["counters"]["not_port"].as_u64().unwrap() >= 1,
+        "{d}"
+    );
+
+    // bpftool reads FLEETS with field names, and the numbers are the admin view's.
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(s.pins_path.join("FLEETS"))
+        .output()
+        .expect("bpftool");
+    let fleets: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bpftool JSON: {e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let entry = &fleets[0]["formatted"]["value"];
+    let admin = s.ingress.server("fleet1").await;
+    assert_eq!(entry["state"], 1, "FULL: {fleets}");
+    assert_eq!(entry["reported"], admin["reported"], "{fleets} vs {admin}");
+    assert_eq!(entry["effective"], admin["effective"]);
+    assert_eq!(entry["maxconn"], admin["maxconn"]);
+    let control = std::process::Command::new("bpftool")
+        .args(["map", "dump", "pinned"])
+        .arg(s.pins_path.join("CONTROL"))
+        .output()
+        .expect("bpftool");
+    let text = String::from_utf8_lossy(&control.stdout);
+    assert!(
+        text.contains("\"shed\": 1") || text.contains("shed = 1") || text.contains("\"shed\":1"),
+        "{text}"
+    );
+
+    // One freed slot: carriers connect again once capacity held for the hold.
+    s.fleet.control("/free?n=1").await;
+    s.ingress.wait_state(&["fleet1"], "UP").await;
+    let freed = Instant::now();
+    loop {
+        if from(net, net.carrier_ip, s.https, Duration::from_millis(300)).await == Connect::Connected {
+            break;
+        }
+        assert!(
+            freed.elapsed() < Duration::from_secs(5),
+            "carriers never got through after capacity came back"
+        );
+    }
+    eprintln!("capacity back → carrier connects after {:?} (hold 1s)", freed.elapsed());
+
+    // Full again, then the daemon dies hard: shedding must stop by itself.
+    s.fleet.control("/occupy?n=1").await;
+    wait_shedding(&s.ingress, true).await;
+    assert_eq!(
+        from(net, net.carrier_ip, s.https, Duration::from_millis(500)).await,
+        Connect::TimedOut
+    );
+    s.ingress.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = s.ingress.proc.child.wait();
+    let killed = Instant::now();
+    loop {
+        // With nobody listening, a SYN that is not dropped gets the kernel's RST.
+        if from(net, net.carrier_ip, s.https, Duration::from_millis(300)).await == Connect::Refused {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "SYNs still dropped {:?} after SIGKILL (lease 2s)",
+            killed.elapsed()
+        );
+    }
+    eprintln!("SIGKILL → carrier SYNs no longer dropped after {:?}", killed.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rst_mode_refuses_carriers_at_once() {
+    let s = setup("rst").await;
+    let net = &s.net;
+    // XDP_TX on a veth reaches the peer only when the peer runs NAPI: give the
+    // carrier side a pass-through XDP program (ours, with shedding off).
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ns, dev) = (net.carrier_ns.clone(), net.carrier_if.clone());
+    let peer = std::thread::spawn(move || {
+        ingress_tests::netns::run_in(&ns, move || {
+            let mut h = ingress_user::xdp::XdpHandle::load_detached(ingress_user::config::XdpAction::Drop, &[], &[])
+                .expect("load the pass-through program");
+            h.attach_to(&dev, true).expect("attach on the carrier side");
+            ready_tx.send(()).unwrap();
+            let _ = rx.recv();
+        })
+    });
+    ready_rx.recv().expect("peer program attached");
+    s.fleet.control("/occupy?n=4").await;
+    wait_shedding(&s.ingress, true).await;
+    let started = Instant::now();
+    let got = from(net, net.carrier_ip, s.https, Duration::from_secs(2)).await;
+    assert_eq!(
+        got,
+        Connect::Refused,
+        "the carrier gets a RST; counters: {}",
+        dump(&s.pins_path)["counters"]
+    );
+    eprintln!("RST mode: carrier refused in {:?}", started.elapsed());
+    assert!(dump(&s.pins_path)["counters"]["shed_rst"].as_u64().unwrap() >= 1);
+    assert_eq!(
+        from(net, net.other_ip, s.https, Duration::from_secs(2)).await,
+        Connect::Connected
+    );
+    drop(tx);
+    peer.join().unwrap();
+}
