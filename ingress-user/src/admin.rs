@@ -1,6 +1,8 @@
 //! Control path: the admin API (HTTP + JSON) on a unix socket (0600) and,
-//! optionally, a loopback TCP address that also serves `/metrics` and
-//! `/stats`. Read-only routes here; answers are JSON, errors `{"error": …}`.
+//! optionally, a TCP address that also serves `/metrics` and `/stats`.
+//! Changes are accepted from the unix socket and loopback peers only; other
+//! peers (a non-loopback `listen`, which needs a `token`) may only read.
+//! Answers are JSON, errors `{"error": …}`.
 
 use std::{convert::Infallible, path::Path, sync::Arc};
 
@@ -12,10 +14,14 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use tokio::{
     net::{TcpListener, UnixListener},
-    sync::watch,
+    sync::{Mutex, watch},
 };
 
-use crate::{pool::CheckStatus, runtime::Shared};
+use crate::{
+    control::{AddRequest, Control, Refusal},
+    pool::{AdminState, CheckStatus},
+    runtime::Shared,
+};
 
 /// One server as `GET /api/servers` shows it.
 #[derive(Debug, Serialize)]
@@ -127,43 +133,161 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+/// Who is calling: the unix socket (trusted by its 0600 mode) or a TCP peer.
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Unix,
+    Tcp(std::net::SocketAddr),
+}
+
+/// What the admin server needs per request.
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub shared: Arc<Shared>,
+    pub control: Arc<Mutex<Control>>,
+    /// Bearer token required from non-loopback TCP peers (`[admin] token`).
+    pub token: Option<String>,
+}
+
+fn refusal(r: Refusal) -> Response<Full<Bytes>> {
+    error(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &r.reason)
+}
+
+fn outcome(r: Result<serde_json::Value, Refusal>) -> Response<Full<Bytes>> {
+    match r {
+        Ok(v) => json(StatusCode::OK, &v),
+        Err(r) => refusal(r),
+    }
+}
+
+async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Result<T, Response<Full<Bytes>>> {
+    use http_body_util::BodyExt as _;
+    let bytes = http_body_util::Limited::new(req.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("reading the body: {e}")))?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| error(StatusCode::BAD_REQUEST, &format!("bad JSON body: {e}")))
+}
+
+async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
-    let resp = match (req.method(), path.as_str()) {
-        (&Method::GET, "/api/servers") => json(StatusCode::OK, &serde_json::json!({ "servers": servers(&shared) })),
-        (&Method::GET, "/api/status") => json(StatusCode::OK, &status_json(&shared)),
-        (&Method::GET, "/metrics") => text(
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(&shared),
-        ),
-        (&Method::GET, "/stats.json") => json(
-            StatusCode::OK,
-            &serde_json::json!({ "servers": servers(&shared), "status": status_json(&shared) }),
-        ),
-        (&Method::GET, "/stats") => text("text/html; charset=utf-8", stats_html(&shared)),
-        (_, "/api/servers" | "/api/status" | "/metrics" | "/stats" | "/stats.json") => {
-            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+    let method = req.method().clone();
+    let loopback = match peer {
+        Peer::Unix => true,
+        Peer::Tcp(a) => a.ip().is_loopback(),
+    };
+    if !loopback {
+        let presented = req
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match (&admin.token, presented) {
+            (Some(t), Some(p)) if constant_time_eq(t.as_bytes(), p.as_bytes()) => {}
+            _ => return Ok(error(StatusCode::UNAUTHORIZED, "a bearer token is required from this address")),
+        }
+        if method != Method::GET {
+            return Ok(error(StatusCode::FORBIDDEN, "changes are accepted from loopback or the unix socket only"));
+        }
+    }
+    let shared = &admin.shared;
+    let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let resp = match (&method, segments.as_slice()) {
+        (&Method::GET, ["api", "servers"]) => json(StatusCode::OK, &serde_json::json!({ "servers": servers(shared) })),
+        (&Method::GET, ["api", "status"]) => {
+            let last_reload = admin.control.lock().await.last_reload.clone();
+            let mut v = status_json(shared);
+            v["last_reload"] = serde_json::to_value(last_reload).unwrap_or_default();
+            json(StatusCode::OK, &v)
+        }
+        (&Method::GET, ["api", "pick", pool]) => pick(shared, pool),
+        (&Method::GET, ["metrics"]) => text("text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(shared)),
+        (&Method::GET, ["stats.json"]) => {
+            json(StatusCode::OK, &serde_json::json!({ "servers": servers(shared), "status": status_json(shared) }))
+        }
+        (&Method::GET, ["stats"]) => text("text/html; charset=utf-8", stats_html(shared)),
+        (&Method::POST, ["api", "servers", pool, name, "state"]) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Body {
+                state: String,
+            }
+            match body_json::<Body>(req).await {
+                Err(r) => r,
+                Ok(b) => match AdminState::parse(&b.state) {
+                    None => error(StatusCode::BAD_REQUEST, &format!("state `{}` is not drain, ready or maint", b.state)),
+                    Some(st) => outcome(admin.control.lock().await.set_state(pool, name, st)),
+                },
+            }
+        }
+        (&Method::POST, ["api", "pools", pool, "servers"]) => match body_json::<AddRequest>(req).await {
+            Err(r) => r,
+            Ok(b) => outcome(crate::control::add_server(&admin.control, pool, b).await),
+        },
+        (&Method::DELETE, ["api", "servers", pool, name]) => {
+            let now = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "now=1" || kv == "now=true"));
+            outcome(crate::control::remove_server(&admin.control, pool, name, now).await)
+        }
+        (&Method::POST, ["api", "reload"]) => outcome(admin.control.lock().await.reload().await),
+        (_, ["api", ..] | ["metrics"] | ["stats"] | ["stats.json"]) => {
+            error(StatusCode::NOT_FOUND, &format!("no admin route {method} {path}"))
         }
         _ => error(StatusCode::NOT_FOUND, &format!("no admin route {path}")),
     };
     Ok(resp)
 }
 
-async fn serve_conn<I>(io: I, shared: Arc<Shared>)
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(v) = s.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {
+    let rt = shared.runtime.load();
+    let Some(p) = rt.pools.iter().find(|p| *p.name == *pool) else {
+        return error(StatusCode::NOT_FOUND, &format!("no pool named `{pool}`"));
+    };
+    match p.most_capacity() {
+        Some(s) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "pool": pool, "name": s.name(), "addr": s.def.addr(), "host": s.def.host, "effective": s.effective(), "state": s.state() }),
+        ),
+        None => error(StatusCode::SERVICE_UNAVAILABLE, &format!("no server of `{pool}` has capacity")),
+    }
+}
+
+async fn serve_conn<I>(io: I, admin: Admin, peer: Peer)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| handle(Arc::clone(&shared), req));
-    let _ = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(io), svc)
-        .await;
+    let svc = service_fn(move |req| handle(admin.clone(), peer, req));
+    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
 }
 
-/// Serves the admin API on loopback TCP until `stop`.
-pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// Serves the admin API on TCP until `stop`.
+pub async fn serve_tcp(listener: TcpListener, admin: Admin, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            r = listener.accept() => if let Ok((s, _)) = r { tokio::spawn(serve_conn(s, Arc::clone(&shared))); },
+            r = listener.accept() => if let Ok((s, peer)) = r { tokio::spawn(serve_conn(s, admin.clone(), Peer::Tcp(peer))); },
             _ = stop.changed() => return,
         }
     }
@@ -184,10 +308,10 @@ pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 /// Serves the admin API on the unix socket until `stop`.
-pub async fn serve_unix(listener: UnixListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub async fn serve_unix(listener: UnixListener, admin: Admin, mut stop: watch::Receiver<bool>) {
     loop {
         tokio::select! {
-            r = listener.accept() => if let Ok((s, _)) = r { tokio::spawn(serve_conn(s, Arc::clone(&shared))); },
+            r = listener.accept() => if let Ok((s, _)) = r { tokio::spawn(serve_conn(s, admin.clone(), Peer::Unix)); },
             _ = stop.changed() => return,
         }
     }

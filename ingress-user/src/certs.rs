@@ -35,6 +35,8 @@ pub enum CertError {
 pub struct Bundle {
     pub stem: String,
     pub names: Vec<String>,
+    /// The leaf's notAfter, seconds since the Unix epoch.
+    pub not_after: i64,
     pub key: Arc<CertifiedKey>,
     /// File content the bundle was loaded from, to skip unchanged files.
     content: Arc<Vec<u8>>,
@@ -52,6 +54,7 @@ impl fmt::Debug for Bundle {
 /// Immutable SNI index.
 #[derive(Debug, Default)]
 struct Index {
+    default_stem: Option<String>,
     /// By file stem, sorted.
     bundles: BTreeMap<String, Bundle>,
     exact: HashMap<String, Arc<CertifiedKey>>,
@@ -61,7 +64,7 @@ struct Index {
 }
 
 impl Index {
-    fn build(bundles: BTreeMap<String, Bundle>, default_stem: Option<&str>) -> Self {
+    fn build(bundles: BTreeMap<String, Bundle>, default_stem: Option<String>) -> Self {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
         for b in bundles.values() {
@@ -75,10 +78,12 @@ impl Index {
             }
         }
         let default = default_stem
+            .as_deref()
             .and_then(|s| bundles.get(s))
             .or_else(|| bundles.values().next())
             .map(|b| Arc::clone(&b.key));
         Self {
+            default_stem,
             bundles,
             exact,
             wildcard,
@@ -104,8 +109,8 @@ impl Index {
 
 /// The certificate store: directory, default stem, current index.
 pub struct CertStore {
-    dir: PathBuf,
-    default_stem: Option<String>,
+    dir: std::sync::Mutex<PathBuf>,
+    default_stem: std::sync::Mutex<Option<String>>,
     provider: Arc<CryptoProvider>,
     index: ArcSwap<Index>,
     /// Successful reloads that changed something.
@@ -116,7 +121,7 @@ pub struct CertStore {
 
 impl fmt::Debug for CertStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertStore").field("dir", &self.dir).finish()
+        f.debug_struct("CertStore").field("dir", &self.dir()).finish()
     }
 }
 
@@ -128,8 +133,8 @@ impl CertStore {
         provider: Arc<CryptoProvider>,
     ) -> Result<Arc<Self>, CertError> {
         let store = Arc::new(Self {
-            dir: dir.to_owned(),
-            default_stem,
+            dir: std::sync::Mutex::new(dir.to_owned()),
+            default_stem: std::sync::Mutex::new(default_stem),
             provider,
             index: ArcSwap::from_pointee(Index::default()),
             reloads: AtomicU64::new(0),
@@ -149,14 +154,15 @@ impl CertStore {
     /// that fails keeps its previous bundle; a vanished file is dropped
     /// unless that would leave no bundle at all. Returns the refusals.
     pub fn reload(&self) -> Vec<CertError> {
+        let dir = self.dir();
         let old = self.index.load();
         let mut errors = Vec::new();
         let mut bundles = BTreeMap::new();
         let mut changed = false;
-        match std::fs::read_dir(&self.dir) {
+        match std::fs::read_dir(&dir) {
             Err(source) => {
                 errors.push(CertError::Read {
-                    path: self.dir.clone(),
+                    path: dir.clone(),
                     source,
                 });
             }
@@ -201,22 +207,27 @@ impl CertStore {
             }
         }
         if bundles.is_empty() && !old.bundles.is_empty() {
-            errors.push(CertError::Empty { dir: self.dir.clone() });
+            errors.push(CertError::Empty { dir: dir.clone() });
             bundles = old.bundles.clone();
         }
-        changed |= bundles.len() != old.bundles.len();
+        let default_stem = self.default_stem.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        changed |= bundles.len() != old.bundles.len() || default_stem != old.default_stem;
         for e in &errors {
             tracing::error!(error = %e, "certificate bundle refused; the previous one keeps serving");
         }
         self.errors.fetch_add(errors.len() as u64, Relaxed);
         if changed {
             let names: Vec<_> = bundles.keys().cloned().collect();
-            self.index
-                .store(Arc::new(Index::build(bundles, self.default_stem.as_deref())));
+            self.index.store(Arc::new(Index::build(bundles, default_stem)));
             self.reloads.fetch_add(1, Relaxed);
             tracing::info!(bundles = ?names, "certificates loaded");
         }
         errors
+    }
+
+    /// `(stem, notAfter)` of the bundles serving now.
+    pub fn expiries(&self) -> Vec<(String, i64)> {
+        self.index.load().bundles.values().map(|b| (b.stem.clone(), b.not_after)).collect()
     }
 
     /// Stems and names of the bundles serving now.
@@ -229,8 +240,16 @@ impl CertStore {
             .collect()
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    pub fn dir(&self) -> PathBuf {
+        self.dir.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Points the store at another directory or default (a reload); bundles
+    /// that fail to load there leave the current ones serving.
+    pub fn retarget(&self, dir: &Path, default_stem: Option<String>) -> Vec<CertError> {
+        *self.dir.lock().unwrap_or_else(|e| e.into_inner()) = dir.to_owned();
+        *self.default_stem.lock().unwrap_or_else(|e| e.into_inner()) = default_stem;
+        self.reload()
     }
 }
 
@@ -256,19 +275,20 @@ fn load_bundle(path: &Path, stem: &str, content: Vec<u8>, provider: &CryptoProvi
         return Err(bad("no certificate in the bundle".to_owned()));
     };
     let key = PrivateKeyDer::from_pem_slice(&content).map_err(|e| bad(format!("no usable private key: {e}")))?;
-    let names = leaf_names(leaf).map_err(bad)?;
+    let (names, not_after) = leaf_names(leaf).map_err(bad)?;
     let certified = CertifiedKey::from_der(chain, key, provider)
         .map_err(|e| bad(format!("key does not fit the certificate: {e}")))?;
     Ok(Bundle {
         stem: stem.to_owned(),
         names,
+        not_after,
         key: Arc::new(certified),
         content: Arc::new(content),
     })
 }
 
-/// DNS names (and IP addresses) from the SAN, else the subject CN.
-fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
+/// DNS names (and IP addresses) from the SAN, else the subject CN; and notAfter.
+fn leaf_names(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(leaf).map_err(|e| format!("certificate does not parse: {e}"))?;
     let mut names = Vec::new();
@@ -294,10 +314,11 @@ fn leaf_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, String> {
             }
         }
     }
-    Ok(names)
+    Ok((names, cert.validity().not_after.timestamp()))
 }
 
 /// Watches the certificate directory and reloads within ~200 ms of a change.
+/// Dropping the watcher stops it.
 pub fn spawn_watcher(store: Arc<CertStore>) -> Result<notify::RecommendedWatcher, notify::Error> {
     use notify::Watcher as _;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
@@ -306,7 +327,7 @@ pub fn spawn_watcher(store: Arc<CertStore>) -> Result<notify::RecommendedWatcher
             let _ = tx.send(());
         }
     })?;
-    watcher.watch(store.dir(), notify::RecursiveMode::NonRecursive)?;
+    watcher.watch(&store.dir(), notify::RecursiveMode::NonRecursive)?;
     tokio::spawn(async move {
         while rx.recv().await.is_some() {
             // Let a burst of events (write, then rename) settle first.

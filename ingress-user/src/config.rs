@@ -12,7 +12,7 @@ use std::{
 
 use serde::{Deserialize, Deserializer, de};
 
-use crate::routes::RoutePattern;
+use crate::{pool::AdminState, routes::RoutePattern};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -370,8 +370,11 @@ impl Default for CheckConfig {
 pub struct AdminConfig {
     /// Unix socket of the admin API (mode 0600).
     pub socket: PathBuf,
-    /// Optional loopback TCP address for the admin API, `/metrics` and `/stats`.
+    /// Optional TCP address for the admin API, `/metrics` and `/stats`;
+    /// a non-loopback address needs `token`, and there only reads are served.
     pub listen: Option<SocketAddr>,
+    /// Bearer token required from non-loopback peers.
+    pub token: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -379,6 +382,7 @@ impl Default for AdminConfig {
         Self {
             socket: PathBuf::from("/run/ingress/admin.sock"),
             listen: None,
+            token: None,
         }
     }
 }
@@ -497,9 +501,9 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((host.to_owned(), port))
 }
 
-/// Parses a `servers_file`: one `ADDR [name=NAME] [sni=HOST] [maxconn=N]` per
-/// line; `#` starts a comment; blank lines are ignored.
-pub fn parse_servers_file(text: &str) -> Result<Vec<ServerDef>, String> {
+/// Parses a `servers_file`: one `ADDR [name=NAME] [sni=HOST] [maxconn=N]
+/// [state=drain|maint]` per line; `#` starts a comment; blank lines are ignored.
+pub fn parse_servers_file(text: &str) -> Result<Vec<(ServerDef, AdminState)>, String> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.split('#').next().unwrap_or("").trim();
@@ -517,6 +521,7 @@ pub fn parse_servers_file(text: &str) -> Result<Vec<ServerDef>, String> {
             sni: None,
             maxconn: None,
         };
+        let mut state = AdminState::Ready;
         for word in words {
             let (k, v) = word
                 .split_once('=')
@@ -532,22 +537,26 @@ pub fn parse_servers_file(text: &str) -> Result<Vec<ServerDef>, String> {
                             .ok_or_else(|| format!("line {lineno}: maxconn `{v}` is not a positive integer"))?,
                     )
                 }
+                "state" => {
+                    state = AdminState::parse(v)
+                        .ok_or_else(|| format!("line {lineno}: state `{v}` is not ready, drain or maint"))?
+                }
                 other => {
                     return Err(format!(
-                        "line {lineno}: unknown key `{other}` (expected name, sni, maxconn)"
+                        "line {lineno}: unknown key `{other}` (expected name, sni, maxconn, state)"
                     ));
                 }
             }
         }
-        out.push(def);
+        out.push((def, state));
     }
     Ok(out)
 }
 
 /// Writes servers in the `servers_file` format (inverse of [`parse_servers_file`]).
-pub fn render_servers_file(servers: &[ServerDef]) -> String {
+pub fn render_servers_file(servers: &[(ServerDef, AdminState)]) -> String {
     let mut out = String::new();
-    for s in servers {
+    for (s, state) in servers {
         out.push_str(&s.addr());
         if s.name != s.addr() {
             out.push_str(&format!(" name={}", s.name));
@@ -557,6 +566,9 @@ pub fn render_servers_file(servers: &[ServerDef]) -> String {
         }
         if let Some(m) = s.maxconn {
             out.push_str(&format!(" maxconn={m}"));
+        }
+        if *state != AdminState::Ready {
+            out.push_str(&format!(" state={}", state.as_str()));
         }
         out.push('\n');
     }
@@ -662,8 +674,12 @@ impl Config {
         }
         if let Some(a) = self.admin.listen
             && !a.ip().is_loopback()
+            && self.admin.token.as_deref().is_none_or(str::is_empty)
         {
-            return Err(invalid("admin.listen", format!("{a} is not a loopback address")));
+            return Err(invalid(
+                "admin.listen",
+                format!("{a} is not a loopback address: set admin.token to expose the read-only API there"),
+            ));
         }
         if self.xdp.mode != XdpMode::Off && self.xdp.interface.is_none() {
             return Err(invalid("xdp.interface", "required unless mode = \"off\""));
@@ -724,6 +740,15 @@ impl Config {
 
     /// Every server of a pool: inline ones, then the `servers_file`'s.
     pub fn pool_servers(&self, name: &str, pool: &PoolConfig) -> Result<Vec<ServerDef>, ConfigError> {
+        Ok(self.pool_servers_with_origin(name, pool)?.into_iter().map(|(d, _, _)| d).collect())
+    }
+
+    /// Every server of a pool with its operator state and where it is written.
+    pub fn pool_servers_with_origin(
+        &self,
+        name: &str,
+        pool: &PoolConfig,
+    ) -> Result<Vec<(ServerDef, AdminState, crate::state::Origin)>, ConfigError> {
         let key = format!("pools.{name}");
         let mut out = Vec::new();
         for (i, spec) in pool.servers.iter().enumerate() {
@@ -753,7 +778,7 @@ impl Config {
                     }
                 }
             };
-            out.push(def);
+            out.push((def, AdminState::Ready, crate::state::Origin::Inline));
         }
         if let Some(file) = &pool.servers_file {
             let text = std::fs::read_to_string(file).map_err(|e| {
@@ -764,7 +789,7 @@ impl Config {
             })?;
             let defs = parse_servers_file(&text)
                 .map_err(|e| invalid(format!("{key}.servers_file"), format!("{}: {e}", file.display())))?;
-            out.extend(defs);
+            out.extend(defs.into_iter().map(|(d, s)| (d, s, crate::state::Origin::File)));
         }
         Ok(out)
     }
@@ -853,11 +878,12 @@ mod tests {
 
     #[test]
     fn servers_file_round_trips() {
-        let text = "# fleets\nfleet.example.com\n10.0.0.5:8443 name=fleet2 sni=fleet2.example.com maxconn=20\n\n";
+        let text = "# fleets\nfleet.example.com\n10.0.0.5:8443 name=fleet2 sni=fleet2.example.com maxconn=20 state=drain\n\n";
         let defs = parse_servers_file(text).unwrap();
         assert_eq!(defs.len(), 2);
-        assert_eq!(defs[1].name, "fleet2");
-        assert_eq!(defs[1].maxconn, Some(20));
+        assert_eq!(defs[1].0.name, "fleet2");
+        assert_eq!(defs[1].0.maxconn, Some(20));
+        assert_eq!(defs[1].1, AdminState::Drain);
         assert_eq!(parse_servers_file(&render_servers_file(&defs)).unwrap(), defs);
     }
 

@@ -1,7 +1,7 @@
 //! Wires the daemon together: load config and certs, bind listeners, start
 //! the data path (fronts) and the control path (health checks, admin API,
-//! cert watcher, XDP sync), print one `ready` line, and stop cleanly on
-//! SIGINT/SIGTERM. SIGHUP reloads the certificates.
+//! cert watcher, XDP sync), print one `ready` line (and tell systemd), and
+//! stop cleanly on SIGINT/SIGTERM. SIGHUP reloads config and certificates.
 
 use std::{
     io::Write as _,
@@ -11,105 +11,80 @@ use std::{
 };
 
 use anyhow::Context as _;
-use tokio::{signal::unix::SignalKind, sync::watch, task::JoinHandle};
-use tokio_rustls::TlsAcceptor;
+use tokio::{
+    signal::unix::SignalKind,
+    sync::{Mutex, watch},
+};
 
-use crate::{admin, certs::CertStore, config::Config, front, health, runtime, tls, xdp};
-
-/// Starts one health loop per server of every pool.
-fn spawn_health(shared: &Arc<Shared>) -> Vec<JoinHandle<()>> {
-    let rt = shared.runtime.load();
-    let mut tasks = Vec::new();
-    for pool in &rt.pools {
-        for server in pool.servers.load().iter() {
-            tasks.push(tokio::spawn(health::run(
-                Arc::clone(server),
-                Arc::clone(pool),
-                Arc::clone(&shared.changed),
-            )));
-        }
-    }
-    tasks
-}
-
-use crate::runtime::Shared;
+use crate::{
+    admin,
+    certs::CertStore,
+    config::Config,
+    control::Control,
+    runtime::{self, Shared},
+    sdnotify,
+    state::Desired,
+    tls, xdp,
+};
 
 /// `ingress run --config FILE`.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let provider = tls::provider();
-    let certs = CertStore::load(
-        &config.listen.certs,
-        config.listen.default_cert.clone(),
-        Arc::clone(&provider),
-    )?;
+    let certs = CertStore::load(&config.listen.certs, config.listen.default_cert.clone(), Arc::clone(&provider))?;
+    let desired = Desired::from_config(&config)?;
     let ids = AtomicU32::new(1);
-    let rt = runtime::build(&config, 1, || ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed))?;
+    let rt = runtime::build(&config, &desired, None, 1, || ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed))?;
+    let server_tls = tls::server_config(Arc::clone(&certs), config.listen.tls_min_version)?;
     let shared = Arc::new(Shared::new(
         rt,
         Arc::clone(&certs),
+        server_tls,
         config.limits.max_connections,
         ids.load(std::sync::atomic::Ordering::Relaxed),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let acceptor = TlsAcceptor::from(tls::server_config(Arc::clone(&certs), config.listen.tls_min_version)?);
-    let https = front::bind_all(&config.listen.https.0).await?;
-    let http = match &config.listen.http {
-        Some(a) => front::bind_all(&a.0).await?,
-        None => Vec::new(),
-    };
     let unix = admin::bind_unix(&config.admin.socket)
         .with_context(|| format!("admin socket {}", config.admin.socket.display()))?;
     let admin_tcp = match config.admin.listen {
-        Some(a) => Some(
-            tokio::net::TcpListener::bind(a)
-                .await
-                .with_context(|| format!("admin listen {a}"))?,
-        ),
+        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("admin listen {a}"))?),
         None => None,
     };
+    let mut control = Control::new(
+        Arc::clone(&shared),
+        config_path.to_owned(),
+        config.clone(),
+        desired,
+        stop_rx.clone(),
+    );
+    let bound = control.sync_listeners().await?;
+    control.start();
+    control.watch_certs();
+    let control = Arc::new(Mutex::new(control));
 
-    // Ports as bound (a configured port 0 becomes the real one).
-    let bound_https_ports: Vec<u16> = https
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .map(|a| a.port())
-        .collect();
+    let https: Vec<String> = bound.iter().filter(|(t, _)| *t).map(|(_, a)| a.to_string()).collect();
+    let http: Vec<String> = bound.iter().filter(|(t, _)| !*t).map(|(_, a)| a.to_string()).collect();
     let mut ready = serde_json::json!({
         "ready": true,
-        "https": https.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>(),
-        "http": http.iter().filter_map(|l| l.local_addr().ok()).map(|a| a.to_string()).collect::<Vec<_>>(),
+        "https": https,
+        "http": http,
         "admin_socket": config.admin.socket.display().to_string(),
         "admin": admin_tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
     });
-
-    for l in https {
-        tokio::spawn(front::serve(
-            l,
-            Arc::clone(&shared),
-            Some(acceptor.clone()),
-            stop_rx.clone(),
-        ));
-    }
-    for l in http {
-        tokio::spawn(front::serve(l, Arc::clone(&shared), None, stop_rx.clone()));
-    }
-    tokio::spawn(admin::serve_unix(unix, Arc::clone(&shared), stop_rx.clone()));
-    if let Some(l) = admin_tcp {
-        tokio::spawn(admin::serve_tcp(l, Arc::clone(&shared), stop_rx.clone()));
-    }
-    let health_tasks = spawn_health(&shared);
-    let _watcher = match certs::spawn_watcher(Arc::clone(&certs)) {
-        Ok(w) => Some(w),
-        Err(e) => {
-            tracing::error!(error = %e, dir = %certs.dir().display(), "cannot watch the certificate directory; SIGHUP still reloads");
-            None
-        }
+    let admin = admin::Admin {
+        shared: Arc::clone(&shared),
+        control: Arc::clone(&control),
+        token: config.admin.token.clone(),
     };
+    tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
+    if let Some(l) = admin_tcp {
+        tokio::spawn(admin::serve_tcp(l, admin, stop_rx.clone()));
+    }
 
-    let xdp_ports = if config.xdp.ports.is_empty() {
-        bound_https_ports
+    // Ports as bound (a configured port 0 becomes the real one).
+    let xdp_ports: Vec<u16> = if config.xdp.ports.is_empty() {
+        bound.iter().filter(|(t, _)| *t).map(|(_, a)| a.port()).collect()
     } else {
         config.xdp.ports.clone()
     };
@@ -132,7 +107,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
         Err(reason) => {
             tracing::warn!("################################################################");
-            tracing::warn!(%reason, "XDP is NOT attached: no kernel shedding; when every fleet is full, carriers get 503 from userspace after a full TLS handshake");
+            tracing::warn!(
+                %reason,
+                "XDP is NOT attached: no kernel shedding; when every fleet is full, carriers get 503 from userspace after a full TLS handshake"
+            );
             tracing::warn!("################################################################");
             shared.xdp.update(|s| s.error = Some(reason));
             None
@@ -144,6 +122,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let _ = writeln!(out, "{ready}");
         let _ = out.flush();
     }
+    sdnotify::notify("READY=1\nSTATUS=serving");
     tracing::info!(config = %config_path.display(), "ingress running");
 
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
@@ -152,19 +131,23 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading certificates");
-                let c = Arc::clone(&certs);
-                let _ = tokio::task::spawn_blocking(move || c.reload()).await;
+                tracing::info!("SIGHUP: reloading configuration and certificates");
+                sdnotify::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", xdp::monotonic_ns() / 1000));
+                let outcome = control.lock().await.reload().await;
+                let status = match &outcome {
+                    Ok(_) => "STATUS=serving (reloaded)".to_owned(),
+                    Err(r) => format!("STATUS=serving (reload refused: {})", r.reason.replace('\n', " ")),
+                };
+                sdnotify::notify(&format!("READY=1\n{status}"));
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
     }
     tracing::info!("stopping");
+    sdnotify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
-    for t in health_tasks {
-        t.abort();
-    }
+    control.lock().await.stop_health();
     if let Some(t) = xdp_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
@@ -180,5 +163,3 @@ fn warmup(config: &Config) -> Duration {
         .max()
         .unwrap_or_default()
 }
-
-use crate::certs;

@@ -21,18 +21,13 @@ use crate::{
     runtime::Shared,
 };
 
-/// Accepts until `stop` turns true. `tls` = None serves the plain HTTP front.
-pub async fn serve(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    tls: Option<TlsAcceptor>,
-    mut stop: watch::Receiver<bool>,
-) {
-    let kind = if tls.is_some() { "https" } else { "http" };
+/// Accepts until `stop` turns true. `tls` false serves the plain HTTP front.
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: bool, mut stop: watch::Receiver<bool>) {
+    let kind = if tls { "https" } else { "http" };
     loop {
         let accepted = tokio::select! {
             r = listener.accept() => r,
-            _ = stop.changed() => return,
+            _ = stop.wait_for(|s| *s) => return,
         };
         let (tcp, peer) = match accepted {
             Ok(a) => a,
@@ -53,14 +48,11 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let shared = Arc::clone(&shared);
         let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
-        match &tls {
-            Some(acceptor) => {
-                let acceptor = acceptor.clone();
-                tokio::spawn(handle_https(tcp, peer, local_port, shared, acceptor, permit));
-            }
-            None => {
-                tokio::spawn(handle_http(tcp, peer, shared, permit));
-            }
+        if tls {
+            let acceptor = TlsAcceptor::from(shared.tls.load_full());
+            tokio::spawn(handle_https(tcp, peer, local_port, shared, acceptor, permit));
+        } else {
+            tokio::spawn(handle_http(tcp, peer, shared, permit));
         }
     }
 }

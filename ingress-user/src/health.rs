@@ -32,6 +32,16 @@ pub struct FallRise {
 }
 
 impl FallRise {
+    /// A machine that continues from a known state (a restarted check loop).
+    pub fn starting(healthy: bool) -> Self {
+        Self {
+            healthy,
+            checked_ok_once: healthy,
+            ok_streak: 0,
+            fail_streak: 0,
+        }
+    }
+
     pub fn healthy(&self) -> bool {
         self.healthy
     }
@@ -133,7 +143,7 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
             return;
         }
     };
-    let mut machine = FallRise::default();
+    let mut machine = FallRise::starting(server.healthy());
     let mut ticker = tokio::time::interval(check.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

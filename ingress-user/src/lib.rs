@@ -8,6 +8,8 @@
 pub mod admin;
 pub mod certs;
 pub mod config;
+pub mod control;
+pub mod ctl;
 pub mod daemon;
 pub mod front;
 pub mod health;
@@ -17,6 +19,8 @@ pub mod pool;
 pub mod proxy;
 pub mod routes;
 pub mod runtime;
+pub mod sdnotify;
+pub mod state;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

@@ -25,16 +25,68 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Validate a configuration file.
+    /// Validate a configuration file; with --probe, fetch every server's
+    /// health body and show what the capacity pointer reads from it.
     Check {
         #[arg(long, short)]
         config: PathBuf,
+        #[arg(long)]
+        probe: bool,
+    },
+    /// Operate a running daemon through its admin socket.
+    Ctl {
+        /// The admin unix socket.
+        #[arg(long, default_value = "/run/ingress/admin.sock")]
+        socket: PathBuf,
+        #[command(subcommand)]
+        command: CtlCommand,
     },
     /// Read the pinned BPF maps.
     Bpf {
         #[command(subcommand)]
         command: BpfCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CtlCommand {
+    /// Servers with state, occupancy and the last check.
+    Stat {
+        #[arg(long)]
+        json: bool,
+    },
+    /// No new calls to POOL/NAME; live calls carry on.
+    Drain { target: String },
+    /// Back into rotation.
+    Ready { target: String },
+    /// Out of service.
+    Maint { target: String },
+    /// Add a server: pre-check, add, wait for UP, roll back on failure, persist.
+    Add {
+        pool: String,
+        /// HOST[:PORT], port 443 by default.
+        addr: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        sni: Option<String>,
+        #[arg(long)]
+        maxconn: Option<u32>,
+        /// Only run the pre-checks and show what would change.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove POOL/NAME (drained first while it has calls, unless --now).
+    Remove {
+        target: String,
+        /// Cut its live calls.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Reload the configuration file; fails when the daemon refused it.
+    Reload,
+    /// The server of POOL with the most effective capacity.
+    Pick { pool: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,21 +126,27 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
             rt.block_on(ingress_user::daemon::run(&config))
         }
-        Command::Check { config } => {
+        Command::Check { config, probe } => {
             let c = ingress_user::config::Config::load(&config)?;
             let servers: usize = c
                 .pools
                 .iter()
                 .map(|(name, p)| c.pool_servers(name, p).map(|s| s.len()).unwrap_or(0))
                 .sum();
-            println!(
-                "{}: ok ({} routes, {} pools, {} servers)",
-                config.display(),
-                c.routes.len(),
-                c.pools.len(),
-                servers
-            );
+            println!("{}: ok ({} routes, {} pools, {} servers)", config.display(), c.routes.len(), c.pools.len(), servers);
+            if probe {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let failed = rt.block_on(probe_all(&c))?;
+                if failed > 0 {
+                    std::process::exit(1);
+                }
+            }
             Ok(())
+        }
+        Command::Ctl { socket, command } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let code = rt.block_on(ctl(&socket, command));
+            std::process::exit(code);
         }
         Command::Bpf {
             command: BpfCommand::Dump { json, pin_path },
@@ -99,4 +157,114 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `check --probe`: one health request per server, and what the pool's capacity pointer reads.
+async fn probe_all(c: &ingress_user::config::Config) -> anyhow::Result<usize> {
+    let desired = ingress_user::state::Desired::from_config(c)?;
+    let rt = ingress_user::runtime::build(c, &desired, None, 0, {
+        let mut n = 0;
+        move || {
+            n += 1;
+            n
+        }
+    })?;
+    let mut failed = 0;
+    for pool in &rt.pools {
+        let expect = regex::Regex::new(&pool.check.expect_status)?;
+        for s in pool.servers.load().iter() {
+            let shown = format!("{}/{} ({})", pool.name, s.name(), s.def.addr());
+            match ingress_user::health::probe(s, pool).await {
+                Err(e) => {
+                    failed += 1;
+                    println!("FAIL {shown}: {e}");
+                }
+                Ok((status, body)) => {
+                    let excerpt: String = String::from_utf8_lossy(&body).chars().take(120).collect();
+                    match ingress_user::health::evaluate(status, &expect, &body, &pool.check.capacity) {
+                        Ok(Some(n)) => println!("ok   {shown}: status {status}, {} = {n}  body: {excerpt}", pool.check.capacity),
+                        Ok(None) => println!("ok   {shown}: status {status} (liveness only)"),
+                        Err(e) => {
+                            failed += 1;
+                            println!("FAIL {shown}: {e}  body: {excerpt}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(failed)
+}
+
+async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
+    use ingress_user::ctl::{report, request, seg, servers_table, split_target};
+    let (method, path, body, json_out) = match &command {
+        CtlCommand::Stat { json } => ("GET", "/api/servers".to_owned(), None, *json),
+        CtlCommand::Drain { target } | CtlCommand::Ready { target } | CtlCommand::Maint { target } => {
+            let (pool, name) = match split_target(target) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
+            let state = match &command {
+                CtlCommand::Drain { .. } => "drain",
+                CtlCommand::Ready { .. } => "ready",
+                _ => "maint",
+            };
+            (
+                "POST",
+                format!("/api/servers/{}/{}/state", seg(pool), seg(name)),
+                Some(serde_json::json!({ "state": state })),
+                false,
+            )
+        }
+        CtlCommand::Add { pool, addr, name, sni, maxconn, dry_run } => (
+            "POST",
+            format!("/api/pools/{}/servers", seg(pool)),
+            Some(serde_json::json!({ "addr": addr, "name": name, "sni": sni, "maxconn": maxconn, "dry_run": dry_run })),
+            false,
+        ),
+        CtlCommand::Remove { target, now } => {
+            let (pool, name) = match split_target(target) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 2;
+                }
+            };
+            let q = if *now { "?now=1" } else { "" };
+            ("DELETE", format!("/api/servers/{}/{}{q}", seg(pool), seg(name)), None, false)
+        }
+        CtlCommand::Reload => ("POST", "/api/reload".to_owned(), None, false),
+        CtlCommand::Pick { pool } => ("GET", format!("/api/pick/{}", seg(pool)), None, false),
+    };
+    let answer = match request(socket, method, &path, body).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let (out, code) = report(&answer, |v| {
+        if json_out {
+            return serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
+        }
+        match &command {
+            CtlCommand::Stat { .. } => servers_table(v),
+            CtlCommand::Pick { .. } => format!("{}\t{}\t{} free\n", v["name"].as_str().unwrap_or("-"), v["addr"].as_str().unwrap_or("-"), v["effective"]),
+            _ => {
+                let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
+                s.push('\n');
+                s
+            }
+        }
+    });
+    if code == 0 {
+        print!("{out}");
+    } else {
+        eprint!("{out}");
+    }
+    code
 }

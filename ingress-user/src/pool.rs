@@ -74,6 +74,25 @@ pub enum AdminState {
     Maint = 2,
 }
 
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ready" => Some(AdminState::Ready),
+            "drain" => Some(AdminState::Drain),
+            "maint" => Some(AdminState::Maint),
+            _ => None,
+        }
+    }
+}
+
 /// The last health check as shown by `stat`.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckStatus {
@@ -122,6 +141,8 @@ pub struct Server {
     pub answered_429: AtomicU64,
     pub check: Mutex<CheckStatus>,
     pub last_report: Mutex<Option<Instant>>,
+    /// Fired to cut this server's tunnels (removal with `--now`, shutdown-sessions).
+    pub cut: tokio::sync::Notify,
 }
 
 impl fmt::Debug for Server {
@@ -158,6 +179,7 @@ impl Server {
             answered_429: AtomicU64::new(0),
             check: Mutex::new(CheckStatus::default()),
             last_report: Mutex::new(None),
+            cut: tokio::sync::Notify::new(),
         }
     }
 
@@ -342,6 +364,10 @@ pub struct Pool {
     /// 429s handed to carriers (every candidate refused, or 429 not retried).
     pub passed_429_total: AtomicU64,
     pub tls: Arc<rustls::ClientConfig>,
+    /// The pool's `tls.sni` (servers without their own).
+    pub tls_sni: Option<String>,
+    /// The pool's default per-server `maxconn`.
+    pub maxconn: u32,
 }
 
 impl fmt::Debug for Pool {
@@ -371,6 +397,19 @@ impl Pool {
             retries_total: AtomicU64::new(0),
             passed_429_total: AtomicU64::new(0),
             tls,
+            tls_sni: cfg.tls.sni.clone(),
+            maxconn: cfg.maxconn,
+        }
+    }
+
+    /// Keeps the counters of the pool this one replaces (reload).
+    pub fn carry_counters(&self, old: &Pool) {
+        for (new, old) in [
+            (&self.no_capacity_total, &old.no_capacity_total),
+            (&self.retries_total, &old.retries_total),
+            (&self.passed_429_total, &old.passed_429_total),
+        ] {
+            new.store(old.load(Relaxed), Relaxed);
         }
     }
 

@@ -171,7 +171,8 @@ pub async fn forward<C>(
                     return;
                 }
                 shared.metrics.response(101);
-                let stats = tunnel::run(client, up, rt.timeouts.tunnel_idle.0, std::future::pending()).await;
+                let cut = lease.server.cut.notified();
+                let stats = tunnel::run(client, up, rt.timeouts.tunnel_idle.0, cut).await;
                 shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
                 shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
                 shared.metrics.tunnel_closed(stats.reason.as_str());

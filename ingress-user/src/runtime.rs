@@ -17,6 +17,7 @@ use crate::{
     metrics::Metrics,
     pool::{Pool, Server},
     routes::{Route, RoutePattern, RouteTable},
+    state::Desired,
     tls,
     xdp::XdpState,
 };
@@ -56,11 +57,20 @@ pub struct Shared {
     /// Signalled when a server's state or capacity may have changed.
     pub changed: Arc<Notify>,
     pub conn_limit: Arc<Semaphore>,
+    conn_limit_size: std::sync::atomic::AtomicUsize,
+    /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
+    pub tls: ArcSwap<rustls::ServerConfig>,
     next_server_id: AtomicU32,
 }
 
 impl Shared {
-    pub fn new(runtime: Runtime, certs: Arc<CertStore>, max_connections: usize, next_server_id: u32) -> Self {
+    pub fn new(
+        runtime: Runtime,
+        certs: Arc<CertStore>,
+        tls: Arc<rustls::ServerConfig>,
+        max_connections: usize,
+        next_server_id: u32,
+    ) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Metrics::default(),
@@ -68,7 +78,19 @@ impl Shared {
             xdp: XdpState::default(),
             changed: Arc::new(Notify::new()),
             conn_limit: Arc::new(Semaphore::new(max_connections)),
+            conn_limit_size: std::sync::atomic::AtomicUsize::new(max_connections),
+            tls: ArcSwap::new(tls),
             next_server_id: AtomicU32::new(next_server_id),
+        }
+    }
+
+    /// Applies a new `max_connections` (live connections keep their permits).
+    pub fn resize_conn_limit(&self, size: usize) {
+        let old = self.conn_limit_size.swap(size, std::sync::atomic::Ordering::Relaxed);
+        if size > old {
+            self.conn_limit.add_permits(size - old);
+        } else if size < old {
+            self.conn_limit.forget_permits(old - size);
         }
     }
 
@@ -77,8 +99,17 @@ impl Shared {
     }
 }
 
-/// Builds pools and routes from a validated config. Server ids are drawn from `next_id`.
-pub fn build(config: &Config, generation: u64, mut next_id: impl FnMut() -> u32) -> Result<Runtime, ConfigError> {
+/// Builds pools and routes from a config and the desired server set.
+/// Servers of `previous` with the same pool, name and definition are carried
+/// over (same `Arc`, so live counters and tunnels are untouched); new ones
+/// get ids from `next_id`.
+pub fn build(
+    config: &Config,
+    desired: &Desired,
+    previous: Option<&Runtime>,
+    generation: u64,
+    mut next_id: impl FnMut() -> u32,
+) -> Result<Runtime, ConfigError> {
     let mut pools = Vec::new();
     for (index, (name, pcfg)) in config.pools.iter().enumerate() {
         let key = format!("pools.{name}");
@@ -87,24 +118,40 @@ pub fn build(config: &Config, generation: u64, mut next_id: impl FnMut() -> u32)
             reason: e.to_string(),
         })?;
         let pool_name: Arc<str> = Arc::from(name.as_str());
+        let old_pool = previous.and_then(|rt| rt.pools.iter().find(|p| *p.name == **name));
+        let old_servers = old_pool.map(|p| p.servers.load_full());
+        let capacity_aware = !pcfg.check.capacity.is_empty();
         let mut servers = Vec::new();
-        for def in config.pool_servers(name, pcfg)? {
+        let entries = desired.pools.get(name).map(|p| p.servers.as_slice()).unwrap_or_default();
+        for entry in entries {
+            let def = &entry.def;
             let sni = def.sni.as_deref().or(pcfg.tls.sni.as_deref());
             let server_name = tls::server_name(sni, &def.host).map_err(|reason| ConfigError::Invalid {
                 key: format!("{key}.servers"),
                 reason,
             })?;
             let maxconn = def.maxconn.unwrap_or(pcfg.maxconn);
-            servers.push(Arc::new(Server::new(
-                next_id(),
-                Arc::clone(&pool_name),
-                def,
-                maxconn,
-                server_name,
-                !pcfg.check.capacity.is_empty(),
-            )));
+            let reused = old_servers.as_ref().and_then(|old| {
+                old.iter()
+                    .find(|s| {
+                        s.def == *def
+                            && s.maxconn == maxconn
+                            && s.server_name == server_name
+                            && s.capacity_aware == capacity_aware
+                    })
+                    .cloned()
+            });
+            let server = reused.unwrap_or_else(|| {
+                Arc::new(Server::new(next_id(), Arc::clone(&pool_name), def.clone(), maxconn, server_name, capacity_aware))
+            });
+            server.set_admin_state(entry.admin);
+            servers.push(server);
         }
-        pools.push(Arc::new(Pool::new(index, pool_name, pcfg, servers, client)));
+        let pool = Pool::new(index, pool_name, pcfg, servers, client);
+        if let Some(old) = old_pool {
+            pool.carry_counters(old);
+        }
+        pools.push(Arc::new(pool));
     }
     let routes = config
         .routes

@@ -23,6 +23,8 @@ pub enum CloseReason {
     Idle,
     ClientError,
     ServerError,
+    /// Cut by the ingress (server removed with --now, or marked down with shutdown-sessions).
+    Cut,
 }
 
 impl CloseReason {
@@ -33,6 +35,7 @@ impl CloseReason {
             CloseReason::Idle => "idle_timeout",
             CloseReason::ClientError => "client_error",
             CloseReason::ServerError => "server_error",
+            CloseReason::Cut => "cut",
         }
     }
 }
@@ -135,7 +138,7 @@ where
                 break if client_done { CloseReason::ClientClosed } else { CloseReason::ServerClosed };
             }
             () = &mut watchdog => break CloseReason::Idle,
-            () = &mut cancel => break CloseReason::ServerClosed,
+            () = &mut cancel => break CloseReason::Cut,
         }
     };
     TunnelStats {
