@@ -3,6 +3,7 @@
 //! orchestrates the demo and the test run. Kernel-side builds stay in
 //! `ingress-user/build.rs`.
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -36,6 +37,15 @@ enum Cmd {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Benchmark ingress side by side with HAProxy and nginx (root; results in target/bench/).
+    Bench {
+        /// Smaller counts: about 2 minutes instead of about 6.
+        #[arg(long)]
+        quick: bool,
+        /// Run only these figures (setups, echo, perf, idle, s4, storm); default: all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -98,5 +108,6 @@ fn main() -> anyhow::Result<()> {
             run(cargo().args(["build", "-p", "ingress-user", "-p", "fleet-sim"]))?;
             run(cargo().args(["test", "--no-fail-fast"]).args(args))
         }
+        Cmd::Bench { quick, only } => bench::run(quick, &only),
     }
 }

@@ -1,0 +1,575 @@
+//! `loadgen`: the load generator of `cargo xtask bench`. One mode per run,
+//! one JSON line on stdout at the end (`idle` prints one when its calls are
+//! open, then holds them until stdin closes). Every loop is bounded in count
+//! and in time; it only dials the address it is given (the bench gives it
+//! loopback or an address in a namespace of its own).
+//!
+//! - `setups`: N full TLS handshakes (no resumption) + WebSocket upgrades, C at a time;
+//!   counts what each attempt ended in (101, an HTTP status, refused, timeout, …).
+//! - `echo`: N calls, each sending `rate` messages/s of `size` bytes for `seconds`;
+//!   round-trip percentiles and lost messages.
+//! - `idle`: N calls held open until stdin closes (or `--hold-max-s`).
+//! - `s4`: the seeds' S4: fill a fleet through its control port, 8 calls 100 ms apart,
+//!   then probes until the full fleet is no longer picked, then free it and probe until
+//!   it is picked again; each call is attributed to a fleet by its `/state` counters.
+
+use std::{
+    collections::BTreeMap,
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::{Args as ClapArgs, Parser, Subcommand};
+use fleet_sim::client::{CallError, Wss, connect};
+use futures_util::{SinkExt as _, StreamExt as _};
+use rustls::ClientConfig;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio_tungstenite::tungstenite::Message;
+
+#[derive(Debug, Parser)]
+#[command(name = "loadgen", about = "Bounded WSS load for `cargo xtask bench`")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Debug, ClapArgs)]
+struct Target {
+    /// Proxy address (loopback or an address in a namespace of the bench).
+    #[arg(long)]
+    addr: SocketAddr,
+    /// SNI and Host header.
+    #[arg(long, default_value = "localhost")]
+    host: String,
+    /// CA certificate (PEM) of the proxy's certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// Call path prefix; the call number is appended.
+    #[arg(long, default_value = "/ws/bench-")]
+    path: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Mode {
+    Setups {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        count: u32,
+        #[arg(long, default_value_t = 16)]
+        concurrency: u32,
+        /// Per attempt: TCP + TLS + upgrade.
+        #[arg(long, default_value_t = 5000)]
+        timeout_ms: u64,
+    },
+    Echo {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 200)]
+        calls: u32,
+        /// Messages per second per call.
+        #[arg(long, default_value_t = 20)]
+        rate: u32,
+        #[arg(long, default_value_t = 320)]
+        size: usize,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
+    Idle {
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value_t = 1000)]
+        calls: u32,
+        #[arg(long, default_value_t = 32)]
+        concurrency: u32,
+        /// Hold at most this long when stdin stays open.
+        #[arg(long, default_value_t = 600)]
+        hold_max_s: u64,
+    },
+    S4 {
+        #[command(flatten)]
+        target: Target,
+        /// Control addresses of the fleets; the first is the one filled.
+        #[arg(long, required = true)]
+        fleet: Vec<SocketAddr>,
+        /// Workers to occupy on the first fleet.
+        #[arg(long, default_value_t = 16)]
+        fill: u32,
+        #[arg(long, default_value_t = 8)]
+        calls: u32,
+        #[arg(long, default_value_t = 100)]
+        interval_ms: u64,
+        /// Probe calls after the held ones (closed at once), at the same interval.
+        #[arg(long, default_value_t = 40)]
+        probes: u32,
+        /// After freeing the fleet, probe at most this long for it to be picked again.
+        #[arg(long, default_value_t = 15)]
+        recover_s: u64,
+    },
+}
+
+/// Lifts the open-files limit to its hard maximum (thousands of calls at once).
+fn raise_nofile() {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a valid, properly typed struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// The client TLS config with session resumption off: every set-up is a full handshake.
+fn tls(ca: &PathBuf) -> anyhow::Result<Arc<ClientConfig>> {
+    let pem = std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
+    let base = fleet_sim::client::tls_config(&pem)?;
+    let mut cfg = (*base).clone();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// What one attempt ended in, as a short key.
+fn outcome(r: &Result<Result<Wss, CallError>, tokio::time::error::Elapsed>) -> String {
+    match r {
+        Err(_) => "timeout".into(),
+        Ok(Ok(_)) => "101".into(),
+        Ok(Err(CallError::Status(s, _))) => s.to_string(),
+        Ok(Err(CallError::Other(e))) => {
+            let e = e.to_lowercase();
+            if e.contains("refused") {
+                "refused".into()
+            } else if e.contains("reset") {
+                "reset".into()
+            } else if e.contains("tls") {
+                "tls-error".into()
+            } else if e.contains("eof") || e.contains("closed") {
+                "closed".into()
+            } else {
+                "other".into()
+            }
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let idx = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    Some(sorted[idx.clamp(1, sorted.len()) - 1])
+}
+
+fn percentiles(mut v: Vec<f64>) -> Value {
+    v.sort_by(f64::total_cmp);
+    json!({
+        "n": v.len(),
+        "p50": percentile(&v, 50.0),
+        "p99": percentile(&v, 99.0),
+        "p999": percentile(&v, 99.9),
+        "max": v.last(),
+    })
+}
+
+async fn close(mut ws: Wss) {
+    let _ = tokio::time::timeout(Duration::from_millis(500), ws.close(None)).await;
+}
+
+async fn setups(t: Target, count: u32, concurrency: u32, timeout_ms: u64) -> anyhow::Result<Value> {
+    let tls = tls(&t.ca)?;
+    let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let started = Instant::now();
+    let t = Arc::new(t);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (tls, next, t) = (Arc::clone(&tls), Arc::clone(&next), Arc::clone(&t));
+        tasks.push(tokio::spawn(async move {
+            let mut seen: Vec<(String, f64)> = Vec::new();
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if i >= count {
+                    break;
+                }
+                let at = Instant::now();
+                let path = format!("{}{i}", t.path);
+                let r = tokio::time::timeout(
+                    Duration::from_millis(timeout_ms),
+                    connect(t.addr, &t.host, &path, Arc::clone(&tls)),
+                )
+                .await;
+                let key = outcome(&r);
+                seen.push((key, at.elapsed().as_secs_f64() * 1e3));
+                if let Ok(Ok(ws)) = r {
+                    close(ws).await;
+                }
+            }
+            seen
+        }));
+    }
+    let mut outcomes: BTreeMap<String, u64> = BTreeMap::new();
+    let mut ok_ms = Vec::new();
+    let mut fail_ms = Vec::new();
+    for task in tasks {
+        for (key, ms) in task.await? {
+            if key == "101" {
+                ok_ms.push(ms);
+            } else {
+                fail_ms.push(ms);
+            }
+            *outcomes.entry(key).or_default() += 1;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let ok = outcomes.get("101").copied().unwrap_or(0);
+    Ok(json!({
+        "mode": "setups",
+        "attempts": count,
+        "ok": ok,
+        "outcomes": outcomes,
+        "elapsed_s": elapsed,
+        "ok_per_s": ok as f64 / elapsed,
+        "attempts_per_s": f64::from(count) / elapsed,
+        "ok_ms": percentiles(ok_ms),
+        "fail_ms": percentiles(fail_ms),
+    }))
+}
+
+/// Opens `n` calls, `concurrency` at a time; returns the open ones and the failures by kind.
+async fn open_calls(
+    t: &Target,
+    tls: &Arc<ClientConfig>,
+    n: u32,
+    concurrency: u32,
+) -> (Vec<Wss>, BTreeMap<String, u64>) {
+    let mut open = Vec::new();
+    let mut failed: BTreeMap<String, u64> = BTreeMap::new();
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<_> = (i..(i + concurrency).min(n))
+            .map(|k| {
+                let path = format!("{}{k}", t.path);
+                let (addr, host, tls) = (t.addr, t.host.clone(), Arc::clone(tls));
+                tokio::spawn(async move {
+                    tokio::time::timeout(Duration::from_secs(10), connect(addr, &host, &path, tls)).await
+                })
+            })
+            .collect();
+        for b in batch {
+            match b.await {
+                Ok(Ok(Ok(ws))) => open.push(ws),
+                Ok(r) => *failed.entry(outcome(&r)).or_default() += 1,
+                Err(_) => *failed.entry("panic".into()).or_default() += 1,
+            }
+        }
+        i += concurrency;
+    }
+    (open, failed)
+}
+
+async fn echo(t: Target, calls: u32, rate: u32, size: usize, seconds: u64) -> anyhow::Result<Value> {
+    let tls = tls(&t.ca)?;
+    let (open, failed) = open_calls(&t, &tls, calls, 32).await;
+    let base = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let per_call = seconds * u64::from(rate);
+    let n_open = open.len() as u32;
+    let mut tasks = Vec::new();
+    for (k, ws) in open.into_iter().enumerate() {
+        let (mut tx, mut rx) = ws.split();
+        // Spread the calls' send instants over one period.
+        let offset = period.mul_f64(k as f64 / f64::from(n_open.max(1)));
+        tasks.push(tokio::spawn(async move {
+            let reader = tokio::spawn(async move {
+                let mut rtts = Vec::new();
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds + 10);
+                while (rtts.len() as u64) < per_call {
+                    match tokio::time::timeout_at(deadline, rx.next()).await {
+                        Ok(Some(Ok(Message::Binary(b)))) if b.len() >= 8 => {
+                            let sent = u64::from_le_bytes(b[..8].try_into().unwrap_or_default());
+                            let now = base.elapsed().as_nanos() as u64;
+                            rtts.push(now.saturating_sub(sent) as f64 / 1e3);
+                        }
+                        Ok(Some(Ok(_))) => {}
+                        _ => break,
+                    }
+                }
+                (rtts, rx)
+            });
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut sent = 0u64;
+            let mut payload = vec![0x5a_u8; size.max(8)];
+            while sent < per_call {
+                ticker.tick().await;
+                let now = base.elapsed().as_nanos() as u64;
+                payload[..8].copy_from_slice(&now.to_le_bytes());
+                if tx.send(Message::binary(payload.clone())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+            let rtts = match reader.await {
+                Ok((rtts, rx)) => {
+                    if let Ok(ws) = tx.reunite(rx) {
+                        close(ws).await;
+                    }
+                    rtts
+                }
+                Err(_) => Vec::new(),
+            };
+            (sent, rtts)
+        }));
+    }
+    let mut sent = 0;
+    let mut rtts = Vec::new();
+    for task in tasks {
+        let (s, r) = task.await?;
+        sent += s;
+        rtts.extend(r);
+    }
+    let received = rtts.len() as u64;
+    Ok(json!({
+        "mode": "echo",
+        "calls": calls,
+        "open": n_open,
+        "failed": failed,
+        "rate": rate,
+        "size": size,
+        "seconds": seconds,
+        "sent": sent,
+        "received": received,
+        "lost": sent.saturating_sub(received) + u64::from(calls - n_open) * per_call,
+        "rtt_us": percentiles(rtts),
+        "elapsed_s": base.elapsed().as_secs_f64(),
+    }))
+}
+
+async fn idle(t: Target, calls: u32, concurrency: u32, hold_max_s: u64) -> anyhow::Result<Value> {
+    let tls = tls(&t.ca)?;
+    let started = Instant::now();
+    let (open, failed) = open_calls(&t, &tls, calls, concurrency).await;
+    let line = json!({
+        "mode": "idle",
+        "calls": calls,
+        "open": open.len(),
+        "failed": failed,
+        "open_s": started.elapsed().as_secs_f64(),
+    });
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
+    // Hold until stdin closes (the bench measured what it wanted), bounded.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        let _ = tx.send(());
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(hold_max_s), rx).await;
+    let mut closing = Vec::new();
+    for ws in open {
+        closing.push(tokio::spawn(close(ws)));
+    }
+    for c in closing {
+        let _ = c.await;
+    }
+    Ok(json!({"mode": "idle", "closed": true}))
+}
+
+/// Plain HTTP GET on a fleet's control port; the JSON body.
+async fn control(addr: SocketAddr, path: &str) -> anyhow::Result<Value> {
+    let fut = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await?;
+        anyhow::Ok(out)
+    };
+    let out = tokio::time::timeout(Duration::from_secs(5), fut)
+        .await
+        .context("control timeout")??;
+    let text = String::from_utf8_lossy(&out);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    serde_json::from_str(body).with_context(|| format!("control {path}: {text}"))
+}
+
+/// Per fleet: calls_total + answered_429 (every upgrade that reached it).
+async fn touches(fleets: &[SocketAddr]) -> anyhow::Result<Vec<u64>> {
+    let mut v = Vec::new();
+    for f in fleets {
+        let s = control(*f, "/state").await?;
+        v.push(s["calls_total"].as_u64().unwrap_or(0) + s["answered_429"].as_u64().unwrap_or(0));
+    }
+    Ok(v)
+}
+
+struct S4Params {
+    fleets: Vec<SocketAddr>,
+    fill: u32,
+    calls: u32,
+    interval: Duration,
+    probes: u32,
+    recover: Duration,
+}
+
+/// One call at `path`; held when `hold`. Returns (status, fleets touched).
+async fn attributed_call(
+    t: &Target,
+    tls: &Arc<ClientConfig>,
+    fleets: &[SocketAddr],
+    path: &str,
+    held: &mut Vec<Wss>,
+    hold: bool,
+) -> anyhow::Result<(String, Vec<usize>)> {
+    let before = touches(fleets).await?;
+    let r = tokio::time::timeout(Duration::from_secs(10), connect(t.addr, &t.host, path, Arc::clone(tls))).await;
+    let key = outcome(&r);
+    if let Ok(Ok(ws)) = r {
+        if hold {
+            held.push(ws);
+        } else {
+            close(ws).await;
+        }
+    }
+    let after = touches(fleets).await?;
+    let touched = before
+        .iter()
+        .zip(&after)
+        .enumerate()
+        .filter(|(_, (b, a))| a > b)
+        .map(|(i, _)| i)
+        .collect();
+    Ok((key, touched))
+}
+
+async fn s4(t: Target, p: S4Params) -> anyhow::Result<Value> {
+    let tls = tls(&t.ca)?;
+    let fleets = p.fleets.clone();
+    let mut held = Vec::new();
+    control(fleets[0], &format!("/occupy?n={}", p.fill)).await?;
+    let t0 = Instant::now();
+    let mut calls = Vec::new();
+    let mut last_hit: Option<usize> = None;
+    let total = p.calls + p.probes;
+    for i in 0..total {
+        let at = t0 + p.interval * i;
+        tokio::time::sleep_until(at.into()).await;
+        let (status, touched) =
+            attributed_call(&t, &tls, &fleets, &format!("{}s4-{i}", t.path), &mut held, i < p.calls).await?;
+        if touched.contains(&0) {
+            last_hit = Some(i as usize);
+        }
+        calls.push(
+            json!({"i": i, "at_ms": at.duration_since(t0).as_millis() as u64, "status": status, "fleets": touched}),
+        );
+    }
+    let statuses: Vec<Value> = calls[..p.calls as usize].iter().map(|c| c["status"].clone()).collect();
+    let carrier_429 = calls[..p.calls as usize]
+        .iter()
+        .filter(|c| c["status"] == "429")
+        .count();
+    let not_101 = calls[..p.calls as usize]
+        .iter()
+        .filter(|c| c["status"] != "101")
+        .count();
+    let full_hits = calls
+        .iter()
+        .filter(|c| c["fleets"].as_array().is_some_and(|a| a.contains(&json!(0))))
+        .count();
+    // Time from "full" to the first call after which none went to the full fleet.
+    let stop_ms = match last_hit {
+        None => 0,
+        Some(i) => p.interval.as_millis() as u64 * (i as u64 + 1),
+    };
+    let stopped = last_hit.is_none_or(|i| i + 1 < total as usize);
+    // Free the fleet; how long until it is picked again?
+    control(fleets[0], &format!("/free?n={}", p.fill)).await?;
+    let t1 = Instant::now();
+    let mut recover_ms = None;
+    let mut k = 0u32;
+    while t1.elapsed() < p.recover {
+        let (_, touched) = attributed_call(&t, &tls, &fleets, &format!("{}rec-{k}", t.path), &mut held, false).await?;
+        if touched.contains(&0) {
+            recover_ms = Some(t1.elapsed().as_millis() as u64);
+            break;
+        }
+        k += 1;
+        tokio::time::sleep(p.interval).await;
+    }
+    for ws in held {
+        close(ws).await;
+    }
+    Ok(json!({
+        "mode": "s4",
+        "statuses": statuses,
+        "carrier_429": carrier_429,
+        "carrier_not_101": not_101,
+        "full_fleet_hits": full_hits,
+        "stop_ms": if stopped { json!(stop_ms) } else { Value::Null },
+        "recover_ms": recover_ms,
+        "recover_window_ms": p.recover.as_millis() as u64,
+        "calls": calls,
+    }))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    raise_nofile();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let out = rt.block_on(async move {
+        match cli.mode {
+            Mode::Setups {
+                target,
+                count,
+                concurrency,
+                timeout_ms,
+            } => setups(target, count, concurrency, timeout_ms).await,
+            Mode::Echo {
+                target,
+                calls,
+                rate,
+                size,
+                seconds,
+            } => echo(target, calls, rate, size, seconds).await,
+            Mode::Idle {
+                target,
+                calls,
+                concurrency,
+                hold_max_s,
+            } => idle(target, calls, concurrency, hold_max_s).await,
+            Mode::S4 {
+                target,
+                fleet,
+                fill,
+                calls,
+                interval_ms,
+                probes,
+                recover_s,
+            } => {
+                let p = S4Params {
+                    fleets: fleet,
+                    fill,
+                    calls,
+                    interval: Duration::from_millis(interval_ms),
+                    probes,
+                    recover: Duration::from_secs(recover_s),
+                };
+                s4(target, p).await
+            }
+        }
+    })?;
+    println!("{out}");
+    Ok(())
+}

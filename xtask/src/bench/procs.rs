@@ -1,0 +1,341 @@
+//! Processes of the bench (stopped on drop, also on error), what `/proc`
+//! says about them, and small bounded HTTP helpers (TCP, unix socket, inside
+//! a namespace).
+
+use std::{
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::SocketAddr,
+    os::fd::AsFd as _,
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+/// A child process; SIGTERM, then SIGKILL after 5 s, when dropped.
+pub struct Proc {
+    pub child: Child,
+    /// The first stdout line, when the process prints one.
+    pub ready: Value,
+    pub stdin: Option<ChildStdin>,
+}
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Starts `cmd` with stderr to `log`; with `wait_line`, waits (bounded) for one JSON line.
+    pub fn start(name: &str, cmd: &mut Command, log: &Path, wait_line: Option<Duration>) -> anyhow::Result<Self> {
+        let log_file = std::fs::File::create(log).with_context(|| format!("log {}", log.display()))?;
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .stdin(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {name} ({cmd:?})"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stdin = child.stdin.take();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            let _ = tx.send(line);
+            let mut sink = Vec::new();
+            let _ = reader.read_to_end(&mut sink);
+        });
+        let mut p = Self {
+            child,
+            ready: Value::Null,
+            stdin,
+        };
+        if let Some(limit) = wait_line {
+            let line = rx.recv_timeout(limit).unwrap_or_default();
+            p.ready = serde_json::from_str(line.trim()).map_err(|_| {
+                let log = std::fs::read_to_string(log).unwrap_or_default();
+                let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
+                anyhow::anyhow!("{name} did not print its ready line (got {line:?}); log tail (reversed):\n{tail}")
+            })?;
+        }
+        Ok(p)
+    }
+
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn stop(&mut self) {
+        if !self.alive() {
+            return;
+        }
+        let pid = nix::unistd::Pid::from_raw(self.pid());
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !self.alive() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `taskset -c CORE` in front of a program; with `netns`, `nsenter --net=` first
+/// (both exec, so the child's PID is the program's).
+pub fn pinned(core: u32, netns: Option<&str>, program: &Path) -> Command {
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net=/run/netns/{ns}")).arg("taskset");
+            c
+        }
+        None => Command::new("taskset"),
+    };
+    cmd.arg("-c").arg(core.to_string()).arg(program);
+    cmd
+}
+
+/// Runs a command to its end (bounded by `limit`), returns stdout.
+pub fn output(cmd: &mut Command, limit: Duration) -> anyhow::Result<String> {
+    let shown = format!("{cmd:?}");
+    let (status, stdout, stderr) = run_bounded(cmd, limit)?;
+    if !status.success() {
+        bail!("{shown} failed ({status}): {}", stderr.trim());
+    }
+    Ok(stdout)
+}
+
+/// Runs a command to its end (bounded by `limit`): status, stdout, stderr.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<(std::process::ExitStatus, String, String)> {
+    let shown = format!("{cmd:?}");
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {shown}"))?;
+    let mut out = child.stdout.take().context("stdout")?;
+    let mut err = child.stderr.take().context("stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("{shown} did not finish within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stdout = reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    Ok((status, stdout, stderr))
+}
+
+/// Runs the load generator (bounded) and parses its JSON line.
+pub fn loadgen(cmd: &mut Command, limit: Duration) -> anyhow::Result<Value> {
+    let out = output(cmd, limit)?;
+    let line = out.lines().last().unwrap_or_default();
+    serde_json::from_str(line).with_context(|| format!("loadgen printed {out:?}"))
+}
+
+/// utime + stime of a process (all its threads, dead ones included), in milliseconds.
+pub fn cpu_ms(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<u64> = after.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    // After ")": state is field 3, utime field 14, stime field 15 → indices 11, 12.
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    ticks as f64 * 1000.0 / clk_tck()
+}
+
+/// Time on CPU of the live threads, from schedstat (ns precision; misses exited threads).
+pub fn sched_ms(pid: i32) -> f64 {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|n| n.parse::<u64>().ok()))
+        .sum::<u64>() as f64
+        / 1e6
+}
+
+/// A CPU reading of one process: ticks (complete) and schedstat (precise).
+#[derive(Debug, Clone, Copy)]
+pub struct Cpu {
+    ticks_ms: f64,
+    sched_ms: f64,
+}
+
+impl Cpu {
+    pub fn read(pid: i32) -> Self {
+        Self {
+            ticks_ms: cpu_ms(pid),
+            sched_ms: sched_ms(pid),
+        }
+    }
+
+    /// Milliseconds of CPU since `self`: the tick count, unless it is too coarse
+    /// (under 100 ms), then the schedstat sum.
+    pub fn since(&self, pid: i32) -> f64 {
+        let now = Self::read(pid);
+        let ticks = now.ticks_ms - self.ticks_ms;
+        if ticks >= 100.0 {
+            ticks
+        } else {
+            (now.sched_ms - self.sched_ms).max(0.0)
+        }
+    }
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { nix::libc::sysconf(nix::libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// VmRSS in KiB.
+pub fn rss_kb(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// System-wide softirq time in milliseconds (all CPUs).
+pub fn softirq_ms() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let cpu = stat.lines().next().unwrap_or_default();
+    // cpu user nice system idle iowait irq softirq
+    let f: Vec<u64> = cpu.split_whitespace().skip(1).map(|x| x.parse().unwrap_or(0)).collect();
+    f.get(6).copied().unwrap_or(0) as f64 * 1000.0 / clk_tck()
+}
+
+fn parse_response(raw: &[u8]) -> (u16, String) {
+    let text = String::from_utf8_lossy(raw);
+    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+fn request(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+}
+
+/// GET over plain TCP (5 s bound); in `netns` when given (a thread that setns's).
+pub fn http_get(netns: Option<&str>, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
+    let path = path.to_owned();
+    let ns = netns.map(|n| format!("/run/netns/{n}"));
+    std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
+        if let Some(ns) = ns {
+            let f = std::fs::File::open(&ns).with_context(|| ns.clone())?;
+            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("setns {ns}"))?;
+        }
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(request(&path).as_bytes())?;
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        Ok(parse_response(&out))
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("http thread panicked"))?
+}
+
+/// GET on the ingress admin API over its unix socket, as JSON.
+pub fn admin_get(socket: &Path, path: &str) -> anyhow::Result<Value> {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("{}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(request(path).as_bytes())?;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let (status, body) = parse_response(&out);
+    if status != 200 {
+        bail!("admin {path}: {status} {body}");
+    }
+    serde_json::from_str(&body).with_context(|| format!("admin {path}: {body}"))
+}
+
+/// Polls `f` every 50 ms until it returns true, at most `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("timed out after {limit:?} waiting for {what}")
+}
+
+/// Waits until a TCP port accepts (bounded), in `netns` when given.
+pub fn wait_port(netns: Option<&str>, addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
+    let ns = netns.map(str::to_owned);
+    wait_for(&format!("{addr} to accept"), limit, move || {
+        let ns = ns.clone();
+        std::thread::spawn(move || {
+            if let Some(ns) = ns {
+                let Ok(f) = std::fs::File::open(format!("/run/netns/{ns}")) else {
+                    return false;
+                };
+                if nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                    return false;
+                }
+            }
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+        })
+        .join()
+        .unwrap_or(false)
+    })
+}
+
+/// The median of a list (None when empty).
+pub fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}
+
+/// The bench directory's path for a file.
+pub fn bench_dir() -> PathBuf {
+    crate::root().join("target/bench")
+}
