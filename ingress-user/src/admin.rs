@@ -93,10 +93,28 @@ fn status_json(shared: &Shared) -> serde_json::Value {
 }
 
 fn stats_html(shared: &Shared) -> String {
+    let rt = shared.runtime.load();
+    let mut pools = String::new();
+    for p in &rt.pools {
+        pools.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+            escape(&p.name),
+            p.servers.load().len(),
+            p.total_effective(),
+            p.no_capacity_total.load(std::sync::atomic::Ordering::Relaxed),
+            p.retries_total.load(std::sync::atomic::Ordering::Relaxed),
+            p.passed_429_total.load(std::sync::atomic::Ordering::Relaxed),
+        ));
+    }
     let mut rows = String::new();
     for s in servers(shared) {
+        let max = f64::from(s.maxconn.max(1));
+        let active_pct = (f64::from(s.active) / max * 100.0).min(100.0);
+        let free_pct = (f64::from(s.effective) / max * 100.0).min(100.0 - active_pct);
         rows.push_str(&format!(
-            "<tr class=\"{state}\"><td>{pool}</td><td>{name}</td><td>{addr}</td><td>{state}</td><td>{active}/{maxconn}</td><td>{reported}</td><td>{effective}</td><td>{reason}</td></tr>\n",
+            "<tr class=\"{state}\"><td>{pool}</td><td>{name}</td><td>{addr}</td><td>{state}</td>\
+<td><div class=\"bar\" title=\"active {active}, free {effective}, maxconn {maxconn}\"><span class=\"act\" style=\"width:{active_pct:.0}%\"></span><span class=\"free\" style=\"width:{free_pct:.0}%\"></span></div></td>\
+<td>{active}/{maxconn}</td><td>{reported}</td><td>{effective}</td><td>{reason}</td></tr>\n",
             pool = escape(&s.pool),
             name = escape(&s.name),
             addr = escape(&s.addr),
@@ -110,19 +128,43 @@ fn stats_html(shared: &Shared) -> String {
     }
     let xdp = shared.xdp.snapshot();
     let xdp_line = if xdp.attached {
+        let counters: Vec<String> = xdp.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
         format!(
-            "XDP attached on {} ({}), shedding: {}",
+            "XDP attached on {} ({}), shedding: <b>{}</b> &middot; {}",
             escape(xdp.interface.as_deref().unwrap_or("?")),
             xdp.mode.as_deref().unwrap_or("?"),
-            if xdp.shedding { "ON" } else { "off" }
+            if xdp.shedding { "ON" } else { "off" },
+            counters.join(", ")
         )
     } else {
         format!("XDP not attached: {}", escape(xdp.error.as_deref().unwrap_or("-")))
     };
+    let m = &shared.metrics;
+    // One statement per family lookup: a guard held across two lookups of the same family would deadlock.
+    let status = |code: &str| {
+        m.responses
+            .get_or_create(&crate::metrics::StatusLabel { status: code.into() })
+            .get()
+    };
+    let (ok101, full503, busy429) = (status("101"), status("503"), status("429"));
+    let refused = m
+        .refused
+        .get_or_create(&crate::metrics::ReasonLabel {
+            reason: "max_connections".into(),
+        })
+        .get();
+    let counters = format!(
+        "TLS handshakes {} &middot; 101 {ok101} &middot; 503 {full503} &middot; 429 {busy429} &middot; refused at accept {refused}",
+        m.tls_handshakes.get(),
+    );
     format!(
         "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\"><title>ingress stats</title>\
-<style>body{{font-family:sans-serif}}td,th{{padding:2px 10px;text-align:left}}.UP{{background:#cfc}}.FULL{{background:#ffc}}.DOWN{{background:#fcc}}.DRAIN,.MAINT{{background:#ddd}}</style></head>\
-<body><h1>ingress</h1><p>{xdp_line}</p><table><tr><th>pool</th><th>server</th><th>addr</th><th>state</th><th>active/maxconn</th><th>reported</th><th>effective</th><th>last check</th></tr>\n{rows}</table></body></html>\n"
+<style>body{{font-family:sans-serif;margin:1em}}td,th{{padding:2px 10px;text-align:left}}.UP{{background:#cfc}}.FULL{{background:#ffc}}.DOWN{{background:#fcc}}.DRAIN,.MAINT{{background:#ddd}}\
+.bar{{width:160px;height:12px;background:#eee;border:1px solid #999;display:flex}}.act{{background:#369}}.free{{background:#6c6}}</style></head>\
+<body><h1>ingress</h1><p>generation {generation} &middot; {xdp_line}</p><p>{counters}</p>\
+<h2>pools</h2><table><tr><th>pool</th><th>servers</th><th>effective capacity</th><th>503 no capacity</th><th>retries</th><th>429 passed</th></tr>\n{pools}</table>\
+<h2>servers</h2><table><tr><th>pool</th><th>server</th><th>addr</th><th>state</th><th>capacity (active | free)</th><th>active/maxconn</th><th>reported</th><th>effective</th><th>last check</th></tr>\n{rows}</table></body></html>\n",
+        generation = rt.generation,
     )
 }
 
@@ -149,14 +191,17 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
-fn refusal(r: Refusal) -> Response<Full<Bytes>> {
-    error(StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR), &r.reason)
+fn refusal(r: &Refusal) -> Response<Full<Bytes>> {
+    error(
+        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        &r.reason,
+    )
 }
 
 fn outcome(r: Result<serde_json::Value, Refusal>) -> Response<Full<Bytes>> {
     match r {
         Ok(v) => json(StatusCode::OK, &v),
-        Err(r) => refusal(r),
+        Err(r) => refusal(&r),
     }
 }
 
@@ -185,10 +230,18 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             .and_then(|v| v.strip_prefix("Bearer "));
         match (&admin.token, presented) {
             (Some(t), Some(p)) if constant_time_eq(t.as_bytes(), p.as_bytes()) => {}
-            _ => return Ok(error(StatusCode::UNAUTHORIZED, "a bearer token is required from this address")),
+            _ => {
+                return Ok(error(
+                    StatusCode::UNAUTHORIZED,
+                    "a bearer token is required from this address",
+                ));
+            }
         }
         if method != Method::GET {
-            return Ok(error(StatusCode::FORBIDDEN, "changes are accepted from loopback or the unix socket only"));
+            return Ok(error(
+                StatusCode::FORBIDDEN,
+                "changes are accepted from loopback or the unix socket only",
+            ));
         }
     }
     let shared = &admin.shared;
@@ -203,10 +256,14 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             json(StatusCode::OK, &v)
         }
         (&Method::GET, ["api", "pick", pool]) => pick(shared, pool),
-        (&Method::GET, ["metrics"]) => text("text/plain; version=0.0.4; charset=utf-8", crate::metrics::render(shared)),
-        (&Method::GET, ["stats.json"]) => {
-            json(StatusCode::OK, &serde_json::json!({ "servers": servers(shared), "status": status_json(shared) }))
-        }
+        (&Method::GET, ["metrics"]) => text(
+            "text/plain; version=0.0.4; charset=utf-8",
+            crate::metrics::render(shared),
+        ),
+        (&Method::GET, ["stats.json"]) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "servers": servers(shared), "status": status_json(shared) }),
+        ),
         (&Method::GET, ["stats"]) => text("text/html; charset=utf-8", stats_html(shared)),
         (&Method::POST, ["api", "servers", pool, name, "state"]) => {
             #[derive(serde::Deserialize)]
@@ -217,7 +274,10 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             match body_json::<Body>(req).await {
                 Err(r) => r,
                 Ok(b) => match AdminState::parse(&b.state) {
-                    None => error(StatusCode::BAD_REQUEST, &format!("state `{}` is not drain, ready or maint", b.state)),
+                    None => error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("state `{}` is not drain, ready or maint", b.state),
+                    ),
                     Some(st) => outcome(admin.control.lock().await.set_state(pool, name, st)),
                 },
             }
@@ -227,7 +287,10 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             Ok(b) => outcome(crate::control::add_server(&admin.control, pool, b).await),
         },
         (&Method::DELETE, ["api", "servers", pool, name]) => {
-            let now = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "now=1" || kv == "now=true"));
+            let now = req
+                .uri()
+                .query()
+                .is_some_and(|q| q.split('&').any(|kv| kv == "now=1" || kv == "now=true"));
             outcome(crate::control::remove_server(&admin.control, pool, name, now).await)
         }
         (&Method::POST, ["api", "reload"]) => outcome(admin.control.lock().await.reload().await),
@@ -271,7 +334,10 @@ fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {
             StatusCode::OK,
             &serde_json::json!({ "pool": pool, "name": s.name(), "addr": s.def.addr(), "host": s.def.host, "effective": s.effective(), "state": s.state() }),
         ),
-        None => error(StatusCode::SERVICE_UNAVAILABLE, &format!("no server of `{pool}` has capacity")),
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no server of `{pool}` has capacity"),
+        ),
     }
 }
 
@@ -280,7 +346,9 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| handle(admin.clone(), peer, req));
-    let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc).await;
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// Serves the admin API on TCP until `stop`.

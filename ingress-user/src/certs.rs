@@ -207,7 +207,7 @@ impl CertStore {
             }
         }
         if bundles.is_empty() && !old.bundles.is_empty() {
-            errors.push(CertError::Empty { dir: dir.clone() });
+            errors.push(CertError::Empty { dir });
             bundles = old.bundles.clone();
         }
         let default_stem = self.default_stem.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -227,7 +227,12 @@ impl CertStore {
 
     /// `(stem, notAfter)` of the bundles serving now.
     pub fn expiries(&self) -> Vec<(String, i64)> {
-        self.index.load().bundles.values().map(|b| (b.stem.clone(), b.not_after)).collect()
+        self.index
+            .load()
+            .bundles
+            .values()
+            .map(|b| (b.stem.clone(), b.not_after))
+            .collect()
     }
 
     /// Stems and names of the bundles serving now.

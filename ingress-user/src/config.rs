@@ -740,7 +740,11 @@ impl Config {
 
     /// Every server of a pool: inline ones, then the `servers_file`'s.
     pub fn pool_servers(&self, name: &str, pool: &PoolConfig) -> Result<Vec<ServerDef>, ConfigError> {
-        Ok(self.pool_servers_with_origin(name, pool)?.into_iter().map(|(d, _, _)| d).collect())
+        Ok(self
+            .pool_servers_with_origin(name, pool)?
+            .into_iter()
+            .map(|(d, _, _)| d)
+            .collect())
     }
 
     /// Every server of a pool with its operator state and where it is written.
@@ -878,7 +882,8 @@ mod tests {
 
     #[test]
     fn servers_file_round_trips() {
-        let text = "# fleets\nfleet.example.com\n10.0.0.5:8443 name=fleet2 sni=fleet2.example.com maxconn=20 state=drain\n\n";
+        let text =
+            "# fleets\nfleet.example.com\n10.0.0.5:8443 name=fleet2 sni=fleet2.example.com maxconn=20 state=drain\n\n";
         let defs = parse_servers_file(text).unwrap();
         assert_eq!(defs.len(), 2);
         assert_eq!(defs[1].0.name, "fleet2");

@@ -84,16 +84,27 @@ pub struct Control {
 
 impl std::fmt::Debug for Control {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Control").field("config_path", &self.config_path).finish()
+        f.debug_struct("Control")
+            .field("config_path", &self.config_path)
+            .finish()
     }
 }
 
 fn now_secs() -> Option<f64> {
-    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).ok().map(|d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs_f64())
 }
 
 impl Control {
-    pub fn new(shared: Arc<Shared>, config_path: PathBuf, config: Config, desired: Desired, stop: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        config_path: PathBuf,
+        config: Config,
+        desired: Desired,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             shared,
             config_path,
@@ -118,7 +129,10 @@ impl Control {
         let mut fresh = Vec::new();
         for key in &wanted {
             if !self.listeners.contains_key(key) {
-                let l = front::bind_all(&[key.1]).await?.pop().ok_or_else(|| std::io::Error::other("no listener"))?;
+                let l = front::bind_all(&[key.1])
+                    .await?
+                    .pop()
+                    .ok_or_else(|| std::io::Error::other("no listener"))?;
                 fresh.push((*key, l));
             }
         }
@@ -178,8 +192,10 @@ impl Control {
         let shared = Arc::clone(&self.shared);
         let previous = shared.runtime.load_full();
         let generation = previous.generation + 1;
-        let rt = runtime::build(config, &desired, Some(&previous), generation, || shared.next_server_id())
-            .map_err(|e| Refusal::new(400, e.to_string()))?;
+        let rt = runtime::build(config, &desired, Some(&previous), generation, || {
+            shared.next_server_id()
+        })
+        .map_err(|e| Refusal::new(400, e.to_string()))?;
         // Servers that left the runtime have their tunnels cut only when asked; here they just stop being picked.
         self.shared.runtime.store(Arc::new(rt));
         self.desired = desired;
@@ -197,7 +213,11 @@ impl Control {
         let rt = self.shared.runtime.load();
         for pool in &rt.pools {
             for server in pool.servers.load().iter() {
-                let task = tokio::spawn(health::run(Arc::clone(server), Arc::clone(pool), Arc::clone(&self.shared.changed)));
+                let task = tokio::spawn(health::run(
+                    Arc::clone(server),
+                    Arc::clone(pool),
+                    Arc::clone(&self.shared.changed),
+                ));
                 self.health.insert(server.id, task);
             }
         }
@@ -260,7 +280,9 @@ impl Control {
         }])?;
         let persisted = self.persist_if_file_server(pool, name)?;
         tracing::info!(pool, server = name, state = state.as_str(), "operator set server state");
-        Ok(serde_json::json!({ "pool": pool, "server": name, "state": state.as_str(), "persisted": persisted, "note": self.inline_note(pool) }))
+        Ok(
+            serde_json::json!({ "pool": pool, "server": name, "state": state.as_str(), "persisted": persisted, "note": self.inline_note(pool) }),
+        )
     }
 
     fn persist_if_file_server(&self, pool: &str, name: &str) -> Result<Option<PathBuf>, Refusal> {
@@ -295,7 +317,10 @@ impl Control {
             },
         };
         match &result {
-            Ok(_) => tracing::info!(generation = self.shared.runtime.load().generation, "configuration reloaded"),
+            Ok(_) => tracing::info!(
+                generation = self.shared.runtime.load().generation,
+                "configuration reloaded"
+            ),
             Err(r) => tracing::error!(reason = %r.reason, "reload refused; the running configuration stays"),
         }
         result
@@ -322,8 +347,12 @@ impl Control {
             return Err(r);
         }
         self.shared.tls.store(server_tls);
-        if config.listen.certs != old_config.listen.certs || config.listen.default_cert != old_config.listen.default_cert {
-            self.shared.certs.retarget(&config.listen.certs, config.listen.default_cert.clone());
+        if config.listen.certs != old_config.listen.certs
+            || config.listen.default_cert != old_config.listen.default_cert
+        {
+            self.shared
+                .certs
+                .retarget(&config.listen.certs, config.listen.default_cert.clone());
             self.watch_certs();
         } else {
             self.shared.certs.reload();
@@ -391,7 +420,11 @@ async fn precheck(pool: &Pool, server: &Server) -> Result<String, Refusal> {
 
 /// `ctl add`: pre-check, add, wait for the health check, roll back on
 /// failure, persist on success.
-pub async fn add_server(control: &Mutex<Control>, pool_name: &str, req: AddRequest) -> Result<serde_json::Value, Refusal> {
+pub async fn add_server(
+    control: &Mutex<Control>,
+    pool_name: &str,
+    req: AddRequest,
+) -> Result<serde_json::Value, Refusal> {
     let (host, port) = config::parse_host_port(&req.addr).map_err(|e| Refusal::new(400, format!("addr: {e}")))?;
     let def = ServerDef {
         name: req.name.clone().unwrap_or_else(|| req.addr.clone()),
@@ -420,9 +453,17 @@ pub async fn add_server(control: &Mutex<Control>, pool_name: &str, req: AddReque
         (pool, origin, file)
     };
     let pcfg_sni = pool.tls_sni.clone();
-    let server_name = tls::server_name(def.sni.as_deref().or(pcfg_sni.as_deref()), &def.host).map_err(|e| Refusal::new(400, e))?;
+    let server_name =
+        tls::server_name(def.sni.as_deref().or(pcfg_sni.as_deref()), &def.host).map_err(|e| Refusal::new(400, e))?;
     let maxconn = def.maxconn.unwrap_or(pool.maxconn);
-    let candidate = Server::new(0, Arc::clone(&pool.name), def.clone(), maxconn, server_name, !pool.check.capacity.is_empty());
+    let candidate = Server::new(
+        0,
+        Arc::clone(&pool.name),
+        def.clone(),
+        maxconn,
+        server_name,
+        !pool.check.capacity.is_empty(),
+    );
     let checks = precheck(&pool, &candidate).await?;
     let change = serde_json::json!({
         "pool": pool_name, "name": def.name, "addr": def.addr(), "maxconn": maxconn,
@@ -447,7 +488,11 @@ pub async fn add_server(control: &Mutex<Control>, pool_name: &str, req: AddReque
         match server {
             Ok(s) if matches!(s.state(), State::Up | State::Full) => break Ok(s.state()),
             Ok(s) if tokio::time::Instant::now() >= deadline => {
-                break Err(format!("not UP within {}: {}", humantime::format_duration(wait), s.check_status().reason));
+                break Err(format!(
+                    "not UP within {}: {}",
+                    humantime::format_duration(wait),
+                    s.check_status().reason
+                ));
             }
             Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
             Err(r) => break Err(r.reason),
@@ -476,7 +521,12 @@ pub async fn add_server(control: &Mutex<Control>, pool_name: &str, req: AddReque
 
 /// `ctl remove`: a server with live calls is drained and removed when its
 /// last call ends; `now` cuts them.
-pub async fn remove_server(control: &Arc<Mutex<Control>>, pool: &str, name: &str, now: bool) -> Result<serde_json::Value, Refusal> {
+pub async fn remove_server(
+    control: &Arc<Mutex<Control>>,
+    pool: &str,
+    name: &str,
+    now: bool,
+) -> Result<serde_json::Value, Refusal> {
     let mut c = control.lock().await;
     let (_, server) = c.find(pool, name)?;
     let active = server.active();
@@ -515,5 +565,7 @@ pub async fn remove_server(control: &Arc<Mutex<Control>>, pool: &str, name: &str
     }
     let persisted = c.persist(pool)?;
     tracing::info!(pool, server = name, cut = active, "server removed");
-    Ok(serde_json::json!({ "pool": pool, "server": name, "removed": true, "cut_calls": if now { active } else { 0 }, "persisted": persisted, "note": c.inline_note(pool) }))
+    Ok(
+        serde_json::json!({ "pool": pool, "server": name, "removed": true, "cut_calls": if now { active } else { 0 }, "persisted": persisted, "note": c.inline_note(pool) }),
+    )
 }

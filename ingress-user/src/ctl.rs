@@ -27,10 +27,12 @@ pub enum CtlError {
 
 /// One request over the unix socket.
 pub async fn request(socket: &Path, method: &str, path: &str, body: Option<Value>) -> Result<Answer, CtlError> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| CtlError::Connect {
-        path: socket.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| CtlError::Connect {
+            path: socket.display().to_string(),
+            reason: e.to_string(),
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| CtlError::Http(e.to_string()))?;
@@ -43,10 +45,19 @@ pub async fn request(socket: &Path, method: &str, path: &str, body: Option<Value
         .header(http::header::CONTENT_TYPE, "application/json")
         .body(Full::new(Bytes::from(bytes)))
         .map_err(|e| CtlError::Http(e.to_string()))?;
-    let resp = sender.send_request(req).await.map_err(|e| CtlError::Http(e.to_string()))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| CtlError::Http(e.to_string()))?;
     let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.map_err(|e| CtlError::Http(e.to_string()))?.to_bytes();
-    let body = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CtlError::Http(e.to_string()))?
+        .to_bytes();
+    let body =
+        serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
     Ok(Answer { status, body })
 }
 
@@ -70,10 +81,20 @@ pub fn seg(s: &str) -> String {
 
 /// The `stat` table.
 pub fn servers_table(body: &Value) -> String {
-    let mut rows = vec![[
-        "POOL", "SERVER", "ADDR", "STATE", "ACTIVE", "MAXCONN", "REPORTED", "EFFECTIVE", "LAST CHECK",
-    ]
-    .map(str::to_owned)];
+    let mut rows = vec![
+        [
+            "POOL",
+            "SERVER",
+            "ADDR",
+            "STATE",
+            "ACTIVE",
+            "MAXCONN",
+            "REPORTED",
+            "EFFECTIVE",
+            "LAST CHECK",
+        ]
+        .map(str::to_owned),
+    ];
     for s in body["servers"].as_array().into_iter().flatten() {
         let text = |k: &str| match &s[k] {
             Value::String(v) => v.clone(),
@@ -81,7 +102,10 @@ pub fn servers_table(body: &Value) -> String {
             v => v.to_string(),
         };
         let check = &s["check"];
-        let latency = check["latency_ms"].as_f64().map(|l| format!(" ({l:.0} ms)")).unwrap_or_default();
+        let latency = check["latency_ms"]
+            .as_f64()
+            .map(|l| format!(" ({l:.0} ms)"))
+            .unwrap_or_default();
         rows.push([
             text("pool"),
             text("name"),
@@ -94,7 +118,9 @@ pub fn servers_table(body: &Value) -> String {
             format!("{}{latency}", check["reason"].as_str().unwrap_or("-")),
         ]);
     }
-    let widths: Vec<usize> = (0..9).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..9)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for r in &rows {
         let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
@@ -109,7 +135,9 @@ pub fn report(answer: &Answer, human: impl FnOnce(&Value) -> String) -> (String,
     if (200..300).contains(&answer.status) {
         (human(&answer.body), 0)
     } else {
-        let reason = answer.body["error"].as_str().map_or_else(|| answer.body.to_string(), str::to_owned);
+        let reason = answer.body["error"]
+            .as_str()
+            .map_or_else(|| answer.body.to_string(), str::to_owned);
         (format!("refused ({}): {reason}\n", answer.status), 1)
     }
 }

@@ -31,10 +31,16 @@ use crate::{
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let provider = tls::provider();
-    let certs = CertStore::load(&config.listen.certs, config.listen.default_cert.clone(), Arc::clone(&provider))?;
+    let certs = CertStore::load(
+        &config.listen.certs,
+        config.listen.default_cert.clone(),
+        Arc::clone(&provider),
+    )?;
     let desired = Desired::from_config(&config)?;
     let ids = AtomicU32::new(1);
-    let rt = runtime::build(&config, &desired, None, 1, || ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed))?;
+    let rt = runtime::build(&config, &desired, None, 1, || {
+        ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    })?;
     let server_tls = tls::server_config(Arc::clone(&certs), config.listen.tls_min_version)?;
     let shared = Arc::new(Shared::new(
         rt,
@@ -48,7 +54,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let unix = admin::bind_unix(&config.admin.socket)
         .with_context(|| format!("admin socket {}", config.admin.socket.display()))?;
     let admin_tcp = match config.admin.listen {
-        Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("admin listen {a}"))?),
+        Some(a) => Some(
+            tokio::net::TcpListener::bind(a)
+                .await
+                .with_context(|| format!("admin listen {a}"))?,
+        ),
         None => None,
     };
     let mut control = Control::new(

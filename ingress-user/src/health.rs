@@ -151,6 +151,7 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
         let started = Instant::now();
         let result = probe(&server, &pool).await;
         let latency = started.elapsed().as_secs_f64() * 1000.0;
+        server.check_latency.observe(latency / 1000.0);
         let before = (server.state(), server.reported());
         let outcome = result.and_then(|(status, body)| evaluate(status, &expect, &body, &check.capacity));
         match outcome {

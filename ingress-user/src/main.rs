@@ -133,7 +133,13 @@ fn main() -> anyhow::Result<()> {
                 .iter()
                 .map(|(name, p)| c.pool_servers(name, p).map(|s| s.len()).unwrap_or(0))
                 .sum();
-            println!("{}: ok ({} routes, {} pools, {} servers)", config.display(), c.routes.len(), c.pools.len(), servers);
+            println!(
+                "{}: ok ({} routes, {} pools, {} servers)",
+                config.display(),
+                c.routes.len(),
+                c.pools.len(),
+                servers
+            );
             if probe {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let failed = rt.block_on(probe_all(&c))?;
@@ -182,7 +188,10 @@ async fn probe_all(c: &ingress_user::config::Config) -> anyhow::Result<usize> {
                 Ok((status, body)) => {
                     let excerpt: String = String::from_utf8_lossy(&body).chars().take(120).collect();
                     match ingress_user::health::evaluate(status, &expect, &body, &pool.check.capacity) {
-                        Ok(Some(n)) => println!("ok   {shown}: status {status}, {} = {n}  body: {excerpt}", pool.check.capacity),
+                        Ok(Some(n)) => println!(
+                            "ok   {shown}: status {status}, {} = {n}  body: {excerpt}",
+                            pool.check.capacity
+                        ),
                         Ok(None) => println!("ok   {shown}: status {status} (liveness only)"),
                         Err(e) => {
                             failed += 1;
@@ -220,7 +229,14 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
                 false,
             )
         }
-        CtlCommand::Add { pool, addr, name, sni, maxconn, dry_run } => (
+        CtlCommand::Add {
+            pool,
+            addr,
+            name,
+            sni,
+            maxconn,
+            dry_run,
+        } => (
             "POST",
             format!("/api/pools/{}/servers", seg(pool)),
             Some(serde_json::json!({ "addr": addr, "name": name, "sni": sni, "maxconn": maxconn, "dry_run": dry_run })),
@@ -235,7 +251,12 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
                 }
             };
             let q = if *now { "?now=1" } else { "" };
-            ("DELETE", format!("/api/servers/{}/{}{q}", seg(pool), seg(name)), None, false)
+            (
+                "DELETE",
+                format!("/api/servers/{}/{}{q}", seg(pool), seg(name)),
+                None,
+                false,
+            )
         }
         CtlCommand::Reload => ("POST", "/api/reload".to_owned(), None, false),
         CtlCommand::Pick { pool } => ("GET", format!("/api/pick/{}", seg(pool)), None, false),
@@ -253,7 +274,12 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
         }
         match &command {
             CtlCommand::Stat { .. } => servers_table(v),
-            CtlCommand::Pick { .. } => format!("{}\t{}\t{} free\n", v["name"].as_str().unwrap_or("-"), v["addr"].as_str().unwrap_or("-"), v["effective"]),
+            CtlCommand::Pick { .. } => format!(
+                "{}\t{}\t{} free\n",
+                v["name"].as_str().unwrap_or("-"),
+                v["addr"].as_str().unwrap_or("-"),
+                v["effective"]
+            ),
             _ => {
                 let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
                 s.push('\n');

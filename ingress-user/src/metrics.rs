@@ -3,8 +3,9 @@
 //! XDP figures are read from live state at scrape time.
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, text},
-    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _, text},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
     registry::Registry,
 };
 
@@ -41,6 +42,42 @@ pub struct StateLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
     pub pool: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BundleLabel {
+    pub bundle: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabel {
+    pub version: String,
+}
+
+/// Buckets for health-check latency: 1 ms to ~8 s.
+pub fn check_latency_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 14,
+    ))
+}
+
+/// Per-server check-latency histograms as one family (the histograms live in the servers).
+#[derive(Debug)]
+struct CheckLatency(Vec<(ServerLabels, Histogram)>);
+
+impl Collector for CheckLatency {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "ingress_server_check_latency_seconds",
+            "Latency of health checks",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, h) in &self.0 {
+            h.encode(metric.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -189,7 +226,7 @@ pub fn render(shared: &Shared) -> String {
     let sessions = Family::<ServerLabels, Counter>::default();
     let answered_429 = Family::<ServerLabels, Counter>::default();
     let check_ok = Family::<ServerLabels, Gauge>::default();
-    let check_ms = Family::<ServerLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let mut latencies = Vec::new();
     let retries = Family::<PoolLabel, Counter>::default();
     let passed_429 = Family::<PoolLabel, Counter>::default();
     let no_capacity = Family::<PoolLabel, Counter>::default();
@@ -235,7 +272,7 @@ pub fn render(shared: &Shared) -> String {
                 .inc_by(s.answered_429.load(std::sync::atomic::Ordering::Relaxed));
             let check = s.check_status();
             check_ok.get_or_create(&l).set(i64::from(check.ok));
-            check_ms.get_or_create(&l).set(check.latency_ms.unwrap_or(0.0));
+            latencies.push((l.clone(), s.check_latency.clone()));
         }
     }
     r.register(
@@ -270,11 +307,7 @@ pub fn render(shared: &Shared) -> String {
         "1 when the last health check passed",
         check_ok,
     );
-    r.register(
-        "ingress_server_check_latency_ms",
-        "Latency of the last health check",
-        check_ms,
-    );
+    r.register_collector(Box::new(CheckLatency(latencies)));
     r.register(
         "ingress_pool_retries",
         "Upgrade attempts redispatched to another server",
@@ -306,6 +339,22 @@ pub fn render(shared: &Shared) -> String {
         "Generation of the running configuration",
         gauge(rt.generation as i64),
     );
+    let expiry = Family::<BundleLabel, Gauge>::default();
+    for (bundle, not_after) in shared.certs.expiries() {
+        expiry.get_or_create(&BundleLabel { bundle }).set(not_after);
+    }
+    r.register(
+        "ingress_cert_expiry_timestamp_seconds",
+        "notAfter of each serving certificate bundle",
+        expiry,
+    );
+    let build = Family::<VersionLabel, Gauge>::default();
+    build
+        .get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+    r.register("ingress_build_info", "Version of the running binary", build);
 
     let xdp = shared.xdp.snapshot();
     r.register(
@@ -334,5 +383,31 @@ pub fn render(shared: &Shared) -> String {
 
     let mut out = String::new();
     let _ = text::encode(&mut out, &r);
+    to_prometheus_text(&out)
+}
+
+/// The client crate writes OpenMetrics; `/metrics` serves the Prometheus
+/// text format (0.0.4) that promtool and every scraper read: a counter's
+/// HELP/TYPE name carries its `_total` suffix, and there is no `# EOF`.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let lines: Vec<&str> = open_metrics.lines().collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" {
+            continue;
+        }
+        let counter_family = |name: &str| lines.get(i + 1).is_some_and(|n| *n == format!("# TYPE {name} counter"));
+        if let Some(rest) = line.strip_prefix("# HELP ")
+            && let Some((name, help)) = rest.split_once(' ')
+            && counter_family(name)
+        {
+            out.push_str(&format!("# HELP {name}_total {help}\n"));
+        } else if let Some(name) = line.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter")) {
+            out.push_str(&format!("# TYPE {name}_total counter\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
     out
 }

@@ -127,6 +127,14 @@ pub struct Server {
     pub server_name: ServerName<'static>,
     /// Whether the pool reads capacity from the health body.
     pub capacity_aware: bool,
+    /// Counters and health, shared with the server this one replaced on a
+    /// reload (same pool and name), so live calls stay counted.
+    live: Arc<Live>,
+}
+
+/// The live part of a server: carried over by key across reloads.
+#[derive(Debug)]
+pub struct Live {
     /// Tunnels held (and upgrade attempts in flight).
     active: AtomicU32,
     /// Calls routed since the last capacity report.
@@ -143,6 +151,15 @@ pub struct Server {
     pub last_report: Mutex<Option<Instant>>,
     /// Fired to cut this server's tunnels (removal with `--now`, shutdown-sessions).
     pub cut: tokio::sync::Notify,
+    /// Health-check latency, seconds.
+    pub check_latency: prometheus_client::metrics::histogram::Histogram,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Live;
+    fn deref(&self) -> &Live {
+        &self.live
+    }
 }
 
 impl fmt::Debug for Server {
@@ -170,16 +187,38 @@ impl Server {
             maxconn,
             server_name,
             capacity_aware,
-            active: AtomicU32::new(0),
-            routed_since_report: AtomicU32::new(0),
-            reported: AtomicU32::new(NONE),
-            healthy: AtomicU8::new(0),
-            admin: AtomicU8::new(AdminState::Ready as u8),
-            sessions_total: AtomicU64::new(0),
-            answered_429: AtomicU64::new(0),
-            check: Mutex::new(CheckStatus::default()),
-            last_report: Mutex::new(None),
-            cut: tokio::sync::Notify::new(),
+            live: Arc::new(Live {
+                active: AtomicU32::new(0),
+                routed_since_report: AtomicU32::new(0),
+                reported: AtomicU32::new(NONE),
+                healthy: AtomicU8::new(0),
+                admin: AtomicU8::new(AdminState::Ready as u8),
+                sessions_total: AtomicU64::new(0),
+                answered_429: AtomicU64::new(0),
+                check: Mutex::new(CheckStatus::default()),
+                last_report: Mutex::new(None),
+                cut: tokio::sync::Notify::new(),
+                check_latency: crate::metrics::check_latency_histogram(),
+            }),
+        }
+    }
+
+    /// A new definition of `old` (same pool and name): same id, same live state.
+    pub fn replacing(
+        old: &Server,
+        def: ServerDef,
+        maxconn: u32,
+        server_name: ServerName<'static>,
+        capacity_aware: bool,
+    ) -> Self {
+        Self {
+            id: old.id,
+            pool: Arc::clone(&old.pool),
+            def,
+            maxconn,
+            server_name,
+            capacity_aware,
+            live: Arc::clone(&old.live),
         }
     }
 

@@ -122,7 +122,11 @@ pub fn build(
         let old_servers = old_pool.map(|p| p.servers.load_full());
         let capacity_aware = !pcfg.check.capacity.is_empty();
         let mut servers = Vec::new();
-        let entries = desired.pools.get(name).map(|p| p.servers.as_slice()).unwrap_or_default();
+        let entries = desired
+            .pools
+            .get(name)
+            .map(|p| p.servers.as_slice())
+            .unwrap_or_default();
         for entry in entries {
             let def = &entry.def;
             let sni = def.sni.as_deref().or(pcfg.tls.sni.as_deref());
@@ -141,9 +145,28 @@ pub fn build(
                     })
                     .cloned()
             });
-            let server = reused.unwrap_or_else(|| {
-                Arc::new(Server::new(next_id(), Arc::clone(&pool_name), def.clone(), maxconn, server_name, capacity_aware))
-            });
+            let same_name = old_servers
+                .as_ref()
+                .and_then(|old| old.iter().find(|s| s.def.name == def.name).cloned());
+            let server = match (reused, same_name) {
+                (Some(same), _) => same,
+                // Same name, new definition: keep its live counters and health.
+                (None, Some(old)) => Arc::new(Server::replacing(
+                    &old,
+                    def.clone(),
+                    maxconn,
+                    server_name,
+                    capacity_aware,
+                )),
+                (None, None) => Arc::new(Server::new(
+                    next_id(),
+                    Arc::clone(&pool_name),
+                    def.clone(),
+                    maxconn,
+                    server_name,
+                    capacity_aware,
+                )),
+            };
             server.set_admin_state(entry.admin);
             servers.push(server);
         }

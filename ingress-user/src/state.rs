@@ -144,7 +144,9 @@ impl Desired {
     }
 
     fn pool_mut(&mut self, pool: &str) -> Result<&mut PoolEntry, StateError> {
-        self.pools.get_mut(pool).ok_or_else(|| StateError::NoPool(pool.to_owned()))
+        self.pools
+            .get_mut(pool)
+            .ok_or_else(|| StateError::NoPool(pool.to_owned()))
     }
 
     /// Applies one command; on error nothing changed.
@@ -163,7 +165,9 @@ impl Desired {
                 );
             }
             Command::RemovePool { pool } => {
-                self.pools.remove(pool).ok_or_else(|| StateError::NoPool(pool.clone()))?;
+                self.pools
+                    .remove(pool)
+                    .ok_or_else(|| StateError::NoPool(pool.clone()))?;
             }
             Command::AddServer { pool, def, origin } => {
                 let p = self.pool_mut(pool)?;
@@ -383,7 +387,7 @@ mod tests {
         .unwrap();
         let cmds = old.diff(&new);
         assert_eq!(cmds.len(), 4, "{cmds:#?}");
-        let mut replay = old.clone();
+        let mut replay = old;
         for c in &cmds {
             replay.apply(c).unwrap();
         }

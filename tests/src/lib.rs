@@ -304,6 +304,21 @@ impl Ingress {
         }
     }
 
+    /// Runs `ingress ctl --socket ADMIN ARGS…`; returns exit code, stdout, stderr.
+    pub async fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(bin("ingress"));
+        cmd.arg("ctl").arg("--socket").arg(&self.admin).args(args);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("ctl task")
+            .expect("ingress ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     /// GET on the admin API over its unix socket.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_request("GET", path, "").await
@@ -507,4 +522,42 @@ pub async fn echo(ws: &mut client::Wss, text: &str) -> Result<(), String> {
         Ok(Some(Ok(Message::Text(t)))) if t.as_str() == text => Ok(()),
         other => Err(format!("no echo: {other:?}")),
     }
+}
+
+/// Runs headless Chromium (Debian's) on `url` with `extra` flags; returns
+/// what it printed. Its whole process group is killed afterwards, so no
+/// helper process outlives the test or holds a pipe open.
+pub fn headless_chromium(profile: &Path, extra: &[String], url: &str) -> String {
+    use std::os::unix::process::CommandExt as _;
+    let out_path = profile.with_extension("stdout");
+    let out = std::fs::File::create(&out_path).expect("chromium stdout file");
+    let mut child = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1200,700",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
+        .arg(url)
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(std::fs::File::create(profile.with_extension("stderr")).expect("chromium stderr file"))
+        .process_group(0)
+        .spawn()
+        .expect("chromium (installed by cargo xtask setup)");
+    let pgid = nix::unistd::Pid::from_raw(-(child.id() as i32));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = nix::sys::signal::kill(pgid, nix::sys::signal::Signal::SIGKILL);
+    let _ = child.wait();
+    std::fs::read_to_string(&out_path).unwrap_or_default()
 }

@@ -15,8 +15,8 @@ use crate::{root, run};
 
 /// Debian packages the tests need: `bpftool` reads the pinned maps like an operator would,
 /// `ip`/`nsenter` build and enter namespaces, `openssl s_client` offers old TLS versions,
-/// `ethtool` turns GRO on a veth so XDP_TX replies (RST mode) are received.
-const TEST_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "openssl", "ethtool"];
+/// `promtool` (package prometheus) checks `/metrics`, headless `chromium` renders `/stats`.
+const TEST_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "openssl", "prometheus", "chromium"];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

@@ -1,0 +1,393 @@
+//! The control plane end to end: `ingress ctl` drain/ready, add with
+//! rollback and atomic persistence, reload under live calls, metrics that
+//! pass promtool, the stats page in a real headless Chromium, and mutating
+//! calls refused from non-loopback peers.
+
+use std::{net::SocketAddr, time::Duration};
+
+use ingress_tests::{
+    Fleet, Ingress, Pki, TestDir, client, config, echo, http_get,
+    netns::{self, NetPair},
+};
+
+async fn calls(ingress: &Ingress, pki: &Pki, n: usize, tag: &str) -> Vec<client::Wss> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(
+            client::connect(ingress.https, "localhost", &format!("/ws/{tag}-{i}"), pki.client_tls())
+                .await
+                .unwrap_or_else(|e| panic!("call {tag}-{i}: {e}")),
+        );
+    }
+    out
+}
+
+async fn all_echo(calls: &mut [client::Wss]) {
+    for (i, ws) in calls.iter_mut().enumerate() {
+        echo(ws, "still up")
+            .await
+            .unwrap_or_else(|e| panic!("call {i} dropped: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drain_moves_new_calls_and_keeps_live_ones() {
+    let dir = TestDir::new("drain");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    let ingress = Ingress::start(
+        &dir,
+        &config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", ""),
+    );
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let mut live = calls(&ingress, &pki, 20, "live").await;
+    let (code, out, err) = ingress.ctl(&["drain", "fleets/fleet1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    ingress.wait_state(&["fleet1"], "DRAIN").await;
+    let mut more = calls(&ingress, &pki, 4, "after-drain").await;
+    assert_eq!(f1.state().await["calls"], 10, "drained: no new call on fleet1");
+    assert_eq!(f2.state().await["calls"], 14);
+    all_echo(&mut live).await;
+    let (code, out, _) = ingress.ctl(&["stat"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        out.lines().any(|l| l.contains("fleet1") && l.contains("DRAIN")),
+        "{out}"
+    );
+    let (code, out, err) = ingress.ctl(&["ready", "fleets/fleet1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    ingress.wait_state(&["fleet1"], "UP").await;
+    more.extend(calls(&ingress, &pki, 2, "after-ready").await);
+    assert_eq!(f1.state().await["calls"], 12, "back in rotation (fewest tunnels)");
+    let (code, _, err) = ingress.ctl(&["drain", "fleets/nope"]).await;
+    assert_eq!(code, 1, "unknown server: refused");
+    assert!(err.contains("no server `nope`"), "{err}");
+    let (code, out, _) = ingress.ctl(&["pick", "fleets"]).await;
+    assert_eq!(code, 0);
+    assert!(out.starts_with("fleet1"), "fleet1 has more capacity now: {out}");
+}
+
+fn servers_file_config(dir: &TestDir, pki: &Pki, file: &std::path::Path) -> String {
+    config(dir, pki, &[], &format!("servers_file = \"{}\"", file.display()), "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_checks_persists_and_rolls_back() {
+    let dir = TestDir::new("add");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    let bad = Fleet::start(&dir, &pki, "bad", 16);
+    bad.control("/health?mode=garbage").await;
+    let file = dir.write("fleet-servers.txt", &format!("# fleets\n{} name=fleet1\n", f1.https));
+    let ingress = Ingress::start(&dir, &servers_file_config(&dir, &pki, &file));
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let before = std::fs::read(&file).unwrap();
+
+    // Dry run: pre-checks only.
+    let (code, out, err) = ingress
+        .ctl(&["add", "fleets", &f2.https.to_string(), "--name", "fleet2", "--dry-run"])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("would_add") && out.contains("fleet_available"), "{out}");
+    assert_eq!(std::fs::read(&file).unwrap(), before, "a dry run writes nothing");
+    assert_eq!(ingress.servers().await.len(), 1);
+
+    // A server whose health body does not parse: refused, file untouched.
+    let (code, _, err) = ingress
+        .ctl(&["add", "fleets", &bad.https.to_string(), "--name", "bad"])
+        .await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not valid JSON"), "the reason is printed: {err}");
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        before,
+        "byte-identical after a refused add"
+    );
+    assert_eq!(ingress.servers().await.len(), 1);
+
+    // A healthy one: UP and in the file.
+    let (code, out, err) = ingress
+        .ctl(&["add", "fleets", &f2.https.to_string(), "--name", "fleet2"])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(ingress.server("fleet2").await["state"], "UP");
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains(&format!("{} name=fleet2", f2.https)), "{text}");
+    assert!(text.contains(&format!("{} name=fleet1", f1.https)), "{text}");
+
+    // A server that passes the pre-check but never comes UP is rolled back.
+    let flaky = Fleet::start(&dir, &pki, "flaky", 16);
+    let before = std::fs::read(&file).unwrap();
+    let flaky_addr = flaky.https.to_string();
+    let add = {
+        let socket = ingress.admin.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(ingress_tests::bin("ingress"))
+                .arg("ctl")
+                .arg("--socket")
+                .arg(&socket)
+                .args(["add", "fleets", &flaky_addr, "--name", "flaky"])
+                .output()
+                .expect("ctl add")
+        })
+    };
+    // As soon as the daemon lists it (pre-check passed), its health breaks.
+    ingress
+        .wait_servers("flaky to be added", Duration::from_secs(10), |s| {
+            s.iter().any(|s| s["name"] == "flaky")
+        })
+        .await;
+    flaky.control("/health?mode=500").await;
+    let out = add.await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(1) {
+        assert!(err.contains("rolled back"), "{err}");
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            before,
+            "rolled back: file byte-identical"
+        );
+        assert!(ingress.servers().await.iter().all(|s| s["name"] != "flaky"));
+    } else {
+        // The first check beat the breakage: then it must be in the file.
+        assert!(std::fs::read_to_string(&file).unwrap().contains("name=flaky"));
+    }
+
+    // remove: out of the live state and the file.
+    let (code, out, err) = ingress.ctl(&["remove", "fleets/fleet2"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!std::fs::read_to_string(&file).unwrap().contains("fleet2"));
+    assert!(ingress.servers().await.iter().all(|s| s["name"] != "fleet2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_an_add_leaves_a_valid_file() {
+    let dir = TestDir::new("addkill");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    let file = dir.write("fleet-servers.txt", &format!("{} name=fleet1\n", f1.https));
+    let before = std::fs::read_to_string(&file).unwrap();
+    let mut ingress = Ingress::start(&dir, &servers_file_config(&dir, &pki, &file));
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let socket = ingress.admin.clone();
+    let addr = f2.https.to_string();
+    let add = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(ingress_tests::bin("ingress"))
+            .arg("ctl")
+            .arg("--socket")
+            .arg(&socket)
+            .args(["add", "fleets", &addr, "--name", "fleet2"])
+            .output()
+            .expect("ctl add")
+    });
+    ingress
+        .wait_servers("fleet2 to be added", Duration::from_secs(10), |s| {
+            s.iter().any(|s| s["name"] == "fleet2")
+        })
+        .await;
+    ingress.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = ingress.proc.child.wait();
+    let out = add.await.unwrap();
+    assert_ne!(out.status.code(), Some(0), "the add cannot have completed");
+    let after = std::fs::read_to_string(&file).unwrap();
+    let parsed = ingress_user::config::parse_servers_file(&after).expect("the file still parses");
+    assert!(
+        after == before || parsed.len() == 2,
+        "old content or the complete new one: {after:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_live_calls_and_refused_reload() {
+    let dir = TestDir::new("reload");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "");
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let mut live = calls(&ingress, &pki, 20, "live").await;
+
+    // Change the pool: maxconn, retries and the check interval.
+    let changed = cfg
+        .replace("maxconn = 16", "maxconn = 20\nretries = 1")
+        .replace("interval = \"200ms\"", "interval = \"300ms\"");
+    std::fs::write(&ingress.config, &changed).unwrap();
+    let (code, out, err) = ingress.ctl(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    all_echo(&mut live).await;
+    let servers = ingress.servers().await;
+    assert!(servers.iter().all(|s| s["maxconn"] == 20), "{servers:?}");
+    assert_eq!(
+        servers.iter().map(|s| s["active"].as_u64().unwrap()).sum::<u64>(),
+        20,
+        "live calls still counted"
+    );
+
+    // An invalid file: refused with the reason, the old config keeps serving.
+    std::fs::write(
+        &ingress.config,
+        changed.replace("retries = 1", "retries = 1\nretires = 2"),
+    )
+    .unwrap();
+    let (code, _, err) = ingress.ctl(&["reload"]).await;
+    assert_eq!(code, 1, "ctl reload fails when the daemon refused the file");
+    assert!(err.contains("retires"), "the reason names the key: {err}");
+    let (_, status) = ingress.admin_get("/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["last_reload"]["ok"], false, "{status}");
+    all_echo(&mut live).await;
+    let mut ws = client::connect(ingress.https, "localhost", "/ws/after", pki.client_tls())
+        .await
+        .expect("still serving");
+    echo(&mut ws, "ok").await.unwrap();
+
+    // SIGHUP takes the same path.
+    std::fs::write(&ingress.config, &cfg).unwrap();
+    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    ingress
+        .wait_servers("maxconn back to 16", Duration::from_secs(10), |s| {
+            s.iter().all(|s| s["maxconn"] == 16)
+        })
+        .await;
+    all_echo(&mut live).await;
+}
+
+fn admin_listen(cfg: &str, listen: &str, token: Option<&str>) -> String {
+    let token = token.map(|t| format!("\ntoken = \"{t}\"")).unwrap_or_default();
+    cfg.replacen("[admin]\n", &format!("[admin]\nlisten = \"{listen}\"{token}\n"), 1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_the_stats_page_renders_in_chromium() {
+    let dir = TestDir::new("stats");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    let cfg = admin_listen(
+        &config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", ""),
+        "127.0.0.1:0",
+        None,
+    );
+    let ingress = Ingress::start(&dir, &cfg);
+    let admin: SocketAddr = ingress.proc.ready["admin"].as_str().unwrap().parse().unwrap();
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    f2.control("/occupy?n=16").await;
+    ingress.wait_state(&["fleet2"], "FULL").await;
+    let _call = client::connect(ingress.https, "localhost", "/ws/m", pki.client_tls())
+        .await
+        .unwrap();
+
+    let (status, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(status, 200);
+    for name in [
+        "ingress_server_state",
+        "ingress_server_effective_capacity",
+        "ingress_server_check_latency_seconds_bucket",
+        "ingress_tls_handshakes_total",
+        "ingress_cert_expiry_timestamp_seconds",
+        "ingress_build_info",
+        "ingress_xdp_attached",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
+    use std::io::Write as _;
+    promtool.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The page as a browser renders it.
+    let url = format!("http://{admin}/stats");
+    let profile = dir.path("chromium-profile");
+    let artefacts = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-artifacts");
+    std::fs::create_dir_all(&artefacts).unwrap();
+    let shot = artefacts.join("stats.png");
+    let dom = tokio::task::spawn_blocking({
+        let (profile, url) = (profile.clone(), url.clone());
+        move || ingress_tests::headless_chromium(&profile, &["--dump-dom".to_owned()], &url)
+    })
+    .await
+    .unwrap();
+    assert!(dom.contains("fleet1") && dom.contains("fleet2"), "{dom}");
+    assert!(
+        dom.contains("<td>UP</td>") && dom.contains("<td>FULL</td>"),
+        "both states shown: {dom}"
+    );
+    tokio::task::spawn_blocking({
+        let (profile, url, arg) = (profile.clone(), url.clone(), format!("--screenshot={}", shot.display()));
+        move || ingress_tests::headless_chromium(&profile, &[arg], &url)
+    })
+    .await
+    .unwrap();
+    assert!(
+        std::fs::metadata(&shot).map(|m| m.len() > 1000).unwrap_or(false),
+        "screenshot at {}",
+        shot.display()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_refused_from_non_loopback_peers() {
+    let net = NetPair::new();
+    let dir = TestDir::new("adminpeer");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start_with(&dir, &pki, "fleet1", 16, Some(&net.ingress_ns));
+    let cfg = admin_listen(
+        &config(&dir, &pki, &[("fleet1", f1.https)], "", ""),
+        "0.0.0.0:0",
+        Some("s3cret"),
+    );
+    let ingress = Ingress::start_with(&dir, &cfg, Some(&net.ingress_ns));
+    let port: SocketAddr = ingress.proc.ready["admin"].as_str().unwrap().parse().unwrap();
+    let admin = SocketAddr::from((net.ingress_ip, port.port()));
+    let carrier = net.carrier_ns.clone();
+    let answers = tokio::task::spawn_blocking(move || {
+        netns::block_on_in(&carrier, move || async move {
+            let req = |method: &str, path: &str, token: Option<&str>| {
+                let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+                let body = if method == "POST" { "{\"state\":\"drain\"}" } else { "" };
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                )
+            };
+            let mut out = Vec::new();
+            for (m, p, t) in [
+                ("GET", "/api/servers", None),
+                ("GET", "/api/servers", Some("s3cret")),
+                ("POST", "/api/servers/fleets/fleet1/state", Some("s3cret")),
+                ("POST", "/api/reload", Some("s3cret")),
+            ] {
+                let raw = ingress_tests::http_raw(admin, req(m, p, t).as_bytes()).await;
+                out.push(ingress_tests::parse_response(&raw).0);
+            }
+            out
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        answers,
+        vec![401, 200, 403, 403],
+        "read with the token only; never a change from off-box"
+    );
+    assert_ne!(ingress.server("fleet1").await["state"], "DRAIN");
+    // The same change over the unix socket is accepted.
+    let (code, out, err) = ingress.ctl(&["drain", "fleets/fleet1"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+}
