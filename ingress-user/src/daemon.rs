@@ -27,9 +27,33 @@ use crate::{
     tls, xdp,
 };
 
+/// Raises the soft open-files limit to the hard one and warns when even that
+/// cannot hold `max_connections` calls (two descriptors each).
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft < hard
+        && let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard)
+    {
+        tracing::warn!(error = %e, soft, hard, "cannot raise the open-files limit");
+    }
+    let limit = getrlimit(Resource::RLIMIT_NOFILE).map(|(s, _)| s).unwrap_or(soft);
+    let needed = (max_connections as u64) * 2 + 256;
+    if limit < needed {
+        tracing::warn!(
+            open_files_limit = limit,
+            max_connections,
+            "the open-files limit cannot hold max_connections calls (2 descriptors each); new connections beyond it are refused at accept"
+        );
+    }
+}
+
 /// `ingress run --config FILE`.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    raise_fd_limit(config.limits.max_connections);
     let provider = tls::provider();
     let certs = CertStore::load(
         &config.listen.certs,
@@ -127,6 +151,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         }
     };
     ready["xdp"] = serde_json::to_value(shared.xdp.snapshot()).unwrap_or_default();
+    // Handlers first: a SIGHUP right after "ready" must reload, not kill us.
+    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{ready}");
@@ -135,9 +163,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     sdnotify::notify("READY=1\nSTATUS=serving");
     tracing::info!(config = %config_path.display(), "ingress running");
 
-    let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
-    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
-    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {

@@ -11,7 +11,11 @@ use tokio::{
     time::Instant,
 };
 
-const BUF: usize = 16 * 1024;
+/// A fresh tunnel reads into a small buffer (an audio frame fits) and grows it
+/// only when a read fills it: most calls are idle or trickle, so this keeps
+/// memory per call low.
+const BUF_START: usize = 2 * 1024;
+const BUF_MAX: usize = 16 * 1024;
 /// After one side closed, how long the other may take to finish.
 const LINGER: Duration = Duration::from_secs(5);
 
@@ -65,7 +69,7 @@ where
     R: AsyncRead,
     W: AsyncWrite,
 {
-    let mut buf = vec![0u8; BUF];
+    let mut buf = vec![0u8; BUF_START];
     loop {
         let n = match from.read(&mut buf).await {
             Ok(n) => n,
@@ -79,6 +83,9 @@ where
         }
         to.write_all(&buf[..n]).await?;
         bytes.fetch_add(n as u64, Relaxed);
+        if n == buf.len() && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 2, 0);
+        }
         last.store(stamp(epoch), Relaxed);
     }
 }

@@ -267,6 +267,11 @@ impl Ingress {
     }
 
     pub fn start_with(dir: &TestDir, config: &str, netns: Option<&str>) -> Self {
+        Self::start_full(dir, config, netns, &[])
+    }
+
+    /// Starts with extra environment variables.
+    pub fn start_full(dir: &TestDir, config: &str, netns: Option<&str>, env: &[(&str, &str)]) -> Self {
         let path = dir.write("ingress.toml", config);
         let mut cmd = match netns {
             Some(ns) => {
@@ -279,7 +284,8 @@ impl Ingress {
         cmd.arg("run")
             .arg("--config")
             .arg(&path)
-            .env("INGRESS_LOG", "info,ingress_user=debug");
+            .env("INGRESS_LOG", "info,ingress_user=debug")
+            .envs(env.iter().copied());
         let proc = Proc::start("ingress", cmd, dir.path("ingress.log"));
         let first = |k: &str| {
             proc.ready[k]

@@ -391,3 +391,34 @@ async fn changes_are_refused_from_non_loopback_peers() {
     let (code, out, err) = ingress.ctl(&["drain", "fleets/fleet1"]).await;
     assert_eq!(code, 0, "{out}{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_is_told_ready_reloading_and_stopping() {
+    let dir = TestDir::new("notify");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let sock_path = dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = sock.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let path = sock_path.display().to_string();
+    let mut ingress = Ingress::start_full(
+        &dir,
+        &config(&dir, &pki, &[("fleet1", f1.https)], "", ""),
+        None,
+        &[("NOTIFY_SOCKET", path.as_str())],
+    );
+    let first = recv();
+    assert!(first.starts_with("READY=1"), "{first}");
+    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    let reloading = recv();
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
+    let ready = recv();
+    assert!(ready.starts_with("READY=1") && ready.contains("reloaded"), "{ready}");
+    ingress.proc.stop();
+    assert_eq!(recv(), "STOPPING=1");
+}

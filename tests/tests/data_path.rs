@@ -366,6 +366,17 @@ async fn tls_floor_is_1_2() {
             .expect("handshake");
         assert_eq!(s.get_ref().1.protocol_version(), Some(want));
         assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let suite = s.get_ref().1.negotiated_cipher_suite().map(|c| c.suite());
+        assert!(
+            matches!(
+                suite,
+                Some(
+                    rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                        | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                )
+            ),
+            "the server prefers AES-128-GCM over the client's AES-256 first: {suite:?}"
+        );
     }
     for version in [[3, 1], [3, 2]] {
         let raw = http_raw(ingress.https, &legacy_client_hello(version)).await;

@@ -1,0 +1,21 @@
+//! `Config::parse` then `validate` on arbitrary text: errors are fine, panics are not.
+#![no_main]
+
+use ingress_user::config::Config;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(config) = Config::parse(text) {
+        let _ = config.validate();
+        // What `check` and the runtime read next: every pool's servers (inline only;
+        // a servers_file would touch the file system).
+        for (name, pool) in &config.pools {
+            if pool.servers_file.is_none() {
+                let _ = config.pool_servers(name, pool);
+            }
+        }
+    }
+});
