@@ -28,6 +28,9 @@ struct Args {
     /// Worker threads of the runtime.
     #[arg(long, default_value_t = 2)]
     threads: usize,
+    /// Serve plain HTTP instead of HTTPS (a `tls = false` backend).
+    #[arg(long)]
+    plain: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,7 +45,7 @@ fn main() -> anyhow::Result<()> {
         .with_no_client_auth()
         .with_single_cert(chain, key)?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let acceptor = (!args.plain).then(|| tokio_rustls::TlsAcceptor::from(Arc::new(cfg)));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.threads.max(1))
         .enable_all()

@@ -39,6 +39,8 @@ pub enum HealthMode {
     MissingKey,
     /// Never answers.
     Hang,
+    /// 302 to /login (an app that redirects; `expect_status = "^[23]"` accepts it).
+    Redirect,
 }
 
 impl HealthMode {
@@ -51,6 +53,7 @@ impl HealthMode {
             "500" => Self::Error500,
             "missing" => Self::MissingKey,
             "hang" => Self::Hang,
+            "redirect" => Self::Redirect,
             _ => return None,
         })
     }
@@ -67,6 +70,8 @@ pub struct Fleet {
     pub calls_total: AtomicU64,
     pub answered_429: AtomicU64,
     pub health_checks: AtomicU64,
+    /// Host header of the last health check.
+    pub last_health_host: std::sync::Mutex<String>,
     pub available_first: AtomicBool,
     pub decoy: AtomicBool,
     health: std::sync::Mutex<(HealthMode, Option<u32>)>,
@@ -85,6 +90,7 @@ impl Fleet {
             calls_total: AtomicU64::new(0),
             answered_429: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
+            last_health_host: std::sync::Mutex::new(String::new()),
             available_first: AtomicBool::new(false),
             decoy: AtomicBool::new(false),
             health: std::sync::Mutex::new((HealthMode::Normal, None)),
@@ -157,6 +163,7 @@ impl Fleet {
             "calls_total": self.calls_total.load(SeqCst),
             "answered_429": self.answered_429.load(SeqCst),
             "health_checks": self.health_checks.load(SeqCst),
+            "last_health_host": self.last_health_host.lock().map(|h| h.clone()).unwrap_or_default(),
         })
         .to_string()
     }
@@ -194,6 +201,11 @@ async fn health(fleet: &Fleet) -> Resp {
         HealthMode::Error500 => plain(StatusCode::INTERNAL_SERVER_ERROR, "internal error"),
         HealthMode::MissingKey => json("{\"fleet_workers\":16,\"fleet_busy\":0}".to_owned()),
         HealthMode::Hang => std::future::pending().await,
+        HealthMode::Redirect => Response::builder()
+            .status(StatusCode::FOUND)
+            .header("location", "/login")
+            .body(Full::new(Bytes::new()))
+            .unwrap_or_default(),
     }
 }
 
@@ -224,7 +236,12 @@ async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded) {
 
 async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
     let path = req.uri().path().to_owned();
-    if path == "/health/fleet" {
+    if path == "/health/fleet" || path == "/" {
+        if let Some(host) = req.headers().get("host").and_then(|h| h.to_str().ok())
+            && let Ok(mut last) = fleet.last_health_host.lock()
+        {
+            *last = host.to_owned();
+        }
         return Ok(health(&fleet).await);
     }
     if !is_call_path(&path) {
@@ -336,7 +353,8 @@ async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infa
 }
 
 /// Serves HTTPS on `https` and control on `control` until `/exit`.
-pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpListener, acceptor: TlsAcceptor) {
+/// `acceptor` None serves plain HTTP (a `tls = false` backend).
+pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpListener, acceptor: Option<TlsAcceptor>) {
     let mut exit = fleet.exit.subscribe();
     let f = Arc::clone(&fleet);
     let https_task = tokio::spawn(async move {
@@ -346,12 +364,17 @@ pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpLis
             let acceptor = acceptor.clone();
             let f = Arc::clone(&f);
             tokio::spawn(async move {
-                let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let svc = service_fn(move |req| serve_https(Arc::clone(&f), req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .with_upgrades()
-                    .await;
+                let builder = hyper::server::conn::http1::Builder::new();
+                match acceptor {
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        let _ = builder.serve_connection(TokioIo::new(tls), svc).with_upgrades().await;
+                    }
+                    None => {
+                        let _ = builder.serve_connection(TokioIo::new(tcp), svc).with_upgrades().await;
+                    }
+                }
             });
         }
     });

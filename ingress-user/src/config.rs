@@ -210,6 +210,51 @@ pub struct RouteConfig {
 pub enum Balance {
     /// Fewest tunnels held by the ingress, then most effective capacity.
     Leastconn,
+    /// In turn.
+    Roundrobin,
+    /// Consistent (rendezvous) hashing of `hash_key`: adding or removing one
+    /// of N servers moves about 1/N of the keys.
+    #[serde(rename = "uri-hash")]
+    UriHash,
+    /// Sticky: new clients by least-conn, pinned with a cookie.
+    Cookie,
+}
+
+/// What happens to a server's tunnels when its health check takes it DOWN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum OnMarkedDown {
+    /// Live calls carry on (default).
+    #[default]
+    #[serde(rename = "keep")]
+    Keep,
+    /// Live calls are cut at once.
+    #[serde(rename = "shutdown-sessions")]
+    ShutdownSessions,
+}
+
+/// `tls = false` (plain TCP to the servers) or a `[pools.NAME.tls]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PoolTlsSetting {
+    Enabled(bool),
+    Settings(PoolTls),
+}
+
+impl Default for PoolTlsSetting {
+    fn default() -> Self {
+        PoolTlsSetting::Settings(PoolTls::default())
+    }
+}
+
+impl PoolTlsSetting {
+    /// The TLS settings, or None for plain TCP.
+    pub fn settings(&self) -> Option<PoolTls> {
+        match self {
+            PoolTlsSetting::Enabled(false) => None,
+            PoolTlsSetting::Enabled(true) => Some(PoolTls::default()),
+            PoolTlsSetting::Settings(t) => Some(t.clone()),
+        }
+    }
 }
 
 /// What makes an upgrade attempt retried on another server.
@@ -276,9 +321,21 @@ pub struct PoolConfig {
     /// Most retries per call (attempts = retries + 1).
     #[serde(default = "default_retries")]
     pub retries: u32,
-    /// TLS towards the servers.
+    /// TLS towards the servers (`tls = false` for plain TCP).
     #[serde(default)]
-    pub tls: PoolTls,
+    pub tls: PoolTlsSetting,
+    /// For `balance = "uri-hash"`: `"path"` (without query) or a route parameter such as `"bot_id"`.
+    #[serde(default = "default_hash_key")]
+    pub hash_key: String,
+    /// For `balance = "cookie"`: the cookie's name.
+    #[serde(default = "default_cookie")]
+    pub cookie: String,
+    /// A server back UP ramps its share linearly over this window.
+    #[serde(default)]
+    pub slowstart: Option<Dur>,
+    /// `"keep"` (default) or `"shutdown-sessions"`.
+    #[serde(default)]
+    pub on_marked_down: OnMarkedDown,
     /// The active health check.
     #[serde(default)]
     pub check: CheckConfig,
@@ -286,6 +343,12 @@ pub struct PoolConfig {
 
 fn default_balance() -> Balance {
     Balance::Leastconn
+}
+fn default_hash_key() -> String {
+    "path".to_owned()
+}
+fn default_cookie() -> String {
+    "SERVERID".to_owned()
 }
 fn default_maxconn() -> u32 {
     16
@@ -615,7 +678,9 @@ impl Config {
             if let Some(f) = pool.servers_file.as_mut() {
                 fix(f);
             }
-            if let Some(ca) = pool.tls.ca.as_mut() {
+            if let PoolTlsSetting::Settings(t) = &mut pool.tls
+                && let Some(ca) = t.ca.as_mut()
+            {
                 fix(ca);
             }
         }
@@ -697,6 +762,33 @@ impl Config {
         let key = format!("pools.{name}");
         if pool.maxconn == 0 {
             return Err(invalid(format!("{key}.maxconn"), "must be at least 1"));
+        }
+        if pool.cookie.is_empty()
+            || !pool
+                .cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(invalid(
+                format!("{key}.cookie"),
+                "a cookie name: letters, digits, _ or -",
+            ));
+        }
+        if pool.balance == Balance::UriHash && pool.hash_key != "path" {
+            let used = self
+                .routes
+                .iter()
+                .filter(|r| r.pool == name)
+                .all(|r| r.path.contains(&format!("{{{}}}", pool.hash_key)));
+            if !used {
+                return Err(invalid(
+                    format!("{key}.hash_key"),
+                    format!(
+                        "`{}` is neither \"path\" nor a parameter of every route to this pool",
+                        pool.hash_key
+                    ),
+                ));
+            }
         }
         let check = &pool.check;
         if check.fall == 0 || check.rise == 0 {

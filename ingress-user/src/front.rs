@@ -141,11 +141,18 @@ async fn handle_https(
             }
             let bot_id = params.iter().find(|(k, _)| k == "bot_id").map(|(_, v)| (*v).to_owned());
             let route_path = rt.routes.routes[route].path.clone();
+            let key_name = rt.pools[pool].hash_key.as_str();
+            let hash_key = if key_name == "path" {
+                Some(head.target.split(['?', '#']).next().unwrap_or("").to_owned())
+            } else {
+                params.iter().find(|(k, _)| k == key_name).map(|(_, v)| (*v).to_owned())
+            };
             let call = proxy::Call {
                 peer,
                 local_port,
                 route: &route_path,
                 bot_id: bot_id.as_deref(),
+                hash_key: hash_key.as_deref(),
                 started,
             };
             proxy::forward(&shared, Arc::clone(&rt), pool, tls, head, call).await;

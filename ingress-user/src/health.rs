@@ -91,7 +91,7 @@ pub fn evaluate(status: u16, expect: &Regex, body: &[u8], pointer: &str) -> Resu
 pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String> {
     let check = &pool.check;
     let fut = async {
-        let tls = upstream::connect(server, &pool.tls, check.timeout.0)
+        let tls = upstream::connect(server, pool.tls.as_ref(), check.timeout.0)
             .await
             .map_err(|e| e.to_string())?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -146,8 +146,10 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
     let mut machine = FallRise::starting(server.healthy());
     let mut ticker = tokio::time::interval(check.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ever_up = server.healthy();
     loop {
         ticker.tick().await;
+        let was_healthy = server.healthy();
         let started = Instant::now();
         let result = probe(&server, &pool).await;
         let latency = started.elapsed().as_secs_f64() * 1000.0;
@@ -174,6 +176,16 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
                 }
                 server.record_check(false, reason, Some(latency));
             }
+        }
+        let now_healthy = server.healthy();
+        if now_healthy && !was_healthy && ever_up {
+            // Back after being DOWN: slowstart ramps its share from now.
+            *server.recovered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        }
+        ever_up |= now_healthy;
+        if was_healthy && !now_healthy && pool.on_marked_down == crate::config::OnMarkedDown::ShutdownSessions {
+            tracing::warn!(pool = %server.pool, server = server.name(), active = server.active(), "marked DOWN: cutting its calls (shutdown-sessions)");
+            server.cut.notify_waiters();
         }
         let after = (server.state(), server.reported());
         if before != after {

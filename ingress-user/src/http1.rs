@@ -186,6 +186,43 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     }
 }
 
+/// The value of cookie `name` in the request's `Cookie` header(s).
+pub fn cookie_value(head: &RequestHead, name: &str) -> Option<String> {
+    head.headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+}
+
+/// Removes cookie `name` from the request (the server never sees the ingress's own cookie).
+pub fn remove_cookie(head: &mut RequestHead, name: &str) {
+    for (n, v) in head.headers.iter_mut() {
+        if !n.eq_ignore_ascii_case("cookie") {
+            continue;
+        }
+        let text = String::from_utf8_lossy(v).into_owned();
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(name))
+            .collect();
+        *v = kept.join("; ").into_bytes();
+    }
+    head.headers
+        .retain(|(n, v)| !(n.eq_ignore_ascii_case("cookie") && v.is_empty()));
+}
+
+/// A response head with one more `Set-Cookie` line.
+pub fn with_set_cookie(raw: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let end = raw.len().saturating_sub(2);
+    let mut out = Vec::with_capacity(raw.len() + 64);
+    out.extend_from_slice(&raw[..end]);
+    out.extend_from_slice(format!("Set-Cookie: {name}={value}; Path=/; HttpOnly\r\n\r\n").as_bytes());
+    out
+}
+
 /// Why a request on a WebSocket route is not a valid upgrade (answered 400).
 pub fn websocket_upgrade_error(head: &RequestHead) -> Option<&'static str> {
     if head.method != "GET" {
@@ -322,6 +359,22 @@ mod tests {
         let up = String::from_utf8(upstream_request(&head, "10.1.2.3".parse().unwrap(), "https", 443)).unwrap();
         assert!(up.contains("X-Forwarded-For: 10.1.2.3\r\n"));
         assert!(!up.contains("6.6.6.6"), "client-sent forwarding headers are dropped");
+    }
+
+    #[tokio::test]
+    async fn sticky_cookie_is_read_stripped_and_set() {
+        let req =
+            String::from_utf8_lossy(UPGRADE).replace("Host: x\r\n", "Host: x\r\nCookie: a=1; SERVERID=abc; b=2\r\n");
+        let mut head = parse(req.as_bytes()).await.unwrap();
+        assert_eq!(cookie_value(&head, "SERVERID").as_deref(), Some("abc"));
+        remove_cookie(&mut head, "SERVERID");
+        assert_eq!(head.header_str("cookie"), Some("a=1; b=2"));
+        let resp = with_set_cookie(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+            "SERVERID",
+            "x1",
+        );
+        assert!(resp.ends_with(b"Upgrade: websocket\r\nSet-Cookie: SERVERID=x1; Path=/; HttpOnly\r\n\r\n"));
     }
 
     #[tokio::test]

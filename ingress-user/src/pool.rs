@@ -127,6 +127,8 @@ pub struct Server {
     pub server_name: ServerName<'static>,
     /// Whether the pool reads capacity from the health body.
     pub capacity_aware: bool,
+    /// Opaque stable id used as the sticky cookie's value.
+    pub cookie_id: String,
     /// Counters and health, shared with the server this one replaced on a
     /// reload (same pool and name), so live calls stay counted.
     live: Arc<Live>,
@@ -153,6 +155,8 @@ pub struct Live {
     pub cut: tokio::sync::Notify,
     /// Health-check latency, seconds.
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
+    /// When the server last came back UP after being DOWN (slowstart).
+    pub recovered_at: Mutex<Option<Instant>>,
 }
 
 impl std::ops::Deref for Server {
@@ -199,7 +203,29 @@ impl Server {
                 last_report: Mutex::new(None),
                 cut: tokio::sync::Notify::new(),
                 check_latency: crate::metrics::check_latency_histogram(),
+                recovered_at: Mutex::new(None),
             }),
+            cookie_id: String::new(),
+        }
+        .with_cookie_id()
+    }
+
+    fn with_cookie_id(mut self) -> Self {
+        self.cookie_id = format!(
+            "{:016x}",
+            stable_hash(&[self.pool.as_bytes(), self.def.name.as_bytes()])
+        );
+        self
+    }
+
+    /// Share of new calls this server takes, 0..=1, ramping over `window` after a recovery.
+    pub fn slowstart_factor(&self, window: Option<std::time::Duration>) -> f64 {
+        let Some(window) = window.filter(|w| !w.is_zero()) else {
+            return 1.0;
+        };
+        match *self.recovered_at.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(at) => (at.elapsed().as_secs_f64() / window.as_secs_f64()).clamp(0.05, 1.0),
+            None => 1.0,
         }
     }
 
@@ -218,6 +244,7 @@ impl Server {
             maxconn,
             server_name,
             capacity_aware,
+            cookie_id: old.cookie_id.clone(),
             live: Arc::clone(&old.live),
         }
     }
@@ -361,6 +388,32 @@ impl Server {
     }
 }
 
+/// What a request tells the pick: the hash key (uri-hash) and the sticky cookie's value.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Hints<'a> {
+    pub hash_key: Option<&'a str>,
+    pub sticky: Option<&'a str>,
+}
+
+/// A hash that is the same in every process and release (rendezvous hashing, cookie ids).
+pub fn stable_hash(parts: &[&[u8]]) -> u64 {
+    // FNV-1a, then a final mix so that similar keys spread.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for b in *part {
+            h ^= u64::from(*b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^ (h >> 33)
+}
+
 /// A reserved slot on a server; dropping it releases the slot.
 #[derive(Debug)]
 pub struct Lease {
@@ -402,7 +455,14 @@ pub struct Pool {
     pub retries_total: AtomicU64,
     /// 429s handed to carriers (every candidate refused, or 429 not retried).
     pub passed_429_total: AtomicU64,
-    pub tls: Arc<rustls::ClientConfig>,
+    /// TLS towards the servers; None for `tls = false`.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub hash_key: String,
+    pub cookie: String,
+    pub slowstart: Option<std::time::Duration>,
+    pub on_marked_down: crate::config::OnMarkedDown,
+    /// State of the slowstart coin (xorshift).
+    coin: AtomicU64,
     /// The pool's `tls.sni` (servers without their own).
     pub tls_sni: Option<String>,
     /// The pool's default per-server `maxconn`.
@@ -421,7 +481,7 @@ impl Pool {
         name: Arc<str>,
         cfg: &crate::config::PoolConfig,
         servers: Vec<Arc<Server>>,
-        tls: Arc<rustls::ClientConfig>,
+        tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
         Self {
             index,
@@ -436,7 +496,12 @@ impl Pool {
             retries_total: AtomicU64::new(0),
             passed_429_total: AtomicU64::new(0),
             tls,
-            tls_sni: cfg.tls.sni.clone(),
+            hash_key: cfg.hash_key.clone(),
+            cookie: cfg.cookie.clone(),
+            slowstart: cfg.slowstart.map(|d| d.0),
+            on_marked_down: cfg.on_marked_down,
+            coin: AtomicU64::new(0x9e37_79b9_7f4a_7c15),
+            tls_sni: cfg.tls.settings().and_then(|t| t.sni),
             maxconn: cfg.maxconn,
         }
     }
@@ -466,34 +531,80 @@ impl Pool {
             .sum()
     }
 
-    /// Picks and reserves a server that is UP and not in `exclude`:
-    /// fewest tunnels first, then most effective capacity, rotating among ties.
-    pub fn pick(&self, exclude: &[u32]) -> Option<Lease> {
+    /// A uniform draw in [0, 1) (xorshift; quality is irrelevant here).
+    fn coin(&self) -> f64 {
+        let next = self
+            .coin
+            .fetch_update(Relaxed, Relaxed, |mut x| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Some(x)
+            })
+            .unwrap_or(1);
+        (next >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Picks and reserves a server that is UP and not in `exclude`, by the
+    /// pool's balance mode (`hints` carries the hash key and the sticky
+    /// cookie). Servers in slowstart are passed over with a probability that
+    /// shrinks over the window, unless nothing else is left.
+    pub fn pick(&self, hints: &Hints<'_>, exclude: &[u32]) -> Option<Lease> {
         let servers = self.servers.load();
         let n = servers.len();
         if n == 0 {
             return None;
         }
-        let start = self.rotation.fetch_add(1, Relaxed) as usize % n;
         let mut skip: Vec<u32> = exclude.to_vec();
-        // Bounded: each failed reservation removes one candidate.
-        for _ in 0..n {
-            let mut best: Option<(&Arc<Server>, u32, u32)> = None;
-            for i in 0..n {
-                let s = &servers[(start + i) % n];
-                if skip.contains(&s.id) || s.state() != State::Up {
-                    continue;
-                }
-                let (active, eff) = (s.active(), s.effective());
-                let better = match best {
-                    None => true,
-                    Some((_, a, e)) => active < a || (active == a && eff > e),
-                };
-                if better {
-                    best = Some((s, active, eff));
-                }
+        if self.balance == Balance::Cookie
+            && let Some(pin) = hints.sticky
+            && let Some(s) = servers.iter().find(|s| s.cookie_id == pin && !skip.contains(&s.id))
+            && s.state() == State::Up
+        {
+            if s.try_reserve() {
+                return Some(Lease {
+                    server: Arc::clone(s),
+                    accepted: false,
+                });
             }
-            let (server, _, _) = best?;
+            skip.push(s.id);
+        }
+        let start = self.rotation.fetch_add(1, Relaxed) as usize % n;
+        let mut passed_over: Option<&Arc<Server>> = None;
+        // Bounded: each round removes one candidate.
+        for _ in 0..n {
+            let eligible = |s: &&Arc<Server>| !skip.contains(&s.id) && s.state() == State::Up;
+            let chosen = match self.balance {
+                Balance::Leastconn | Balance::Cookie => {
+                    let mut best: Option<(&Arc<Server>, u32, u32)> = None;
+                    for i in 0..n {
+                        let s = &servers[(start + i) % n];
+                        if !eligible(&s) {
+                            continue;
+                        }
+                        let (active, eff) = (s.active(), s.effective());
+                        if best.is_none_or(|(_, a, e)| active < a || (active == a && eff > e)) {
+                            best = Some((s, active, eff));
+                        }
+                    }
+                    best.map(|(s, _, _)| s)
+                }
+                Balance::Roundrobin => (0..n).map(|i| &servers[(start + i) % n]).find(eligible),
+                Balance::UriHash => {
+                    let key = hints.hash_key.unwrap_or("");
+                    servers
+                        .iter()
+                        .filter(eligible)
+                        .max_by_key(|s| stable_hash(&[key.as_bytes(), s.def.name.as_bytes()]))
+                }
+            };
+            let server = chosen.or(passed_over.take())?;
+            let factor = server.slowstart_factor(self.slowstart);
+            if factor < 1.0 && self.balance != Balance::UriHash && passed_over.is_none() && self.coin() >= factor {
+                passed_over = Some(server);
+                skip.push(server.id);
+                continue;
+            }
             if server.try_reserve() {
                 return Some(Lease {
                     server: Arc::clone(server),
@@ -502,7 +613,10 @@ impl Pool {
             }
             skip.push(server.id);
         }
-        None
+        passed_over.filter(|s| s.try_reserve()).map(|s| Lease {
+            server: Arc::clone(s),
+            accepted: false,
+        })
     }
 
     /// The server with the most effective capacity (for outbound dialers), without reserving.
@@ -519,6 +633,8 @@ impl Pool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::time::Instant;
 
     fn server(id: u32, maxconn: u32) -> Arc<Server> {
         let def = ServerDef {
@@ -547,7 +663,7 @@ mod tests {
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
-        Pool::new(0, "p".into(), &cfg, servers, Arc::new(tls))
+        Pool::new(0, "p".into(), &cfg, servers, Some(Arc::new(tls)))
     }
 
     #[test]
@@ -572,9 +688,12 @@ mod tests {
         let s = server(1, 16);
         s.report_capacity(2);
         let p = pool(vec![Arc::clone(&s)]);
-        let a = p.pick(&[]).unwrap();
-        let b = p.pick(&[]).unwrap();
-        assert!(p.pick(&[]).is_none(), "two reported, two routed: FULL");
+        let a = p.pick(&Hints::default(), &[]).unwrap();
+        let b = p.pick(&Hints::default(), &[]).unwrap();
+        assert!(
+            p.pick(&Hints::default(), &[]).is_none(),
+            "two reported, two routed: FULL"
+        );
         assert_eq!(s.state(), State::Full);
         drop(b); // never accepted: capacity comes back
         assert_eq!(s.effective(), 1);
@@ -590,10 +709,10 @@ mod tests {
         a.report_capacity(16);
         b.report_capacity(16);
         let p = pool(vec![Arc::clone(&a), Arc::clone(&b)]);
-        let leases: Vec<_> = (0..20).map(|_| p.pick(&[]).unwrap()).collect();
+        let leases: Vec<_> = (0..20).map(|_| p.pick(&Hints::default(), &[]).unwrap()).collect();
         assert_eq!((a.active(), b.active()), (10, 10));
         a.report_capacity(0);
-        let more: Vec<_> = (0..3).map(|_| p.pick(&[]).unwrap()).collect();
+        let more: Vec<_> = (0..3).map(|_| p.pick(&Hints::default(), &[]).unwrap()).collect();
         assert!(more.iter().all(|l| l.server.id == 2));
         drop(leases);
     }
@@ -605,8 +724,132 @@ mod tests {
         b.report_capacity(5);
         a.set_admin_state(AdminState::Drain);
         let p = pool(vec![Arc::clone(&a), Arc::clone(&b)]);
-        assert_eq!(p.pick(&[]).unwrap().server.id, 2);
-        assert!(p.pick(&[2]).is_none());
+        assert_eq!(p.pick(&Hints::default(), &[]).unwrap().server.id, 2);
+        assert!(p.pick(&Hints::default(), &[2]).is_none());
+    }
+
+    fn pool_with(balance: &str, servers: Vec<Arc<Server>>) -> Pool {
+        let cfg: crate::config::PoolConfig =
+            toml::from_str(&format!("balance = \"{balance}\"\nslowstart = \"10s\"")).unwrap();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Pool::new(0, "p".into(), &cfg, servers, Some(Arc::new(tls)))
+    }
+
+    fn up(id: u32) -> Arc<Server> {
+        let s = server(id, 1_000_000);
+        s.report_capacity(1_000_000);
+        s
+    }
+
+    #[test]
+    fn roundrobin_is_exact() {
+        let servers: Vec<_> = (1..=3).map(up).collect();
+        let p = pool_with("roundrobin", servers.clone());
+        for _ in 0..300 {
+            let mut l = p.pick(&Hints::default(), &[]).unwrap();
+            l.accepted();
+        }
+        assert!(servers.iter().all(|s| s.sessions_total.load(Relaxed) == 100));
+    }
+
+    fn owners(p: &Pool, keys: &[String]) -> Vec<u32> {
+        keys.iter()
+            .map(|k| {
+                let hints = Hints {
+                    hash_key: Some(k),
+                    sticky: None,
+                };
+                p.pick(&hints, &[]).unwrap().server.id
+            })
+            .collect()
+    }
+
+    #[test]
+    fn consistent_hashing_moves_about_one_nth() {
+        let keys: Vec<String> = (0..10_000).map(|i| format!("/stream/track-{i}")).collect();
+        let five: Vec<_> = (1..=5).map(up).collect();
+        let before = owners(&pool_with("uri-hash", five.clone()), &keys);
+        let mut six = five.clone();
+        six.push(up(6));
+        let after = owners(&pool_with("uri-hash", six.clone()), &keys);
+        let moved = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+        assert!(
+            moved as f64 <= 10_000.0 * (1.0 / 6.0 + 0.05),
+            "{moved} of 10000 keys moved"
+        );
+        assert!(
+            after.iter().zip(&before).all(|(a, b)| a == b || *a == 6),
+            "keys only move to the new server"
+        );
+        assert_eq!(
+            owners(&pool_with("uri-hash", five), &keys),
+            before,
+            "remove it: every key returns"
+        );
+        // A down server's keys go elsewhere and come back.
+        six[0].set_healthy(false);
+        let degraded = owners(&pool_with("uri-hash", six.clone()), &keys);
+        assert!(degraded.iter().all(|o| *o != 1));
+        six[0].set_healthy(true);
+        assert_eq!(owners(&pool_with("uri-hash", six), &keys), after);
+    }
+
+    #[test]
+    fn cookie_pins_and_ignores_a_down_pin() {
+        let servers: Vec<_> = (1..=3).map(up).collect();
+        let p = pool_with("cookie", servers.clone());
+        let pin = servers[2].cookie_id.clone();
+        let hints = Hints {
+            hash_key: None,
+            sticky: Some(&pin),
+        };
+        for _ in 0..10 {
+            assert_eq!(p.pick(&hints, &[]).unwrap().server.id, 3);
+        }
+        servers[2].set_admin_state(AdminState::Drain);
+        assert_ne!(p.pick(&hints, &[]).unwrap().server.id, 3, "a drained pin is ignored");
+        let unknown = Hints {
+            hash_key: None,
+            sticky: Some("nonsense"),
+        };
+        assert!(p.pick(&unknown, &[]).is_some());
+    }
+
+    #[test]
+    fn slowstart_ramps_a_recovered_server() {
+        let servers: Vec<_> = (1..=2).map(up).collect();
+        let p = pool_with("roundrobin", servers.clone());
+        *servers[1].recovered_at.lock().unwrap() = Some(Instant::now() - std::time::Duration::from_secs(2));
+        let share = |p: &Pool| {
+            let mut n = 0;
+            for _ in 0..1000 {
+                let mut l = p.pick(&Hints::default(), &[]).unwrap();
+                l.accepted();
+                n += usize::from(l.server.id == 2);
+            }
+            n
+        };
+        let early = share(&p);
+        *servers[1].recovered_at.lock().unwrap() = Some(Instant::now() - std::time::Duration::from_secs(8));
+        let late = share(&p);
+        *servers[1].recovered_at.lock().unwrap() = Some(Instant::now() - std::time::Duration::from_secs(20));
+        let done = share(&p);
+        assert!(
+            early < late && late < done,
+            "share grows over the window: {early} < {late} < {done}"
+        );
+        assert!(
+            early < 250,
+            "20% into the window: about a fifth of its share, got {early}/1000"
+        );
+        assert!(
+            (480..=520).contains(&done),
+            "after the window: its full half, got {done}"
+        );
     }
 
     #[test]

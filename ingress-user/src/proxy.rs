@@ -8,9 +8,9 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::{
-    config::RetryOn,
+    config::{Balance, RetryOn},
     http1::{self, HeadError, HeadLimits, RequestHead},
-    pool::{Lease, Pool},
+    pool::{Hints, Lease, Pool},
     runtime::{Runtime, Shared},
     tunnel, upstream,
 };
@@ -25,6 +25,8 @@ pub struct Call<'a> {
     pub local_port: u16,
     pub route: &'a str,
     pub bot_id: Option<&'a str>,
+    /// For `balance = "uri-hash"`: the key the pool hashes.
+    pub hash_key: Option<&'a str>,
     pub started: Instant,
 }
 
@@ -46,9 +48,9 @@ async fn attempt(
     rt: &Runtime,
     request: &[u8],
     early: &[u8],
-) -> Attempt<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+) -> Attempt<upstream::UpStream> {
     let server = &lease.server;
-    let mut up = match upstream::connect(server, &pool.tls, rt.timeouts.connect.0).await {
+    let mut up = match upstream::connect(server, pool.tls.as_ref(), rt.timeouts.connect.0).await {
         Ok(s) => s,
         Err(e) => return Attempt::Failed(RetryOn::ConnFailure, e.to_string()),
     };
@@ -118,6 +120,17 @@ pub async fn forward<C>(
     C: AsyncRead + AsyncWrite + Unpin,
 {
     let pool = Arc::clone(&rt.pools[pool_index]);
+    let mut head = head;
+    let sticky = (pool.balance == Balance::Cookie)
+        .then(|| http1::cookie_value(&head, &pool.cookie))
+        .flatten();
+    if pool.balance == Balance::Cookie {
+        http1::remove_cookie(&mut head, &pool.cookie);
+    }
+    let hints = Hints {
+        hash_key: call.hash_key,
+        sticky: sticky.as_deref(),
+    };
     let request = http1::upstream_request(&head, call.peer.ip(), "https", call.local_port);
     let mut tried: Vec<u32> = Vec::new();
     let mut last_answer: Option<(u16, Vec<u8>)> = None;
@@ -145,7 +158,7 @@ pub async fn forward<C>(
         if attempts > pool.retries {
             break;
         }
-        let Some(mut lease) = pool.pick(&tried) else {
+        let Some(mut lease) = pool.pick(&hints, &tried) else {
             break;
         };
         attempts += 1;
@@ -158,8 +171,15 @@ pub async fn forward<C>(
             Attempt::Upgraded(up, resp) => {
                 lease.accepted();
                 shared.changed.notify_one();
+                let pinned =
+                    pool.balance == Balance::Cookie && sticky.as_deref() != Some(lease.server.cookie_id.as_str());
+                let head_out = if pinned {
+                    http1::with_set_cookie(&resp.raw, &pool.cookie, &lease.server.cookie_id)
+                } else {
+                    resp.raw.to_vec()
+                };
                 let write = async {
-                    client.write_all(&resp.raw).await?;
+                    client.write_all(&head_out).await?;
                     if !resp.rest.is_empty() {
                         client.write_all(&resp.rest).await?;
                     }

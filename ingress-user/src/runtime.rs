@@ -113,10 +113,15 @@ pub fn build(
     let mut pools = Vec::new();
     for (index, (name, pcfg)) in config.pools.iter().enumerate() {
         let key = format!("pools.{name}");
-        let client = tls::client_config(&pcfg.tls).map_err(|e| ConfigError::Invalid {
-            key: format!("{key}.tls"),
-            reason: e.to_string(),
-        })?;
+        let tls_settings = pcfg.tls.settings();
+        let client = tls_settings
+            .as_ref()
+            .map(tls::client_config)
+            .transpose()
+            .map_err(|e| ConfigError::Invalid {
+                key: format!("{key}.tls"),
+                reason: e.to_string(),
+            })?;
         let pool_name: Arc<str> = Arc::from(name.as_str());
         let old_pool = previous.and_then(|rt| rt.pools.iter().find(|p| *p.name == **name));
         let old_servers = old_pool.map(|p| p.servers.load_full());
@@ -129,7 +134,10 @@ pub fn build(
             .unwrap_or_default();
         for entry in entries {
             let def = &entry.def;
-            let sni = def.sni.as_deref().or(pcfg.tls.sni.as_deref());
+            let sni = def
+                .sni
+                .as_deref()
+                .or(tls_settings.as_ref().and_then(|t| t.sni.as_deref()));
             let server_name = tls::server_name(sni, &def.host).map_err(|reason| ConfigError::Invalid {
                 key: format!("{key}.servers"),
                 reason,

@@ -1,10 +1,56 @@
-//! Data path (also used by health checks): one TCP + TLS connection to a
-//! fleet server, bounded by the connect timeout.
+//! Data path (also used by health checks): one TCP (+ TLS unless the pool
+//! has `tls = false`) connection to a fleet server, bounded by the connect
+//! timeout.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
 
-use tokio::net::TcpStream;
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+};
 use tokio_rustls::{TlsConnector, client::TlsStream};
+
+/// A connection to a server: TLS, or plain TCP for `tls = false` pools.
+#[derive(Debug)]
+pub enum UpStream {
+    Tls(Box<TlsStream<TcpStream>>),
+    Plain(TcpStream),
+}
+
+impl AsyncRead for UpStream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            UpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpStream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            UpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            UpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            UpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 use crate::pool::Server;
 
@@ -21,12 +67,12 @@ pub enum ConnectError {
     Timeout { addr: String, timeout: Duration },
 }
 
-/// Connects and completes the TLS handshake within `timeout`.
+/// Connects and completes the TLS handshake (unless `tls` is None) within `timeout`.
 pub async fn connect(
     server: &Server,
-    tls: &Arc<rustls::ClientConfig>,
+    tls: Option<&Arc<rustls::ClientConfig>>,
     timeout: Duration,
-) -> Result<TlsStream<TcpStream>, ConnectError> {
+) -> Result<UpStream, ConnectError> {
     let addr = server.def.addr();
     let fut = async {
         let mut addrs = tokio::net::lookup_host(&addr)
@@ -44,9 +90,13 @@ pub async fn connect(
             source,
         })?;
         let _ = tcp.set_nodelay(true);
+        let Some(tls) = tls else {
+            return Ok(UpStream::Plain(tcp));
+        };
         TlsConnector::from(Arc::clone(tls))
             .connect(server.server_name.clone(), tcp)
             .await
+            .map(|s| UpStream::Tls(Box::new(s)))
             .map_err(|source| ConnectError::Tls {
                 addr: addr.clone(),
                 source,

@@ -1,0 +1,236 @@
+//! Balance modes and server lifecycle options from the seeds' other
+//! deployments: roundrobin, sticky cookie, uri-hash, shutdown-sessions, and a
+//! plain-HTTP backend checked like the Forgejo one (`expect_status ^[23]`,
+//! explicit Host header, liveness only).
+
+use std::{sync::Arc, time::Duration};
+
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, echo};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+async fn start(dir: &TestDir, pki: &Pki, n: usize, pool_extra: &str) -> (Vec<Fleet>, Ingress) {
+    let fleets: Vec<Fleet> = (1..=n)
+        .map(|i| Fleet::start(dir, pki, &format!("fleet{i}"), 1000))
+        .collect();
+    let names: Vec<String> = (1..=n).map(|i| format!("fleet{i}")).collect();
+    let servers: Vec<(&str, std::net::SocketAddr)> = names
+        .iter()
+        .map(String::as_str)
+        .zip(fleets.iter().map(|f| f.https))
+        .collect();
+    let ingress = Ingress::start(
+        dir,
+        &config(dir, pki, &servers, pool_extra, "").replace("maxconn = 16", "maxconn = 1000"),
+    );
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    ingress.wait_state(&refs, "UP").await;
+    (fleets, ingress)
+}
+
+async fn totals(fleets: &[Fleet]) -> Vec<u64> {
+    let mut out = Vec::new();
+    for f in fleets {
+        out.push(f.state().await["calls_total"].as_u64().unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roundrobin_spreads_300_calls_evenly() {
+    let dir = TestDir::new("rr");
+    let pki = Pki::new(&dir);
+    let (fleets, ingress) = start(&dir, &pki, 3, "balance = \"roundrobin\"").await;
+    for i in 0..300 {
+        let mut ws = client::connect(ingress.https, "localhost", &format!("/ws/rr-{i}"), pki.client_tls())
+            .await
+            .unwrap();
+        ws.close(None).await.ok();
+    }
+    assert_eq!(totals(&fleets).await, vec![100, 100, 100]);
+}
+
+/// Sends an upgrade with `cookie`, returns the response head (the call is then dropped).
+async fn upgrade_head(ingress: &Ingress, tls: Arc<rustls::ClientConfig>, path: &str, cookie: Option<&str>) -> String {
+    let tcp = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
+    let cookie = cookie
+        .map(|c| format!("Cookie: theme=dark; {c}\r\n"))
+        .unwrap_or_default();
+    let req =
+        ingress_tests::upgrade_request(path).replace("Host: localhost\r\n", &format!("Host: localhost\r\n{cookie}"));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("answer")
+            .unwrap();
+        assert!(n > 0, "closed before the head: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+fn set_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sticky_cookie_keeps_clients_and_moves_them_when_their_server_stops() {
+    let dir = TestDir::new("sticky");
+    let pki = Pki::new(&dir);
+    let (mut fleets, ingress) = start(&dir, &pki, 3, "balance = \"cookie\"\ncookie = \"SERVERID\"").await;
+    let tls = pki.client_tls();
+    let mut cookies = Vec::new();
+    let mut per_cookie = std::collections::BTreeMap::<String, u64>::new();
+    for c in 0..50 {
+        let head = upgrade_head(&ingress, Arc::clone(&tls), &format!("/ws/client-{c}"), None).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let cookie = set_cookie(&head).expect("a new client is pinned");
+        assert!(cookie.starts_with("SERVERID="), "{cookie}");
+        for r in 1..10 {
+            let again = upgrade_head(
+                &ingress,
+                Arc::clone(&tls),
+                &format!("/ws/client-{c}-{r}"),
+                Some(&cookie),
+            )
+            .await;
+            assert!(again.starts_with("HTTP/1.1 101"), "{again}");
+            assert_eq!(set_cookie(&again), None, "client {c} kept its server (no new cookie)");
+        }
+        *per_cookie.entry(cookie.clone()).or_default() += 10;
+        cookies.push(cookie);
+    }
+    let mut by_cookie: Vec<u64> = per_cookie.values().copied().collect();
+    let mut by_fleet = totals(&fleets).await;
+    by_cookie.sort_unstable();
+    by_fleet.sort_unstable();
+    assert_eq!(by_cookie, by_fleet, "every pinned request reached its server");
+    assert_eq!(by_fleet.iter().sum::<u64>(), 500);
+
+    // Stop client 0's server: its next request lands elsewhere with a new cookie.
+    let before = totals(&fleets).await;
+    let probe = upgrade_head(&ingress, Arc::clone(&tls), "/ws/find", Some(&cookies[0])).await;
+    assert!(probe.starts_with("HTTP/1.1 101"));
+    let after = totals(&fleets).await;
+    let pinned = (0..3).find(|i| after[*i] > before[*i]).unwrap();
+    fleets[pinned].proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = fleets[pinned].proc.child.wait();
+    let moved = upgrade_head(&ingress, Arc::clone(&tls), "/ws/moved", Some(&cookies[0])).await;
+    assert!(
+        moved.starts_with("HTTP/1.1 101"),
+        "no error for the moved client: {moved}"
+    );
+    let new_cookie = set_cookie(&moved).expect("a new pin");
+    assert_ne!(new_cookie, cookies[0]);
+    fleets.remove(pinned);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uri_hash_keeps_a_bot_on_one_fleet() {
+    let dir = TestDir::new("hash");
+    let pki = Pki::new(&dir);
+    let (fleets, ingress) = start(&dir, &pki, 3, "balance = \"uri-hash\"\nhash_key = \"bot_id\"").await;
+    let mut owner = std::collections::HashMap::new();
+    let mut held = Vec::new();
+    for round in 0..2 {
+        for bot in 0..20 {
+            let before = totals(&fleets).await;
+            // Different paths, same bot: the key is the bot_id, not the path.
+            let path = if round == 0 {
+                format!("/ws/bot-{bot}")
+            } else {
+                format!("/exotel/bot-{bot}")
+            };
+            held.push(
+                client::connect(ingress.https, "localhost", &path, pki.client_tls())
+                    .await
+                    .unwrap(),
+            );
+            let after = totals(&fleets).await;
+            let fleet = (0..3).find(|i| after[*i] > before[*i]).unwrap();
+            assert_eq!(*owner.entry(bot).or_insert(fleet), fleet, "bot {bot} moved");
+        }
+    }
+    let used: std::collections::HashSet<_> = owner.values().collect();
+    assert!(used.len() >= 2, "keys spread over fleets: {owner:?}");
+}
+
+async fn shutdown_case(on_marked_down: &str) -> usize {
+    let dir = TestDir::new("shutdown");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let cfg = config(
+        &dir,
+        &pki,
+        &[("fleet1", f1.https)],
+        &format!("on_marked_down = \"{on_marked_down}\""),
+        "",
+    );
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let mut calls = Vec::new();
+    for i in 0..10 {
+        calls.push(
+            client::connect(ingress.https, "localhost", &format!("/ws/s-{i}"), pki.client_tls())
+                .await
+                .unwrap(),
+        );
+    }
+    f1.control("/health?mode=500").await;
+    ingress.wait_state(&["fleet1"], "DOWN").await;
+    // One check interval (200 ms) after DOWN, count the calls still carrying echoes.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut alive = 0;
+    for ws in &mut calls {
+        if echo(ws, "ping").await.is_ok() {
+            alive += 1;
+        }
+    }
+    alive
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sessions_cuts_tunnels_of_a_server_marked_down() {
+    assert_eq!(shutdown_case("shutdown-sessions").await, 0, "all 10 tunnels cut");
+    assert_eq!(shutdown_case("keep").await, 10, "by default they stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_backend_checked_like_forgejo() {
+    let dir = TestDir::new("plain");
+    let pki = Pki::new(&dir);
+    let mut cmd = std::process::Command::new(ingress_tests::bin("fleet-sim"));
+    cmd.arg("--cert")
+        .arg(&pki.fleet_bundle)
+        .args(["--plain", "--threads", "1"]);
+    let proc = ingress_tests::Proc::start("forgejo", cmd, dir.path("forgejo.log"));
+    let addr: std::net::SocketAddr = proc.ready["https"].as_str().unwrap().parse().unwrap();
+    let control: std::net::SocketAddr = proc.ready["control"].as_str().unwrap().parse().unwrap();
+    let (status, _) = ingress_tests::http_get(control, "/health?mode=redirect").await;
+    assert_eq!(status, 200);
+    let cfg = config(&dir, &pki, &[("forgejo", addr)], "tls = false", "")
+        .replace(&format!("[pools.fleets.tls]\nca = \"{}\"\n", pki.ca_path.display()), "")
+        .replace(
+            "[pools.fleets.check]\n",
+            "[pools.fleets.check]\npath = \"/\"\nhost = \"forgejo.talas.group\"\nexpect_status = \"^[23]\"\ncapacity = \"\"\n",
+        );
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["forgejo"], "UP").await;
+    let s = ingress.server("forgejo").await;
+    assert_eq!(s["check"]["reason"], "alive", "a 302 passes ^[23]: {s}");
+    let (_, state) = ingress_tests::http_get(control, "/state").await;
+    assert!(
+        state.contains("\"last_health_host\":\"forgejo.talas.group\""),
+        "the check sends the Host header: {state}"
+    );
+    let mut ws = client::connect(ingress.https, "localhost", "/ws/over-plain-tcp", pki.client_tls())
+        .await
+        .expect("call");
+    echo(&mut ws, "plain").await.unwrap();
+}
