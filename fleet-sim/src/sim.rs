@@ -59,6 +59,33 @@ impl HealthMode {
     }
 }
 
+/// How call upgrades are answered (fault injection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpgradeMode {
+    Normal,
+    /// Close the connection without answering.
+    Reset,
+    /// A 101 whose head is not HTTP.
+    Malformed,
+    /// Half a 101 head, then close.
+    Partial,
+    /// A proper 101, then silence: no echo, no close.
+    Stall,
+}
+
+impl UpgradeMode {
+    pub fn parse(mode: &str) -> Option<Self> {
+        Some(match mode {
+            "normal" => Self::Normal,
+            "reset" => Self::Reset,
+            "malformed" => Self::Malformed,
+            "partial" => Self::Partial,
+            "stall" => Self::Stall,
+            _ => return None,
+        })
+    }
+}
+
 /// The simulator's live state.
 #[derive(Debug)]
 pub struct Fleet {
@@ -75,6 +102,7 @@ pub struct Fleet {
     pub available_first: AtomicBool,
     pub decoy: AtomicBool,
     health: std::sync::Mutex<(HealthMode, Option<u32>)>,
+    upgrade: std::sync::Mutex<(UpgradeMode, Option<u32>)>,
     /// Bumped to close every open call.
     close_all: watch::Sender<u64>,
     /// Set to stop the process.
@@ -94,6 +122,7 @@ impl Fleet {
             available_first: AtomicBool::new(false),
             decoy: AtomicBool::new(false),
             health: std::sync::Mutex::new((HealthMode::Normal, None)),
+            upgrade: std::sync::Mutex::new((UpgradeMode::Normal, None)),
             close_all: watch::channel(0).0,
             exit: watch::channel(false).0,
         })
@@ -128,6 +157,27 @@ impl Fleet {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 *h = (HealthMode::Normal, None);
+            }
+        }
+        mode
+    }
+
+    /// Sets how the next `count` upgrades (or all) are answered.
+    pub fn set_upgrade(&self, mode: UpgradeMode, count: Option<u32>) {
+        *self.upgrade.lock().unwrap_or_else(|e| e.into_inner()) = (mode, count);
+    }
+
+    fn current_upgrade_mode(&self) -> UpgradeMode {
+        self.upgrade.lock().unwrap_or_else(|e| e.into_inner()).0
+    }
+
+    fn next_upgrade_mode(&self) -> UpgradeMode {
+        let mut u = self.upgrade.lock().unwrap_or_else(|e| e.into_inner());
+        let mode = u.0;
+        if let Some(n) = u.1.as_mut() {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                *u = (UpgradeMode::Normal, None);
             }
         }
         mode
@@ -215,9 +265,16 @@ fn is_call_path(path: &str) -> bool {
 }
 
 /// One call: echo every text and binary message until either side closes.
-async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded) {
-    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
+async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded, stall: bool) {
     let mut close_all = fleet.close_all.subscribe();
+    if stall {
+        // Hold the connection, never read or write.
+        let _ = close_all.changed().await;
+        drop(upgraded);
+        fleet.calls.fetch_sub(1, SeqCst);
+        return;
+    }
+    let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
     loop {
         tokio::select! {
             msg = ws.next() => match msg {
@@ -234,7 +291,7 @@ async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded) {
     fleet.calls.fetch_sub(1, SeqCst);
 }
 
-async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Resp, Infallible> {
+async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Resp, std::io::Error> {
     let path = req.uri().path().to_owned();
     if path == "/health/fleet" || path == "/" {
         if let Some(host) = req.headers().get("host").and_then(|h| h.to_str().ok())
@@ -256,6 +313,10 @@ async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Re
     let Some(key) = key.filter(|_| is_upgrade) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "WebSocket upgrade expected"));
     };
+    let mode = fleet.next_upgrade_mode();
+    if mode == UpgradeMode::Reset {
+        return Err(std::io::Error::other("fault injection: reset before answering"));
+    }
     if !fleet.take_worker() {
         fleet.answered_429.fetch_add(1, SeqCst);
         return Ok(plain(StatusCode::TOO_MANY_REQUESTS, "all workers busy"));
@@ -266,7 +327,7 @@ async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Re
     let f = Arc::clone(&fleet);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(up) => echo(f, up).await,
+            Ok(up) => echo(f, up, mode == UpgradeMode::Stall).await,
             Err(_) => {
                 f.calls.fetch_sub(1, SeqCst);
             }
@@ -339,6 +400,16 @@ async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infa
             fleet.decoy.store(num(&req, "on").unwrap_or(1) != 0, SeqCst);
             ok(&fleet)
         }
+        "/upgrade" => {
+            let mode = query(&req, "mode").unwrap_or_default();
+            match UpgradeMode::parse(&mode) {
+                Some(m) => {
+                    fleet.set_upgrade(m, num(&req, "count").map(|c| c as u32));
+                    ok(&fleet)
+                }
+                None => plain(StatusCode::BAD_REQUEST, format!("unknown upgrade mode `{mode}`")),
+            }
+        }
         "/close-all" => {
             fleet.close_all();
             ok(&fleet)
@@ -364,11 +435,19 @@ pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpLis
             let acceptor = acceptor.clone();
             let f = Arc::clone(&f);
             tokio::spawn(async move {
-                let svc = service_fn(move |req| serve_https(Arc::clone(&f), req));
+                let raw = matches!(f.current_upgrade_mode(), UpgradeMode::Malformed | UpgradeMode::Partial);
+                let svc = service_fn({
+                    let f = Arc::clone(&f);
+                    move |req| serve_https(Arc::clone(&f), req)
+                });
                 let builder = hyper::server::conn::http1::Builder::new();
                 match acceptor {
                     Some(acceptor) => {
                         let Ok(tls) = acceptor.accept(tcp).await else { return };
+                        if raw {
+                            serve_raw(&f, tls).await;
+                            return;
+                        }
                         let _ = builder.serve_connection(TokioIo::new(tls), svc).with_upgrades().await;
                     }
                     None => {
@@ -396,6 +475,40 @@ pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpLis
     let _ = exit.wait_for(|e| *e).await;
     https_task.abort();
     control_task.abort();
+}
+
+/// Fault injection below HTTP: reads one request head by hand; a call gets a
+/// malformed or cut 101, a health check a minimal correct answer.
+async fn serve_raw<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(fleet: &Fleet, mut io: S) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16384 {
+        match io.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let answer: Vec<u8> = if is_call_path(&path) {
+        match fleet.next_upgrade_mode() {
+            UpgradeMode::Partial => b"HTTP/1.1 101 Switching Pro".to_vec(),
+            _ => b"HTTP/1.1 101 Switching Protocols\r\nthis is not a header\r\n\r\n".to_vec(),
+        }
+    } else if path == "/health/fleet" {
+        fleet.health_checks.fetch_add(1, SeqCst);
+        let body = fleet.health_body();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    } else {
+        b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec()
+    };
+    let _ = io.write_all(&answer).await;
+    let _ = io.shutdown().await;
 }
 
 /// Local addresses, as printed in the ready line.

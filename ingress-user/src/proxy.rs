@@ -232,9 +232,13 @@ pub async fn forward<C>(
                 }
             }
             Attempt::BadResponse(reason) => {
+                // Junk or a cut head: nothing reached the carrier yet, so it is
+                // retried like an empty response.
                 tracing::warn!(pool = %pool.name, server = %server_name, %reason, "fleet sent a malformed response");
                 last_failure = Some((RetryOn::EmptyResponse, reason));
-                break;
+                if !pool.retries_on(RetryOn::EmptyResponse) {
+                    break;
+                }
             }
         }
     }

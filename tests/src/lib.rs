@@ -567,3 +567,16 @@ pub fn headless_chromium(profile: &Path, extra: &[String], url: &str) -> String 
     let _ = child.wait();
     std::fs::read_to_string(&out_path).unwrap_or_default()
 }
+
+/// The sum of a metric over every label set matching `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+            (n == name && labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))))
+                .then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}

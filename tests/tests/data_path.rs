@@ -441,7 +441,7 @@ async fn tls_floor_is_1_2() {
     assert!(r.is_err(), "TLS 1.2 must be refused with tls_min_version = 1.3");
     let m = ingress.metrics().await;
     assert!(
-        metric(&m, "ingress_tls_handshake_errors_total", &[]).unwrap_or(0.0) >= 2.0,
+        ingress_tests::metric_sum(&m, "ingress_tls_handshake_errors_total", &[]) >= 2.0,
         "{m}"
     );
 }
