@@ -67,6 +67,9 @@ fn main() -> anyhow::Result<()> {
             out.flush()?;
         }
         let fleet = fleet_sim::sim::Fleet::new(args.workers);
+        if let Ok(mut label) = fleet.label.lock() {
+            *label = https.local_addr()?.to_string();
+        }
         fleet_sim::sim::run(fleet, https, control, acceptor).await;
         Ok(())
     })

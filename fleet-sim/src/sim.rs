@@ -95,6 +95,10 @@ pub struct Fleet {
     /// Workers occupied directly (traffic that bypasses the ingress).
     pub occupied: AtomicU32,
     pub calls_total: AtomicU64,
+    /// Plain HTTP requests answered under `/api/`.
+    pub http_requests: AtomicU64,
+    /// How this fleet names itself in `/api/` answers (its HTTPS address).
+    pub label: std::sync::Mutex<String>,
     pub answered_429: AtomicU64,
     pub health_checks: AtomicU64,
     /// Host header of the last health check.
@@ -116,6 +120,8 @@ impl Fleet {
             calls: AtomicU32::new(0),
             occupied: AtomicU32::new(0),
             calls_total: AtomicU64::new(0),
+            http_requests: AtomicU64::new(0),
+            label: std::sync::Mutex::new(String::new()),
             answered_429: AtomicU64::new(0),
             health_checks: AtomicU64::new(0),
             last_health_host: std::sync::Mutex::new(String::new()),
@@ -211,6 +217,7 @@ impl Fleet {
             "occupied": self.occupied.load(SeqCst),
             "available": self.available(),
             "calls_total": self.calls_total.load(SeqCst),
+            "http_requests": self.http_requests.load(SeqCst),
             "answered_429": self.answered_429.load(SeqCst),
             "health_checks": self.health_checks.load(SeqCst),
             "last_health_host": self.last_health_host.lock().map(|h| h.clone()).unwrap_or_default(),
@@ -300,6 +307,32 @@ async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Re
             *last = host.to_owned();
         }
         return Ok(health(&fleet).await);
+    }
+    if path.starts_with("/api/") {
+        use http_body_util::BodyExt as _;
+        fleet.http_requests.fetch_add(1, SeqCst);
+        let header = |n: &str| {
+            req.headers()
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        let (method, xff, cookie) = (req.method().to_string(), header("x-forwarded-for"), header("cookie"));
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let label = fleet.label.lock().map(|l| l.clone()).unwrap_or_default();
+        let answer = serde_json::json!({
+            "server": label, "method": method, "path": path, "xff": xff, "cookie": cookie, "body_len": body.len(),
+        });
+        return Ok(Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(answer.to_string())))
+            .unwrap_or_default());
     }
     if !is_call_path(&path) {
         return Ok(plain(StatusCode::NOT_FOUND, "not found"));

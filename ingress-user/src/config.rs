@@ -198,10 +198,27 @@ impl Default for Timeouts {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
-    /// Path pattern; `{name}` matches one path segment, e.g. `/ws/{bot_id}`.
+    /// Path pattern; `{name}` matches one path segment, e.g. `/ws/{bot_id}`;
+    /// a last segment `*` matches any rest (`/api/*`).
     pub path: String,
-    /// Pool the matching WebSocket upgrades are proxied to.
+    /// Pool the matching requests are proxied to.
     pub pool: String,
+    /// `websocket` (default: upgrades only, anything else 400) or `http`
+    /// (ordinary requests proxied with keep-alive, and upgrades too).
+    #[serde(default)]
+    pub kind: RouteKind,
+    /// Only requests for this Host (port ignored, case-insensitive).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// What a route proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    #[default]
+    Websocket,
+    Http,
 }
 
 /// How a pool picks a server.
@@ -550,7 +567,12 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
             None => (s, None),
         }
     };
-    if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
+    // `[`, `]` and `#` could not be written back to a servers_file (found by fuzzing).
+    if host.is_empty()
+        || host
+            .chars()
+            .any(|c| c.is_whitespace() || matches!(c, '/' | '[' | ']' | '#'))
+    {
         return Err(format!("`{s}`: bad host"));
     }
     let port = match port {
@@ -721,7 +743,7 @@ impl Config {
         for (i, route) in self.routes.iter().enumerate() {
             let key = format!("routes[{i}]");
             RoutePattern::parse(&route.path).map_err(|e| invalid(format!("{key}.path"), e))?;
-            if !seen_paths.insert(route.path.clone()) {
+            if !seen_paths.insert((route.host.clone(), route.path.clone())) {
                 return Err(invalid(
                     format!("{key}.path"),
                     format!("`{}` is listed twice", route.path),

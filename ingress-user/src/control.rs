@@ -418,6 +418,27 @@ async fn precheck(pool: &Pool, server: &Server) -> Result<String, Refusal> {
     })
 }
 
+/// The server an add request describes. Its name must survive being written
+/// to a servers_file (one whitespace-separated line, `#` comments): no
+/// whitespace, control characters or `#`; by default the trimmed address.
+pub fn server_def(req: &AddRequest) -> Result<ServerDef, Refusal> {
+    let (host, port) = config::parse_host_port(&req.addr).map_err(|e| Refusal::new(400, format!("addr: {e}")))?;
+    let name = req.name.clone().unwrap_or_else(|| req.addr.trim().to_owned());
+    if name.is_empty() || name.chars().any(|c| c.is_whitespace() || c.is_control() || c == '#') {
+        return Err(Refusal::new(
+            400,
+            format!("name {name:?}: no spaces, control characters or `#`"),
+        ));
+    }
+    Ok(ServerDef {
+        name,
+        host,
+        port,
+        sni: req.sni.clone(),
+        maxconn: req.maxconn,
+    })
+}
+
 /// `ctl add`: pre-check, add, wait for the health check, roll back on
 /// failure, persist on success.
 pub async fn add_server(
@@ -425,14 +446,7 @@ pub async fn add_server(
     pool_name: &str,
     req: AddRequest,
 ) -> Result<serde_json::Value, Refusal> {
-    let (host, port) = config::parse_host_port(&req.addr).map_err(|e| Refusal::new(400, format!("addr: {e}")))?;
-    let def = ServerDef {
-        name: req.name.clone().unwrap_or_else(|| req.addr.clone()),
-        host,
-        port,
-        sni: req.sni.clone(),
-        maxconn: req.maxconn,
-    };
+    let def = server_def(&req)?;
     let (pool, origin, file) = {
         let c = control.lock().await;
         let rt = c.shared.runtime.load();

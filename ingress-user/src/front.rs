@@ -117,7 +117,8 @@ async fn handle_https(
         }
     };
     let rt = shared.runtime.load_full();
-    match rt.routes.lookup(&head.target) {
+    let host = head.header_str("host").map(str::to_owned);
+    match rt.routes.lookup(&head.target, host.as_deref()) {
         Target::Health => {
             shared.metrics.response(200);
             let body = "ok";
@@ -133,6 +134,18 @@ async fn handle_https(
             http1::respond(&mut tls, 404, "not found", &[]).await;
         }
         Target::Pool { route, pool, params } => {
+            let is_http = rt.routes.routes[route].kind == crate::config::RouteKind::Http;
+            if is_http && head.header("upgrade").is_none() {
+                if let Some(why) = crate::http_proxy::smuggling_error(&head) {
+                    shared.metrics.bad_request("smuggling");
+                    shared.metrics.response(400);
+                    http1::respond(&mut tls, 400, why, &[]).await;
+                    return;
+                }
+                drop(params);
+                crate::http_proxy::serve(Arc::clone(&shared), tls, head, peer, local_port).await;
+                return;
+            }
             if let Some(why) = http1::websocket_upgrade_error(&head) {
                 shared.metrics.bad_request("not_websocket");
                 shared.metrics.response(400);

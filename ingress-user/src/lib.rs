@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod front;
 pub mod health;
 pub mod http1;
+pub mod http_proxy;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -135,7 +135,6 @@ pub struct Server {
 }
 
 /// The live part of a server: carried over by key across reloads.
-#[derive(Debug)]
 pub struct Live {
     /// Tunnels held (and upgrade attempts in flight).
     active: AtomicU32,
@@ -157,6 +156,17 @@ pub struct Live {
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
     /// When the server last came back UP after being DOWN (slowstart).
     pub recovered_at: Mutex<Option<Instant>>,
+    /// Idle keep-alive connections for `http` routes.
+    pub idle_http: Mutex<Vec<hyper::client::conn::http1::SendRequest<hyper::body::Incoming>>>,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live")
+            .field("active", &self.active)
+            .field("reported", &self.reported)
+            .finish()
+    }
 }
 
 impl std::ops::Deref for Server {
@@ -204,6 +214,7 @@ impl Server {
                 cut: tokio::sync::Notify::new(),
                 check_latency: crate::metrics::check_latency_histogram(),
                 recovered_at: Mutex::new(None),
+                idle_http: Mutex::new(Vec::new()),
             }),
             cookie_id: String::new(),
         }

@@ -6,6 +6,8 @@
 enum Segment {
     Literal(String),
     Param(String),
+    /// `*` as the last segment: any rest, possibly empty.
+    Rest,
 }
 
 /// A compiled path pattern.
@@ -21,7 +23,15 @@ impl RoutePattern {
             .strip_prefix('/')
             .ok_or_else(|| format!("`{pattern}` must start with /"))?;
         let mut segments = Vec::new();
-        for seg in rest.split('/') {
+        let parts: Vec<&str> = rest.split('/').collect();
+        for (i, seg) in parts.iter().copied().enumerate() {
+            if seg == "*" {
+                if i + 1 != parts.len() {
+                    return Err(format!("`{pattern}`: `*` must be the last segment"));
+                }
+                segments.push(Segment::Rest);
+                continue;
+            }
             if let Some(inner) = seg.strip_prefix('{') {
                 let name = inner
                     .strip_suffix('}')
@@ -32,7 +42,7 @@ impl RoutePattern {
                     ));
                 }
                 segments.push(Segment::Param(name.to_owned()));
-            } else if seg.contains(['{', '}']) {
+            } else if seg.contains(['{', '}', '*']) {
                 return Err(format!("`{pattern}`: `{seg}` mixes text and a parameter"));
             } else {
                 segments.push(Segment::Literal(seg.to_owned()));
@@ -47,8 +57,12 @@ impl RoutePattern {
         let mut params = Vec::new();
         let mut parts = rest.split('/');
         for seg in &self.segments {
+            if *seg == Segment::Rest {
+                return Some(params);
+            }
             let part = parts.next()?;
             match seg {
+                Segment::Rest => return Some(params),
                 Segment::Literal(lit) if lit == part => {}
                 Segment::Literal(_) => return None,
                 Segment::Param(_) if part.is_empty() => return None,
@@ -68,6 +82,9 @@ pub struct Route {
     pub pattern: RoutePattern,
     pub path: String,
     pub pool: usize,
+    pub kind: crate::config::RouteKind,
+    /// Lower-case host this route is limited to.
+    pub host: Option<String>,
 }
 
 /// What a request path leads to.
@@ -92,13 +109,29 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Looks a request target up; the query string is ignored.
-    pub fn lookup<'p>(&self, target: &'p str) -> Target<'p> {
+    /// Looks a request target up (the query string is ignored); `host` is
+    /// the request's Host header.
+    pub fn lookup<'p>(&self, target: &'p str, host: Option<&str>) -> Target<'p> {
         let path = target.split(['?', '#']).next().unwrap_or("");
         if path == self.health_path {
             return Target::Health;
         }
+        let host = host.map(|h| {
+            let h = h.trim();
+            let bare = if h.starts_with('[') {
+                h.split(']').next().map_or(h, |x| &h[..x.len() + 1])
+            } else {
+                h.rsplit_once(':').map_or(h, |(a, _)| a)
+            };
+            bare.to_ascii_lowercase()
+        });
         for (i, r) in self.routes.iter().enumerate() {
+            if r.host
+                .as_ref()
+                .is_some_and(|want| host.as_deref() != Some(want.as_str()))
+            {
+                continue;
+            }
             if let Some(params) = r.pattern.matches(path) {
                 return Target::Pool {
                     route: i,
@@ -120,6 +153,8 @@ mod tests {
             pattern: RoutePattern::parse(p).unwrap(),
             path: p.to_owned(),
             pool,
+            kind: crate::config::RouteKind::Websocket,
+            host: None,
         };
         RouteTable {
             health_path: "/haproxy-health".into(),
@@ -130,12 +165,12 @@ mod tests {
     #[test]
     fn seed_route_table() {
         let t = table();
-        assert_eq!(t.lookup("/haproxy-health"), Target::Health);
-        match t.lookup("/ws/bot-7?token=x") {
+        assert_eq!(t.lookup_path("/haproxy-health"), Target::Health);
+        match t.lookup_path("/ws/bot-7?token=x") {
             Target::Pool { pool: 0, params, .. } => assert_eq!(params, vec![("bot_id".to_owned(), "bot-7")]),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(t.lookup("/exotel/abc"), Target::Pool { route: 1, .. }));
+        assert!(matches!(t.lookup_path("/exotel/abc"), Target::Pool { route: 1, .. }));
         for p in [
             "/attach",
             "/livekit/dialout",
@@ -146,8 +181,41 @@ mod tests {
             "/",
             "*",
         ] {
-            assert_eq!(t.lookup(p), Target::NotFound, "{p}");
+            assert_eq!(t.lookup_path(p), Target::NotFound, "{p}");
         }
+    }
+
+    impl RouteTable {
+        fn lookup_path<'p>(&self, target: &'p str) -> Target<'p> {
+            self.lookup(target, None)
+        }
+    }
+
+    #[test]
+    fn rest_segments_and_hosts() {
+        let mut t = table();
+        t.routes.push(Route {
+            pattern: RoutePattern::parse("/api/*").unwrap(),
+            path: "/api/*".into(),
+            pool: 1,
+            kind: crate::config::RouteKind::Http,
+            host: Some("api.example.com".into()),
+        });
+        assert!(matches!(
+            t.lookup("/api/v1/health", Some("API.example.com:443")),
+            Target::Pool { pool: 1, .. }
+        ));
+        assert!(matches!(
+            t.lookup("/api/", Some("api.example.com")),
+            Target::Pool { pool: 1, .. }
+        ));
+        assert_eq!(
+            t.lookup("/api/v1", Some("calls.example.com")),
+            Target::NotFound,
+            "another host"
+        );
+        assert_eq!(t.lookup("/api/v1", None), Target::NotFound);
+        assert!(RoutePattern::parse("/a/*/b").is_err());
     }
 
     #[test]

@@ -194,6 +194,8 @@ pub fn build(
                     pattern,
                     path: r.path.clone(),
                     pool,
+                    kind: r.kind,
+                    host: r.host.as_ref().map(|h| h.to_ascii_lowercase()),
                 })
                 .map_err(|reason| ConfigError::Invalid {
                     key: "routes".to_owned(),

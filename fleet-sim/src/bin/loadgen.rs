@@ -576,9 +576,18 @@ type Timeline = Arc<std::sync::Mutex<Vec<(Instant, u32)>>>;
 
 /// How one soak call ended.
 enum CallEnd {
-    Ok { echoed: u64 },
-    Broken { after_ms: u64, why: String },
-    Failed { key: String, started: Instant, ended: Instant },
+    Ok {
+        echoed: u64,
+    },
+    Broken {
+        after_ms: u64,
+        why: String,
+    },
+    Failed {
+        key: String,
+        started: Instant,
+        ended: Instant,
+    },
 }
 
 /// Whether every fleet was full at some moment in `[from, to]`.
@@ -603,9 +612,14 @@ async fn flapper(p: Arc<SoakParams>, timeline: Timeline, stop: Instant) -> anyho
     let n = p.fleets.len() as u32;
     let mut flips = 0;
     for (i, f) in p.fleets.iter().enumerate() {
-        set_fleet(*f, false, p.workers).await.with_context(|| format!("fleet {i}"))?;
+        set_fleet(*f, false, p.workers)
+            .await
+            .with_context(|| format!("fleet {i}"))?;
     }
-    timeline.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), 0));
+    timeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((Instant::now(), 0));
     if p.flap.is_zero() {
         return Ok(0);
     }
@@ -627,12 +641,18 @@ async fn flapper(p: Arc<SoakParams>, timeline: Timeline, stop: Instant) -> anyho
             }
         }
         mask = next;
-        timeline.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), mask));
+        timeline
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((Instant::now(), mask));
     }
     for f in &p.fleets {
         set_fleet(*f, false, p.workers).await?;
     }
-    timeline.lock().unwrap_or_else(|e| e.into_inner()).push((Instant::now(), 0));
+    timeline
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((Instant::now(), 0));
     Ok(flips)
 }
 
@@ -655,7 +675,9 @@ async fn soak_call(t: Arc<Target>, tls: Arc<ClientConfig>, path: String, hold: D
     while opened.elapsed() < hold {
         let payload = format!("{path} {echoed}").into_bytes();
         let round = async {
-            ws.send(Message::Binary(payload.clone().into())).await.map_err(|e| e.to_string())?;
+            ws.send(Message::Binary(payload.clone().into()))
+                .await
+                .map_err(|e| e.to_string())?;
             loop {
                 match ws.next().await {
                     Some(Ok(Message::Binary(b))) if b[..] == payload[..] => return Ok(()),
@@ -781,7 +803,12 @@ async fn soak(t: Target, p: SoakParams) -> anyhow::Result<Value> {
         .iter()
         .enumerate()
         .filter(|(_, (_, m))| *m == all)
-        .map(|(i, (since, _))| tl.get(i + 1).map_or(Instant::now(), |(t, _)| *t).duration_since(*since).as_secs_f64())
+        .map(|(i, (since, _))| {
+            tl.get(i + 1)
+                .map_or(Instant::now(), |(t, _)| *t)
+                .duration_since(*since)
+                .as_secs_f64()
+        })
         .sum();
     Ok(json!({
         "mode": "soak",

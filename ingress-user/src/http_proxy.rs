@@ -1,0 +1,305 @@
+//! Data path: routes of kind `http`. Ordinary requests are proxied with
+//! keep-alive on both sides (hyper), bodies streamed, `X-Forwarded-*` set,
+//! hop-by-hop headers dropped, upstream connections pooled per server. The
+//! front has already read the first head; it is replayed into hyper.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::{
+    config::{Balance, RouteKind},
+    http1::RequestHead,
+    pool::{Hints, Pool, Server},
+    routes::Target,
+    runtime::Shared,
+    upstream,
+};
+
+type Body = Either<Incoming, Full<Bytes>>;
+
+/// Replays already-read bytes before the rest of a stream.
+struct Rewind<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let chunk = self.prefix.split_to(n);
+            buf.put_slice(&chunk);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Why a request head is refused before proxying (request smuggling guards).
+pub fn smuggling_error(head: &RequestHead) -> Option<&'static str> {
+    let lengths: Vec<&str> = head
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    let has_te = head.header("transfer-encoding").is_some();
+    if has_te && !lengths.is_empty() {
+        return Some("both Content-Length and Transfer-Encoding");
+    }
+    if lengths.iter().any(|l| l.parse::<u64>().is_err()) {
+        return Some("a Content-Length that is not a number");
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return Some("conflicting Content-Length values");
+    }
+    if has_te
+        && !head
+            .header_str("transfer-encoding")
+            .is_some_and(|te| te.to_ascii_lowercase().trim_end().ends_with("chunked"))
+    {
+        return Some("a Transfer-Encoding that does not end in chunked");
+    }
+    None
+}
+
+fn replay(head: &RequestHead) -> Bytes {
+    let mut out = Vec::with_capacity(512 + head.rest.len());
+    out.extend_from_slice(format!("{} {} HTTP/1.{}\r\n", head.method, head.target, head.minor_version).as_bytes());
+    for (n, v) in &head.headers {
+        out.extend_from_slice(n.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(v);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&head.rest);
+    Bytes::from(out)
+}
+
+/// Serves an `http` route's connection until the client closes it.
+pub async fn serve<S>(shared: Arc<Shared>, io: S, head: RequestHead, peer: std::net::SocketAddr, local_port: u16)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let rewind = Rewind {
+        prefix: replay(&head),
+        inner: io,
+    };
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = Arc::clone(&shared);
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, peer, local_port).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(rewind), svc)
+        .await;
+}
+
+fn local(status: StatusCode, text: &str) -> Response<Body> {
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(format!("{text}\n")))));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+];
+
+async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    local_port: u16,
+) -> Response<Body> {
+    let rt = shared.runtime.load_full();
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let (route, pool_index, hash_key) = match rt.routes.lookup(&target, host.as_deref()) {
+        Target::Pool { route, pool, params } if rt.routes.routes[route].kind == RouteKind::Http => {
+            let key_name = rt.pools[pool].hash_key.as_str();
+            let key = if key_name == "path" {
+                Some(req.uri().path().to_owned())
+            } else {
+                params.iter().find(|(k, _)| k == key_name).map(|(_, v)| (*v).to_owned())
+            };
+            (route, pool, key)
+        }
+        Target::Health => return local(StatusCode::OK, "ok"),
+        _ => {
+            shared.metrics.response(404);
+            return local(StatusCode::NOT_FOUND, "not found");
+        }
+    };
+    if req.headers().contains_key(header::UPGRADE) {
+        shared.metrics.response(400);
+        return local(
+            StatusCode::BAD_REQUEST,
+            "an upgrade must be the first request of a connection",
+        );
+    }
+    let pool = Arc::clone(&rt.pools[pool_index]);
+    let sticky = if pool.balance == Balance::Cookie {
+        cookie_of(&req, &pool.cookie)
+    } else {
+        None
+    };
+    let hints = Hints {
+        hash_key: hash_key.as_deref(),
+        sticky: sticky.as_deref(),
+    };
+    let Some(mut lease) = pool.pick(&hints, &[]) else {
+        pool.no_capacity_total
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared.metrics.response(503);
+        let mut r = local(StatusCode::SERVICE_UNAVAILABLE, "no server has capacity");
+        if let Ok(v) = HeaderValue::from_str(&rt.retry_after(pool_index).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return r;
+    };
+    // The request as the server sees it.
+    let headers = req.headers_mut();
+    for h in HOP_BY_HOP {
+        headers.remove(h);
+    }
+    if pool.balance == Balance::Cookie {
+        strip_cookie(headers, &pool.cookie);
+    }
+    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    if let Ok(v) = HeaderValue::from_str(&local_port.to_string()) {
+        headers.insert("x-forwarded-port", v);
+    }
+    let server = Arc::clone(&lease.server);
+    let mut sender = match checkout(&server, &pool, &rt).await {
+        Ok(s) => s,
+        Err(e) => {
+            server.passive_failure(&e);
+            shared.changed.notify_one();
+            shared.metrics.response(502);
+            return local(StatusCode::BAD_GATEWAY, &format!("server unreachable: {e}"));
+        }
+    };
+    let route_path = rt.routes.routes[route].path.clone();
+    let started = std::time::Instant::now();
+    let resp = match tokio::time::timeout(rt.timeouts.upgrade_response.0, sender.send_request(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            shared.metrics.response(502);
+            return local(StatusCode::BAD_GATEWAY, &format!("server failed: {e}"));
+        }
+        Err(_) => {
+            shared.metrics.response(504);
+            return local(StatusCode::GATEWAY_TIMEOUT, "server did not answer in time");
+        }
+    };
+    lease.accepted();
+    server.idle_http.lock().unwrap_or_else(|e| e.into_inner()).push(sender);
+    let status = resp.status();
+    shared.metrics.response(status.as_u16());
+    tracing::info!(target: "call", route = %route_path, pool = %pool.name, server = server.name(), status = status.as_u16(),
+        duration_ms = started.elapsed().as_millis() as u64, client = %peer, "http");
+    let (mut parts, body) = resp.into_parts();
+    for h in HOP_BY_HOP.iter().take(6) {
+        parts.headers.remove(*h);
+    }
+    if pool.balance == Balance::Cookie
+        && sticky.as_deref() != Some(server.cookie_id.as_str())
+        && let Ok(v) = HeaderValue::from_str(&format!("{}={}; Path=/; HttpOnly", pool.cookie, server.cookie_id))
+    {
+        parts.headers.append(header::SET_COOKIE, v);
+    }
+    Response::from_parts(parts, Either::Left(body))
+}
+
+/// An idle pooled connection to `server`, or a new one.
+async fn checkout(
+    server: &Server,
+    pool: &Pool,
+    rt: &crate::runtime::Runtime,
+) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, String> {
+    loop {
+        let candidate = server.idle_http.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let Some(mut s) = candidate else { break };
+        if s.ready().await.is_ok() {
+            return Ok(s);
+        }
+    }
+    let io = upstream::connect(server, pool.tls.as_ref(), rt.timeouts.connect.0)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+fn cookie_of(req: &Request<Incoming>, name: &str) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+}
+
+fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let kept: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(name))
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
+    }
+}
