@@ -278,3 +278,49 @@ async fn five_thousand_connections_at_once() {
     let mut ws = call(&ingress, &pki, "/ws/after-5000").await.unwrap();
     echo(&mut ws, "ok").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_surface_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = TestDir::new("adminsurface");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let ingress = Ingress::start(&dir, &config(&dir, &pki, &[("fleet1", f1.https)], "", ""));
+    let mode = std::fs::metadata(&ingress.admin).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "admin socket mode");
+    let http = ingress.http.expect("http listener");
+    for path in [
+        "/api/servers",
+        "/api/status",
+        "/metrics",
+        "/stats",
+        "/stats.json",
+        "/api/reload",
+    ] {
+        let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+        let (status, _) = ingress_tests::parse_response(
+            &ingress_tests::https_raw(ingress.https, pki.client_tls(), req.as_bytes()).await,
+        );
+        assert_eq!(status, 404, "{path} on :443");
+        let (status, _) = ingress_tests::parse_response(&http_raw(http, req.as_bytes()).await);
+        assert_eq!(status, 404, "{path} on :80");
+    }
+    // A non-loopback admin listen without a token is refused at start.
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https)], "", "").replacen(
+        "[admin]\n",
+        "[admin]\nlisten = \"0.0.0.0:0\"\n",
+        1,
+    );
+    let path = dir.write("open-admin.toml", &cfg);
+    let out = std::process::Command::new(ingress_tests::bin("ingress"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("admin.listen"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
