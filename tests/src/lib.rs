@@ -272,11 +272,19 @@ impl Ingress {
 
     /// Starts with extra environment variables.
     pub fn start_full(dir: &TestDir, config: &str, netns: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let prefix: Vec<String> = netns
+            .map(|ns| vec!["nsenter".to_owned(), format!("--net=/run/netns/{ns}")])
+            .unwrap_or_default();
+        Self::start_prefixed(dir, config, &prefix, env)
+    }
+
+    /// Starts under a wrapper command (`nsenter …`, `prlimit …`).
+    pub fn start_prefixed(dir: &TestDir, config: &str, prefix: &[String], env: &[(&str, &str)]) -> Self {
         let path = dir.write("ingress.toml", config);
-        let mut cmd = match netns {
-            Some(ns) => {
-                let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg(bin("ingress"));
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("ingress"));
                 c
             }
             None => Command::new(bin("ingress")),

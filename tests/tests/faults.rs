@@ -324,3 +324,43 @@ async fn admin_surface_is_private() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn running_out_of_descriptors_refuses_new_connections_and_recovers() {
+    let dir = TestDir::new("fdlimit");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "");
+    let prefix = ["prlimit".to_owned(), "--nofile=64:64".to_owned(), "--".to_owned()];
+    let ingress = Ingress::start_prefixed(&dir, &cfg, &prefix, &[]);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let mut live = Vec::new();
+    for i in 0..4 {
+        live.push(call(&ingress, &pki, &format!("/ws/live-{i}")).await.unwrap());
+    }
+    // Exhaust the daemon's descriptors with idle connections.
+    let flood = futures_util::future::join_all((0..80).map(|_| tokio::net::TcpStream::connect(ingress.https))).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = ingress.metrics().await;
+        if metric(&m, "ingress_connections_refused_total", &[("reason", "accept_error")]).unwrap_or(0.0) >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the descriptor limit was never hit: {m}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for ws in &mut live {
+        echo(ws, "unaffected").await.expect("live calls carry on at the limit");
+    }
+    drop(flood);
+    // Once the idle connections are gone (header timeout or close), new calls flow again.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(Ok(mut ws)) = tokio::time::timeout(Duration::from_secs(2), call(&ingress, &pki, "/ws/after")).await {
+            echo(&mut ws, "ok").await.unwrap();
+            break;
+        }
+        assert!(Instant::now() < deadline, "no recovery after the flood closed");
+    }
+}
