@@ -2,18 +2,10 @@
 //! loaded and attached by the daemon inside a network namespace with its
 //! counters readable from the pinned maps.
 
-use std::time::Duration;
-
-use futures_util::{SinkExt as _, StreamExt as _};
 use ingress_tests::{Fleet, Ingress, Pki, TestDir, bin, client, config, netns};
-use tokio_tungstenite::tungstenite::Message;
 
 async fn echo_once(ws: &mut client::Wss, text: &str) {
-    ws.send(Message::text(text)).await.expect("send");
-    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
-        Ok(Some(Ok(Message::Text(t)))) => assert_eq!(t.as_str(), text),
-        other => panic!("no echo: {other:?}"),
-    }
+    ingress_tests::echo(ws, text).await.unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
