@@ -130,12 +130,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 s.interface = Some(handle.interface.clone());
                 s.mode = Some(handle.mode.to_owned());
             });
-            let warmup = warmup(&config);
             Some(tokio::spawn(xdp::run_sync(
                 Arc::clone(&shared),
                 handle,
                 config.xdp.lease.0,
-                warmup,
                 stop_rx.clone(),
             )))
         }
@@ -187,14 +185,4 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
     }
     Ok(())
-}
-
-/// Shedding waits until every server had its first check answered or timed out.
-fn warmup(config: &Config) -> Duration {
-    config
-        .pools
-        .values()
-        .map(|p| p.check.timeout.0 + Duration::from_millis(200))
-        .max()
-        .unwrap_or_default()
 }

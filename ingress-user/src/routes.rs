@@ -119,7 +119,8 @@ impl RouteTable {
         let host = host.map(|h| {
             let h = h.trim();
             let bare = if h.starts_with('[') {
-                h.split(']').next().map_or(h, |x| &h[..x.len() + 1])
+                // Up to and with the `]`; an unclosed `[` is kept whole (it sliced past the end).
+                h.find(']').map_or(h, |i| &h[..=i])
             } else {
                 h.rsplit_once(':').map_or(h, |(a, _)| a)
             };

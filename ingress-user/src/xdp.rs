@@ -402,6 +402,13 @@ fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>) -> V
         .collect()
 }
 
+/// Whether every server of a routed pool has had at least one check.
+fn all_checked(shared: &Shared) -> bool {
+    let rt = shared.runtime.load();
+    rt.routed_pools()
+        .all(|p| p.servers.load().iter().all(|s| s.check_status().at.is_some()))
+}
+
 /// Server entries for `FLEETS`, from the live state of routed pools.
 fn fleet_entries(shared: &Shared) -> (Vec<FleetEntry>, u64) {
     let rt = shared.runtime.load();
@@ -443,16 +450,15 @@ pub async fn run_sync(
     shared: Arc<Shared>,
     mut handle: XdpHandle,
     lease: Duration,
-    warmup: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut policy = ShedPolicy::new(Duration::from_secs(1));
-    let started = Instant::now();
     let tick = (lease / 4).min(Duration::from_millis(250));
     let mut stop = stop;
     loop {
         let (entries, total) = fleet_entries(&shared);
-        let shed = policy.update(total, Instant::now()) && started.elapsed() >= warmup;
+        // No shedding before every server had its first check: at start "no capacity" only means "not checked yet".
+        let shed = all_checked(&shared) && policy.update(total, Instant::now());
         if let Err(e) = handle.write_fleets(&entries) {
             tracing::error!(error = %e, "writing FLEETS");
         }

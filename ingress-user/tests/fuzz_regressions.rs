@@ -58,3 +58,26 @@ fn admin_add_name_survives_the_servers_file() {
         assert_eq!(r.map(|d| d.name).map_err(|e| e.status), Err(400), "{bad}");
     }
 }
+
+/// route: a Host header opening a bracket it never closes (`[::1`) sliced
+/// past its end in `RouteTable::lookup` and panicked the connection's task.
+#[test]
+fn lookup_host_with_unclosed_bracket() {
+    use ingress_user::{
+        config::RouteKind,
+        routes::{Route, RoutePattern, RouteTable, Target},
+    };
+    let table = RouteTable {
+        health_path: "/haproxy-health".to_owned(),
+        routes: vec![Route {
+            pattern: RoutePattern::parse("/ws/{bot_id}").unwrap(),
+            path: "/ws/{bot_id}".to_owned(),
+            pool: 0,
+            kind: RouteKind::Websocket,
+            host: Some("[::1]".to_owned()),
+        }],
+    };
+    assert_eq!(table.lookup("/ws/a", Some("[::1")), Target::NotFound);
+    assert_eq!(table.lookup("/ws/a", Some("[")), Target::NotFound);
+    assert!(matches!(table.lookup("/ws/a", Some("[::1]:8443")), Target::Pool { .. }));
+}

@@ -93,14 +93,20 @@ async fn a_fleet_stalling_after_the_101_hits_the_idle_timeout() {
 async fn one_slow_probe_is_smoothed_two_eject() {
     let dir = TestDir::new("slowprobe");
     let pki = Pki::new(&dir);
-    let (f1, _f2, ingress) = two(&dir, &pki, "").await;
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    // A generous timeout, so only the injected slowness can fail a probe on a loaded machine.
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
+        .replace("timeout = \"500ms\"", "timeout = \"1500ms\"");
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
     for (count, want_down) in [(1, false), (2, true)] {
         let start = f1.state().await["health_checks"].as_u64().unwrap();
-        f1.control(&format!("/health?mode=slow&delay_ms=900&count={count}"))
+        f1.control(&format!("/health?mode=slow&delay_ms=2500&count={count}"))
             .await;
         let mut saw_down = false;
         // Watch until three more probes were answered.
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         while f1.state().await["health_checks"].as_u64().unwrap() < start + 4 {
             assert!(Instant::now() < deadline);
             saw_down |= ingress.server("fleet1").await["state"] == "DOWN";

@@ -106,6 +106,8 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
 
     let filled = Instant::now();
     s.fleet.control("/occupy?n=4").await;
+    s.ingress.wait_state(&["fleet1"], "FULL").await;
+    eprintln!("FULL after {:?}", filled.elapsed());
     let took = wait_shedding(&s.ingress, true).await;
     eprintln!(
         "fleet full → XDP shedding after {:?} (check interval 200ms)",
