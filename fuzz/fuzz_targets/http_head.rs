@@ -44,7 +44,10 @@ fuzz_target!(|data: &[u8]| {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(&out) {
         Ok(httparse::Status::Complete(n)) => assert_eq!(n, out.len(), "bytes after the forwarded head"),
-        other => panic!("the forwarded head does not parse: {other:?}\n{:?}", String::from_utf8_lossy(&out)),
+        other => panic!(
+            "the forwarded head does not parse: {other:?}\n{:?}",
+            String::from_utf8_lossy(&out)
+        ),
     }
     assert_eq!(req.method, Some(head.method.as_str()));
     assert_eq!(req.path, Some(head.target.as_str()));

@@ -1,9 +1,13 @@
 //! `RoutePattern::parse` + `matches`, and `RouteTable::lookup`.
-//! Input: lines; the first is the pattern, the second the health path, the
-//! others request targets.
+//! Input: lines; the pattern, the health path, the host the route is limited
+//! to (empty: any), the request's Host header (empty: none), then request
+//! targets.
 #![no_main]
 
-use ingress_user::routes::{Route, RoutePattern, RouteTable, Target};
+use ingress_user::{
+    config::RouteKind,
+    routes::{Route, RoutePattern, RouteTable, Target},
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,6 +17,8 @@ fuzz_target!(|data: &[u8]| {
     let mut lines = text.split('\n');
     let pattern = lines.next().unwrap_or_default();
     let health = lines.next().unwrap_or_default();
+    let route_host = lines.next().filter(|h| !h.is_empty()).map(str::to_ascii_lowercase);
+    let host_header = lines.next().filter(|h| !h.is_empty());
     let targets: Vec<&str> = lines.collect();
     let Ok(compiled) = RoutePattern::parse(pattern) else {
         return;
@@ -33,18 +39,25 @@ fuzz_target!(|data: &[u8]| {
             pattern: compiled.clone(),
             path: pattern.to_owned(),
             pool: 0,
+            kind: RouteKind::Websocket,
+            host: route_host.clone(),
         }],
     };
     for t in targets.iter().copied().chain([pattern, health]) {
         let path = t.split(['?', '#']).next().unwrap_or("");
-        match table.lookup(t) {
+        match table.lookup(t, host_header) {
             Target::Health => assert_eq!(path, health),
             Target::Pool { route, pool, params } => {
                 assert_eq!((route, pool), (0, 0));
-                let direct = compiled.matches(path).expect("lookup found a route that does not match");
+                let direct = compiled
+                    .matches(path)
+                    .expect("lookup found a route that does not match");
                 assert_eq!(params.len(), direct.len());
             }
-            Target::NotFound => assert!(path != health && compiled.matches(path).is_none(), "{t}"),
+            Target::NotFound => assert!(
+                path != health && (route_host.is_some() || compiled.matches(path).is_none()),
+                "{t}"
+            ),
         }
     }
 });

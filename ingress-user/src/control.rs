@@ -421,6 +421,7 @@ async fn precheck(pool: &Pool, server: &Server) -> Result<String, Refusal> {
 /// The server an add request describes. Its name must survive being written
 /// to a servers_file (one whitespace-separated line, `#` comments): no
 /// whitespace, control characters or `#`; by default the trimmed address.
+/// `maxconn = 0` is refused as the config and the servers_file refuse it.
 pub fn server_def(req: &AddRequest) -> Result<ServerDef, Refusal> {
     let (host, port) = config::parse_host_port(&req.addr).map_err(|e| Refusal::new(400, format!("addr: {e}")))?;
     let name = req.name.clone().unwrap_or_else(|| req.addr.trim().to_owned());
@@ -429,6 +430,9 @@ pub fn server_def(req: &AddRequest) -> Result<ServerDef, Refusal> {
             400,
             format!("name {name:?}: no spaces, control characters or `#`"),
         ));
+    }
+    if req.maxconn == Some(0) {
+        return Err(Refusal::new(400, "maxconn must be at least 1"));
     }
     Ok(ServerDef {
         name,

@@ -81,3 +81,15 @@ fn lookup_host_with_unclosed_bracket() {
     assert_eq!(table.lookup("/ws/a", Some("[")), Target::NotFound);
     assert!(matches!(table.lookup("/ws/a", Some("[::1]:8443")), Target::Pool { .. }));
 }
+
+/// admin_body: `{"addr":"10.050om","maxconn":0}` was accepted and persisted
+/// as `maxconn=0`, which the servers_file parser (and the next reload) refuses
+/// (fuzz/artifacts/admin_body/crash-716bc391…).
+#[test]
+fn admin_add_refuses_maxconn_zero() {
+    let r = server_def(&add_request(r#"{"addr":"10.050om","maxconn":0}"#));
+    assert_eq!(r.map(|d| d.maxconn).map_err(|e| e.status), Err(400));
+    let def = server_def(&add_request(r#"{"addr":"10.050om","maxconn":1}"#)).unwrap();
+    let file = render_servers_file(&[(def.clone(), AdminState::Ready)]);
+    assert_eq!(parse_servers_file(&file).unwrap(), vec![(def, AdminState::Ready)]);
+}

@@ -9,8 +9,8 @@
 //! A figure that cannot be measured here is reported as `missing: reason`.
 
 mod net;
-mod procs;
-mod proxies;
+pub(crate) mod procs;
+pub(crate) mod proxies;
 mod report;
 
 use std::{
@@ -109,19 +109,19 @@ impl Sizes {
     }
 }
 
-struct Ctx {
-    dir: PathBuf,
-    bins: PathBuf,
-    pki: Pki,
+pub(crate) struct Ctx {
+    pub(crate) dir: PathBuf,
+    pub(crate) bins: PathBuf,
+    pub(crate) pki: Pki,
     sizes: Sizes,
 }
 
 impl Ctx {
-    fn loadgen(&self, netns: Option<&str>) -> Command {
+    pub(crate) fn loadgen(&self, netns: Option<&str>) -> Command {
         pinned(LOAD_CORE, netns, &self.bins.join("loadgen"))
     }
 
-    fn target_args(&self, cmd: &mut Command, addr: SocketAddr, path: &str) {
+    pub(crate) fn target_args(&self, cmd: &mut Command, addr: SocketAddr, path: &str) {
         cmd.arg("--addr")
             .arg(addr.to_string())
             .arg("--ca")
@@ -146,7 +146,13 @@ impl Ctx {
         loadgen(&mut cmd, Duration::from_secs(600))
     }
 
-    fn start_fleets(&self, n: usize, workers: u32, netns: Option<&str>, tag: &str) -> anyhow::Result<Vec<Fleet>> {
+    pub(crate) fn start_fleets(
+        &self,
+        n: usize,
+        workers: u32,
+        netns: Option<&str>,
+        tag: &str,
+    ) -> anyhow::Result<Vec<Fleet>> {
         (0..n)
             .map(|i| {
                 let mut cmd = pinned(LOAD_CORE, netns, &self.bins.join("fleet-sim"));
@@ -179,7 +185,7 @@ impl Ctx {
             .collect()
     }
 
-    fn spec(&self, kind: Kind, tag: &str, port: u16, fleets: &[Fleet], maxconn: u32) -> Spec {
+    pub(crate) fn spec(&self, kind: Kind, tag: &str, port: u16, fleets: &[Fleet], maxconn: u32) -> Spec {
         Spec {
             kind,
             tag: tag.to_owned(),
@@ -193,15 +199,15 @@ impl Ctx {
         }
     }
 
-    fn start(&self, spec: &Spec, probe: SocketAddr) -> anyhow::Result<Running> {
+    pub(crate) fn start(&self, spec: &Spec, probe: SocketAddr) -> anyhow::Result<Running> {
         proxies::start(&self.dir, &self.bins, &self.pki, spec, probe)
     }
 }
 
-struct Fleet {
+pub(crate) struct Fleet {
     _proc: Proc,
     https: SocketAddr,
-    control: SocketAddr,
+    pub(crate) control: SocketAddr,
     netns: Option<String>,
 }
 
@@ -215,7 +221,7 @@ impl Fleet {
     }
 
     /// Waits (bounded) until no call holds a worker.
-    fn wait_idle(&self) -> anyhow::Result<()> {
+    pub(crate) fn wait_idle(&self) -> anyhow::Result<()> {
         wait_for("fleet calls to end", Duration::from_secs(30), || {
             self.control("/state").is_ok_and(|s| s["calls"] == 0)
         })
@@ -296,7 +302,11 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
 }
 
 fn prepare(quick: bool) -> anyhow::Result<Ctx> {
-    let dir = bench_dir();
+    prepare_in(bench_dir(), quick)
+}
+
+/// A fresh `dir` with a throwaway CA, the front certificate and the fleets' certificate.
+pub(crate) fn prepare_in(dir: PathBuf, quick: bool) -> anyhow::Result<Ctx> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("certs"))?;
     let ca = TestCa::new("ingress bench CA")?;

@@ -5,7 +5,9 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
+mod soak;
 
 use std::process::Command;
 
@@ -37,6 +39,20 @@ enum Cmd {
         /// Extra arguments for `cargo test`, e.g. `-- --nocapture`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Coverage-guided fuzzing of ingress-user's parsers (cargo-fuzz, nightly rustc; root for xdp_packet).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Run only these targets (config, servers_file, health_body, route, http_head, admin_body, xdp_packet).
+        #[arg(long, value_delimiter = ',')]
+        target: Vec<String>,
+    },
+    /// Long run against fleet simulators with flapping capacity: lost calls, RSS and fds (not in CI).
+    Soak {
+        #[arg(long, default_value_t = 5)]
+        minutes: u64,
     },
     /// Benchmark ingress side by side with HAProxy and nginx (root; results in target/bench/).
     Bench {
@@ -109,5 +125,7 @@ fn main() -> anyhow::Result<()> {
             run(cargo().args(["test", "--no-fail-fast"]).args(args))
         }
         Cmd::Bench { quick, only } => bench::run(quick, &only),
+        Cmd::Fuzz { seconds, target } => fuzz::run_fuzz(seconds, &target),
+        Cmd::Soak { minutes } => soak::run_soak(minutes),
     }
 }
