@@ -308,7 +308,13 @@ async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Re
         }
         return Ok(health(&fleet).await);
     }
-    if path.starts_with("/api/") {
+    let is_upgrade = req
+        .headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    // Under `/api/` a plain request is answered as an API call; an upgrade is a call.
+    if path.starts_with("/api/") && !is_upgrade {
         use http_body_util::BodyExt as _;
         fleet.http_requests.fetch_add(1, SeqCst);
         let header = |n: &str| {
@@ -334,15 +340,10 @@ async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Re
             .body(Full::new(Bytes::from(answer.to_string())))
             .unwrap_or_default());
     }
-    if !is_call_path(&path) {
+    if !is_call_path(&path) && !path.starts_with("/api/") {
         return Ok(plain(StatusCode::NOT_FOUND, "not found"));
     }
     let key = req.headers().get("sec-websocket-key").map(|k| k.as_bytes().to_vec());
-    let is_upgrade = req
-        .headers()
-        .get("upgrade")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
     let Some(key) = key.filter(|_| is_upgrade) else {
         return Ok(plain(StatusCode::BAD_REQUEST, "WebSocket upgrade expected"));
     };

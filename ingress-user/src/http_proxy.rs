@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use crate::{
     config::{Balance, RouteKind},
     http1::RequestHead,
-    pool::{Hints, Pool, Server},
+    pool::{Demand, Hints, Pool, Server},
     routes::Target,
     runtime::Shared,
     upstream,
@@ -186,6 +186,7 @@ async fn handle(
     let hints = Hints {
         hash_key: hash_key.as_deref(),
         sticky: sticky.as_deref(),
+        demand: Demand::Request,
     };
     let Some(mut lease) = pool.pick(&hints, &[]) else {
         pool.no_capacity_total

@@ -342,8 +342,21 @@ impl Server {
         self.record_check(false, format!("connection failed: {reason}"), None);
     }
 
-    /// Takes one unit of capacity for a new call; false when there is none left.
-    fn try_reserve(&self) -> bool {
+    /// Whether a new `demand` may go here: a call needs UP; a plain HTTP
+    /// request needs a healthy, ready server with a free `maxconn` slot (a
+    /// FULL fleet has no free call worker, but still answers its API).
+    fn accepts(&self, demand: Demand) -> bool {
+        match demand {
+            Demand::Call => self.state() == State::Up,
+            Demand::Request => {
+                self.admin_state() == AdminState::Ready && self.healthy() && self.active() < self.maxconn
+            }
+        }
+    }
+
+    /// Takes one `maxconn` slot, and for a call one unit of reported
+    /// capacity; false when there is none left.
+    fn try_reserve(&self, demand: Demand) -> bool {
         let took_active = self
             .active
             .fetch_update(Relaxed, Relaxed, |a| (a < self.maxconn).then_some(a + 1))
@@ -351,7 +364,7 @@ impl Server {
         if !took_active {
             return false;
         }
-        if self.capacity_aware {
+        if self.capacity_aware && demand == Demand::Call {
             let took_capacity = self
                 .routed_since_report
                 .fetch_update(Relaxed, Relaxed, |r| match self.reported.load(Relaxed) {
@@ -399,11 +412,24 @@ impl Server {
     }
 }
 
-/// What a request tells the pick: the hash key (uri-hash) and the sticky cookie's value.
+/// What is being placed. A call holds one of the fleet's workers, so it
+/// takes reported capacity; a plain HTTP request (route kind `http`) is
+/// answered by the fleet's web tier and only holds a `maxconn` slot while
+/// it is in flight.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Demand {
+    #[default]
+    Call,
+    Request,
+}
+
+/// What a request tells the pick: the hash key (uri-hash), the sticky
+/// cookie's value, and whether it is a call or a plain request.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Hints<'a> {
     pub hash_key: Option<&'a str>,
     pub sticky: Option<&'a str>,
+    pub demand: Demand,
 }
 
 /// A hash that is the same in every process and release (rendezvous hashing, cookie ids).
@@ -432,6 +458,7 @@ pub struct Lease {
     /// Set once the fleet accepted the call (101): from then on dropping
     /// releases `active` only; before, it gives the capacity back too.
     accepted: bool,
+    demand: Demand,
 }
 
 impl Lease {
@@ -442,7 +469,7 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.accepted {
+        if self.accepted || self.demand == Demand::Request {
             self.server.release();
         } else {
             self.server.unreserve();
@@ -570,12 +597,13 @@ impl Pool {
         if self.balance == Balance::Cookie
             && let Some(pin) = hints.sticky
             && let Some(s) = servers.iter().find(|s| s.cookie_id == pin && !skip.contains(&s.id))
-            && s.state() == State::Up
+            && s.accepts(hints.demand)
         {
-            if s.try_reserve() {
+            if s.try_reserve(hints.demand) {
                 return Some(Lease {
                     server: Arc::clone(s),
                     accepted: false,
+                    demand: hints.demand,
                 });
             }
             skip.push(s.id);
@@ -584,7 +612,7 @@ impl Pool {
         let mut passed_over: Option<&Arc<Server>> = None;
         // Bounded: each round removes one candidate.
         for _ in 0..n {
-            let eligible = |s: &&Arc<Server>| !skip.contains(&s.id) && s.state() == State::Up;
+            let eligible = |s: &&Arc<Server>| !skip.contains(&s.id) && s.accepts(hints.demand);
             let chosen = match self.balance {
                 Balance::Leastconn | Balance::Cookie => {
                     let mut best: Option<(&Arc<Server>, u32, u32)> = None;
@@ -616,17 +644,19 @@ impl Pool {
                 skip.push(server.id);
                 continue;
             }
-            if server.try_reserve() {
+            if server.try_reserve(hints.demand) {
                 return Some(Lease {
                     server: Arc::clone(server),
                     accepted: false,
+                    demand: hints.demand,
                 });
             }
             skip.push(server.id);
         }
-        passed_over.filter(|s| s.try_reserve()).map(|s| Lease {
+        passed_over.filter(|s| s.try_reserve(hints.demand)).map(|s| Lease {
             server: Arc::clone(s),
             accepted: false,
+            demand: hints.demand,
         })
     }
 
@@ -767,12 +797,44 @@ mod tests {
         assert!(servers.iter().all(|s| s.sessions_total.load(Relaxed) == 100));
     }
 
+    #[test]
+    fn plain_requests_hold_a_slot_but_take_no_reported_capacity() {
+        let a = server(1, 2);
+        a.report_capacity(1);
+        let p = pool_with("roundrobin", vec![Arc::clone(&a)]);
+        let request = Hints {
+            demand: Demand::Request,
+            ..Hints::default()
+        };
+        for _ in 0..500 {
+            drop(
+                p.pick(&request, &[])
+                    .expect("requests do not use up the fleet's workers"),
+            );
+        }
+        assert_eq!(a.effective(), 1, "the one free worker is still there for a call");
+        let held = [p.pick(&request, &[]).unwrap(), p.pick(&request, &[]).unwrap()];
+        assert!(p.pick(&request, &[]).is_none(), "maxconn bounds requests in flight");
+        assert!(p.pick(&Hints::default(), &[]).is_none(), "and calls");
+        drop(held);
+        let mut call = p.pick(&Hints::default(), &[]).unwrap();
+        call.accepted();
+        assert_eq!(a.state(), State::Full);
+        assert!(
+            p.pick(&Hints::default(), &[]).is_none(),
+            "no second call on a FULL fleet"
+        );
+        let _r = p.pick(&request, &[]).expect("a FULL fleet still answers its API");
+        a.set_healthy(false);
+        assert!(p.pick(&request, &[]).is_none(), "a DOWN one does not");
+    }
+
     fn owners(p: &Pool, keys: &[String]) -> Vec<u32> {
         keys.iter()
             .map(|k| {
                 let hints = Hints {
                     hash_key: Some(k),
-                    sticky: None,
+                    ..Hints::default()
                 };
                 p.pick(&hints, &[]).unwrap().server.id
             })
@@ -815,8 +877,8 @@ mod tests {
         let p = pool_with("cookie", servers.clone());
         let pin = servers[2].cookie_id.clone();
         let hints = Hints {
-            hash_key: None,
             sticky: Some(&pin),
+            ..Hints::default()
         };
         for _ in 0..10 {
             assert_eq!(p.pick(&hints, &[]).unwrap().server.id, 3);
@@ -824,8 +886,8 @@ mod tests {
         servers[2].set_admin_state(AdminState::Drain);
         assert_ne!(p.pick(&hints, &[]).unwrap().server.id, 3, "a drained pin is ignored");
         let unknown = Hints {
-            hash_key: None,
             sticky: Some("nonsense"),
+            ..Hints::default()
         };
         assert!(p.pick(&unknown, &[]).is_some());
     }

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use crate::{
     config::{Balance, RetryOn},
     http1::{self, HeadError, HeadLimits, RequestHead},
-    pool::{Hints, Lease, Pool},
+    pool::{Demand, Hints, Lease, Pool},
     runtime::{Runtime, Shared},
     tunnel, upstream,
 };
@@ -130,6 +130,7 @@ pub async fn forward<C>(
     let hints = Hints {
         hash_key: call.hash_key,
         sticky: sticky.as_deref(),
+        demand: Demand::Call,
     };
     let request = http1::upstream_request(&head, call.peer.ip(), "https", call.local_port);
     let mut tried: Vec<u32> = Vec::new();

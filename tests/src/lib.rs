@@ -527,6 +527,42 @@ pub fn upgrade_request(path: &str) -> String {
     )
 }
 
+/// Sends an upgrade over a new TLS connection with `cookie` (after a
+/// `theme=dark` cookie of the client's own); returns the response head (the
+/// call is then dropped).
+pub async fn upgrade_head(
+    ingress: &Ingress,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    cookie: Option<&str>,
+) -> String {
+    let tcp = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
+    let cookie = cookie
+        .map(|c| format!("Cookie: theme=dark; {c}\r\n"))
+        .unwrap_or_default();
+    let req = upgrade_request(path).replace("Host: localhost\r\n", &format!("Host: localhost\r\n{cookie}"));
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
+            .await
+            .expect("answer")
+            .unwrap();
+        assert!(n > 0, "closed before the head: {}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+pub fn set_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .find_map(|l| l.strip_prefix("Set-Cookie: "))
+        .map(|v| v.split(';').next().unwrap_or("").to_owned())
+}
+
 /// Sends one text message and expects it back within 5 s.
 pub async fn echo(ws: &mut client::Wss, text: &str) -> Result<(), String> {
     use futures_util::{SinkExt as _, StreamExt as _};

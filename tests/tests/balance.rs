@@ -5,8 +5,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, echo};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, echo, set_cookie, upgrade_head};
 
 async fn start(dir: &TestDir, pki: &Pki, n: usize, pool_extra: &str) -> (Vec<Fleet>, Ingress) {
     let fleets: Vec<Fleet> = (1..=n)
@@ -47,36 +46,6 @@ async fn roundrobin_spreads_300_calls_evenly() {
         ws.close(None).await.ok();
     }
     assert_eq!(totals(&fleets).await, vec![100, 100, 100]);
-}
-
-/// Sends an upgrade with `cookie`, returns the response head (the call is then dropped).
-async fn upgrade_head(ingress: &Ingress, tls: Arc<rustls::ClientConfig>, path: &str, cookie: Option<&str>) -> String {
-    let tcp = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
-    let cookie = cookie
-        .map(|c| format!("Cookie: theme=dark; {c}\r\n"))
-        .unwrap_or_default();
-    let req =
-        ingress_tests::upgrade_request(path).replace("Host: localhost\r\n", &format!("Host: localhost\r\n{cookie}"));
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk))
-            .await
-            .expect("answer")
-            .unwrap();
-        assert!(n > 0, "closed before the head: {}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    String::from_utf8_lossy(&buf).into_owned()
-}
-
-fn set_cookie(head: &str) -> Option<String> {
-    head.lines()
-        .find_map(|l| l.strip_prefix("Set-Cookie: "))
-        .map(|v| v.split(';').next().unwrap_or("").to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, sync::Arc};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, https_raw, parse_response};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, https_raw, parse_response, set_cookie, upgrade_head};
 
 /// One keep-alive HTTPS connection to the ingress.
 struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
@@ -51,9 +51,9 @@ impl Conn {
     }
 }
 
-async fn setup(dir: &TestDir, pki: &Pki, balance: &str, host: Option<&str>) -> (Vec<Fleet>, Ingress) {
+async fn setup(dir: &TestDir, pki: &Pki, balance: &str, host: Option<&str>, workers: u32) -> (Vec<Fleet>, Ingress) {
     let fleets: Vec<Fleet> = (1..=3)
-        .map(|i| Fleet::start(dir, pki, &format!("fleet{i}"), 100))
+        .map(|i| Fleet::start(dir, pki, &format!("fleet{i}"), workers))
         .collect();
     let servers: Vec<(String, std::net::SocketAddr)> = fleets
         .iter()
@@ -76,7 +76,9 @@ async fn setup(dir: &TestDir, pki: &Pki, balance: &str, host: Option<&str>) -> (
 async fn roundrobin_spreads_300_keepalive_requests_100_100_100() {
     let dir = TestDir::new("httprr");
     let pki = Pki::new(&dir);
-    let (fleets, ingress) = setup(&dir, &pki, "roundrobin", None).await;
+    // Ten call workers per fleet, 100 requests each: plain requests are not
+    // calls and do not use up what the fleet reports between two checks.
+    let (fleets, ingress) = setup(&dir, &pki, "roundrobin", None, 10).await;
     let mut conn = Conn::open(&ingress, pki.client_tls()).await;
     for i in 0..300 {
         let (status, _, v) = conn
@@ -108,7 +110,7 @@ fn pin(headers: &http::HeaderMap) -> Option<String> {
 async fn sticky_clients_keep_their_server_and_move_when_it_stops() {
     let dir = TestDir::new("httpsticky");
     let pki = Pki::new(&dir);
-    let (mut fleets, ingress) = setup(&dir, &pki, "cookie", None).await;
+    let (mut fleets, ingress) = setup(&dir, &pki, "cookie", None, 100).await;
     let tls = pki.client_tls();
     let mut owners = BTreeMap::new();
     let mut jars = Vec::new();
@@ -138,6 +140,10 @@ async fn sticky_clients_keep_their_server_and_move_when_it_stops() {
             assert_eq!(pin(&headers), None);
             assert_eq!(v["server"].as_str().unwrap(), server, "client {c} moved");
         }
+        // The client's WebSocket upgrade on the same route lands where it logged in.
+        let head = upgrade_head(&ingress, Arc::clone(&tls), &format!("/api/ws/{c}"), Some(&jar)).await;
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        assert_eq!(set_cookie(&head), None, "client {c}'s upgrade kept its server");
         owners.insert(c, server);
         jars.push(jar);
     }
@@ -169,7 +175,7 @@ async fn sticky_clients_keep_their_server_and_move_when_it_stops() {
 async fn host_routing_and_smuggling_guards() {
     let dir = TestDir::new("httphost");
     let pki = Pki::new(&dir);
-    let (_fleets, ingress) = setup(&dir, &pki, "leastconn", Some("api.example.com")).await;
+    let (_fleets, ingress) = setup(&dir, &pki, "leastconn", Some("api.example.com"), 100).await;
     let mut conn = Conn::open(&ingress, pki.client_tls()).await;
     let (status, _, _) = conn
         .send("GET", "/api/x", "api.example.com:443", None, Vec::new())
