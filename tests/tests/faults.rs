@@ -1,7 +1,8 @@
 //! Fault injection and hostile clients: fleets that reset, send junk or stall,
 //! health checks slow for one probe or two, certificates and servers files
 //! broken under a running daemon, a SIGKILL and restart under live calls, TLS
-//! garbage, vanishing carriers, unknown SNI and 5 000 connections at once.
+//! garbage, vanishing carriers, unknown SNI, 5 000 connections at once, and
+//! the memory that 800 hostile clients can make the daemon hold.
 
 use std::time::{Duration, Instant};
 
@@ -369,4 +370,91 @@ async fn running_out_of_descriptors_refuses_new_connections_and_recovers() {
         }
         assert!(Instant::now() < deadline, "no recovery after the flood closed");
     }
+}
+
+/// The daemon's resident and peak resident memory (KiB) from /proc.
+fn rss_and_peak_kib(ingress: &Ingress) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", ingress.proc.child.id())).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} in {status}"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Hostile clients cost bounded memory: 400 TLS clients each push 1 MiB of
+/// header that never ends, and 400 more hold a head just under the limit
+/// until the header timeout. Each gets its status (431, 408); the daemon's
+/// peak memory over the whole run stays under 64 KiB per hostile connection,
+/// where buffering what they sent would take 400 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_cost_bounded_memory() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const N: usize = 400;
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).unwrap();
+    let dir = TestDir::new("hostilemem");
+    let pki = Pki::new(&dir);
+    let (_f1, _f2, ingress) = two(
+        &dir,
+        &pki,
+        "[limits]\nmax_header_bytes = 8192\nheader_timeout = \"4s\"\nmax_connections = 2000\n",
+    )
+    .await;
+    // Warm up the allocator and the TLS path with one real call.
+    let mut ws = call(&ingress, &pki, "/ws/warm-up").await.unwrap();
+    echo(&mut ws, "warm").await.unwrap();
+    drop(ws);
+    let (baseline, _) = rss_and_peak_kib(&ingress);
+    let tls = pki.client_tls();
+    let status_of = |raw: &[u8]| ingress_tests::parse_response(raw).0;
+    let hostile = |body: Vec<u8>| {
+        let tls = std::sync::Arc::clone(&tls);
+        let addr = ingress.https;
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
+            // The ingress may answer and close before all of it is written.
+            let _ = s.write_all(&body).await;
+            let _ = s.flush().await;
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut answer)).await;
+            answer
+        }
+    };
+    let mut flood = b"GET /ws/a HTTP/1.1\r\nHost: localhost\r\nX-Flood: ".to_vec();
+    flood.resize(1 << 20, b'a');
+    let mut held = b"GET /ws/a HTTP/1.1\r\nHost: localhost\r\nX-Held: ".to_vec();
+    held.resize(8000, b'b');
+    let floods = futures_util::future::join_all((0..N).map(|_| hostile(flood.clone())));
+    let holds = futures_util::future::join_all((0..N).map(|_| hostile(held.clone())));
+    let (floods, holds) = tokio::join!(floods, holds);
+    let flood_statuses: std::collections::BTreeSet<u16> = floods.iter().map(|a| status_of(a)).collect();
+    let hold_statuses: std::collections::BTreeSet<u16> = holds.iter().map(|a| status_of(a)).collect();
+    assert_eq!(flood_statuses, [431].into(), "every flooding client gets 431");
+    assert_eq!(hold_statuses, [408].into(), "every holding client gets 408");
+    let (after, peak) = rss_and_peak_kib(&ingress);
+    let per_connection = (peak.saturating_sub(baseline)) as f64 / (2 * N) as f64;
+    eprintln!(
+        "baseline {baseline} KiB, peak {peak} KiB, after {after} KiB: {per_connection:.1} KiB per hostile connection"
+    );
+    assert!(
+        per_connection < 64.0,
+        "peak {peak} KiB from a baseline of {baseline} KiB is {per_connection:.1} KiB per hostile connection"
+    );
+    let m = ingress.metrics().await;
+    for reason in ["header_too_large", "header_timeout"] {
+        assert!(
+            metric(&m, "ingress_bad_requests_total", &[("reason", reason)]).unwrap_or(0.0) >= N as f64,
+            "{reason}: {m}"
+        );
+    }
+    // And the door is still open.
+    let mut ws = call(&ingress, &pki, "/ws/after-the-hostiles").await.unwrap();
+    echo(&mut ws, "ok").await.unwrap();
 }
