@@ -6,11 +6,10 @@
 pub mod netns;
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _},
     net::SocketAddr,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
-    sync::{Arc, atomic::AtomicU32, mpsc},
+    process::{Command, Stdio},
+    sync::{Arc, atomic::AtomicU32},
     time::{Duration, Instant},
 };
 
@@ -99,90 +98,12 @@ impl Pki {
     }
 }
 
-/// A child process that printed one JSON line when ready; killed on drop.
-pub struct Proc {
-    pub name: String,
-    pub child: Child,
-    pub ready: Value,
-    pub log: PathBuf,
-}
+pub use testbed::Proc;
 
-impl Proc {
-    /// Starts `cmd`, waits up to 30 s for its first stdout line (JSON). Stderr goes to `log`.
-    pub fn start(name: &str, mut cmd: Command, log: PathBuf) -> Self {
-        let log_file = std::fs::File::create(&log).expect("log file");
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let stdout = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            // Keep draining so the child never blocks on a full pipe.
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
-        let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
-        let ready: Value = serde_json::from_str(line.trim()).unwrap_or_else(|_| {
-            let _ = child.kill();
-            let logs = std::fs::read_to_string(&log).unwrap_or_default();
-            panic!("{name} did not become ready (printed {line:?}); its log:\n{logs}");
-        });
-        Self {
-            name: name.to_owned(),
-            child,
-            ready,
-            log,
-        }
-    }
-
-    pub fn pid(&self) -> nix::unistd::Pid {
-        nix::unistd::Pid::from_raw(self.child.id() as i32)
-    }
-
-    pub fn signal(&self, sig: nix::sys::signal::Signal) {
-        nix::sys::signal::kill(self.pid(), sig).unwrap_or_else(|e| panic!("signal {sig} to {}: {e}", self.name));
-    }
-
-    /// Sends SIGTERM and waits for the exit (SIGKILL after 10 s).
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(s)) = self.child.try_wait() {
-                return Some(s);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        self.child.wait().ok()
-    }
-
-    pub fn logs(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.stop();
-        }
-        if std::thread::panicking() {
-            let logs = self.logs();
-            let tail: Vec<&str> = logs.lines().rev().take(40).collect();
-            eprintln!("--- last log lines of {} ---", self.name);
-            for l in tail.into_iter().rev() {
-                eprintln!("{l}");
-            }
-        }
-    }
+/// Starts `cmd` with stderr to `log` and waits up to 30 s for its ready line;
+/// panics with the log's tail when it does not come.
+pub fn start_proc(name: &str, mut cmd: Command, log: &Path) -> Proc {
+    Proc::start(name, &mut cmd, Some(log), Some(Duration::from_secs(30))).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn addr(v: &Value, key: &str) -> SocketAddr {
@@ -219,7 +140,7 @@ impl Fleet {
         cmd.arg("--cert")
             .arg(&pki.fleet_bundle)
             .args(["--workers", &workers.to_string(), "--threads", "1"]);
-        let proc = Proc::start(name, cmd, dir.path(&format!("{name}.log")));
+        let proc = start_proc(name, cmd, &dir.path(&format!("{name}.log")));
         let https = addr(&proc.ready, "https");
         let control = addr(&proc.ready, "control");
         Self {
@@ -294,7 +215,7 @@ impl Ingress {
             .arg(&path)
             .env("INGRESS_LOG", "info,ingress_user=debug")
             .envs(env.iter().copied());
-        let proc = Proc::start("ingress", cmd, dir.path("ingress.log"));
+        let proc = start_proc("ingress", cmd, &dir.path("ingress.log"));
         let first = |k: &str| {
             proc.ready[k]
                 .as_array()

@@ -1,129 +1,19 @@
-//! Network namespaces for root tests: an "ingress" namespace and a "carrier"
-//! namespace joined by a veth pair. Everything is deleted on drop (even when
-//! the test panics); namespaces left by a killed test run are swept at the
-//! next start. Traffic never leaves these namespaces.
+//! Network namespaces for root tests: the testbed's [`NetPair`] ("ingress"
+//! and "carrier" joined by a veth, deleted on drop, even when the test
+//! panics), async helpers that run inside a namespace, and a bpffs directory
+//! per test for pinned maps. Traffic never leaves these namespaces.
 
-use std::{
-    net::Ipv4Addr,
-    os::fd::AsFd as _,
-    process::Command,
-    sync::atomic::{AtomicU32, Ordering},
-};
+use std::sync::atomic::{AtomicU32, Ordering};
 
-const PREFIX: &str = "ingt";
+pub use testbed::netns::run_in;
 
-fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Removes namespaces of earlier test processes that no longer run.
-fn sweep_stale() {
-    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let name = line.split_whitespace().next().unwrap_or_default();
-        let Some(rest) = name.strip_prefix(PREFIX) else {
-            continue;
-        };
-        let pid: Option<u32> = rest.split(['a', 'c', 'i']).next().and_then(|p| p.parse().ok());
-        if let Some(pid) = pid
-            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
-        {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
-        }
-    }
-}
-
-/// Two namespaces and a veth pair between them.
-pub struct NetPair {
-    pub ingress_ns: String,
-    pub carrier_ns: String,
-    pub ingress_if: String,
-    pub carrier_if: String,
-    pub ingress_ip: Ipv4Addr,
-    /// The carrier's main address.
-    pub carrier_ip: Ipv4Addr,
-    /// A second address in the carrier namespace (e.g. a non-carrier source).
-    pub other_ip: Ipv4Addr,
-}
+/// The test's pair of namespaces (see `testbed::NetPair`).
+pub struct NetPair(testbed::NetPair);
 
 impl NetPair {
+    /// Creates the pair; panics (the test fails) without root.
     pub fn new() -> Self {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "this test needs root (network namespaces); run it as root, as CI does"
-        );
-        sweep_stale();
-        static N: AtomicU32 = AtomicU32::new(0);
-        let n = N.fetch_add(1, Ordering::SeqCst);
-        let pid = std::process::id();
-        let pair = Self {
-            ingress_ns: format!("{PREFIX}{pid}i{n}"),
-            carrier_ns: format!("{PREFIX}{pid}c{n}"),
-            ingress_if: format!("vi{pid}x{n}"),
-            carrier_if: format!("vc{pid}x{n}"),
-            ingress_ip: Ipv4Addr::new(10, 77, 0, 1),
-            carrier_ip: Ipv4Addr::new(10, 77, 0, 2),
-            other_ip: Ipv4Addr::new(10, 77, 0, 3),
-        };
-        ip(&["netns", "add", &pair.ingress_ns]);
-        ip(&["netns", "add", &pair.carrier_ns]);
-        ip(&[
-            "link",
-            "add",
-            &pair.ingress_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            &pair.carrier_if,
-        ]);
-        ip(&["link", "set", &pair.ingress_if, "netns", &pair.ingress_ns]);
-        ip(&["link", "set", &pair.carrier_if, "netns", &pair.carrier_ns]);
-        ip(&[
-            "-n",
-            &pair.ingress_ns,
-            "addr",
-            "add",
-            &format!("{}/24", pair.ingress_ip),
-            "dev",
-            &pair.ingress_if,
-        ]);
-        ip(&[
-            "-n",
-            &pair.carrier_ns,
-            "addr",
-            "add",
-            &format!("{}/24", pair.carrier_ip),
-            "dev",
-            &pair.carrier_if,
-        ]);
-        ip(&[
-            "-n",
-            &pair.carrier_ns,
-            "addr",
-            "add",
-            &format!("{}/24", pair.other_ip),
-            "dev",
-            &pair.carrier_if,
-        ]);
-        for (ns, dev) in [
-            (&pair.ingress_ns, &pair.ingress_if),
-            (&pair.carrier_ns, &pair.carrier_if),
-        ] {
-            ip(&["-n", ns, "link", "set", "lo", "up"]);
-            ip(&["-n", ns, "link", "set", dev, "up"]);
-        }
-        pair
+        Self(testbed::NetPair::new('t').unwrap_or_else(|e| panic!("{e:#}")))
     }
 }
 
@@ -133,25 +23,12 @@ impl Default for NetPair {
     }
 }
 
-impl Drop for NetPair {
-    fn drop(&mut self) {
-        for ns in [&self.ingress_ns, &self.carrier_ns] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-    }
-}
+impl std::ops::Deref for NetPair {
+    type Target = testbed::NetPair;
 
-/// Runs `f` on a fresh thread inside namespace `ns`; sockets it opens live there.
-pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let path = format!("/run/netns/{ns}");
-    std::thread::spawn(move || {
-        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-            .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-        f()
-    })
-    .join()
-    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
 }
 
 /// Runs an async block on a current-thread runtime inside `ns`.

@@ -88,7 +88,7 @@ async fn sticky_cookie_keeps_clients_and_moves_them_when_their_server_stops() {
     assert!(probe.starts_with("HTTP/1.1 101"));
     let after = totals(&fleets).await;
     let pinned = (0..3).find(|i| after[*i] > before[*i]).unwrap();
-    fleets[pinned].proc.signal(nix::sys::signal::Signal::SIGKILL);
+    fleets[pinned].proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = fleets[pinned].proc.child.wait();
     let moved = upgrade_head(&ingress, Arc::clone(&tls), "/ws/moved", Some(&cookies[0])).await;
     assert!(
@@ -178,7 +178,7 @@ async fn plain_http_backend_checked_like_forgejo() {
     cmd.arg("--cert")
         .arg(&pki.fleet_bundle)
         .args(["--plain", "--threads", "1"]);
-    let proc = ingress_tests::Proc::start("forgejo", cmd, dir.path("forgejo.log"));
+    let proc = ingress_tests::start_proc("forgejo", cmd, &dir.path("forgejo.log"));
     let addr: std::net::SocketAddr = proc.ready["https"].as_str().unwrap().parse().unwrap();
     let control: std::net::SocketAddr = proc.ready["control"].as_str().unwrap().parse().unwrap();
     let (status, _) = ingress_tests::http_get(control, "/health?mode=redirect").await;

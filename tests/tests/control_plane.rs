@@ -188,7 +188,7 @@ async fn sigkill_during_an_add_leaves_a_valid_file() {
             s.iter().any(|s| s["name"] == "fleet2")
         })
         .await;
-    ingress.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    ingress.proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = ingress.proc.child.wait();
     let out = add.await.unwrap();
     assert_ne!(out.status.code(), Some(0), "the add cannot have completed");
@@ -247,7 +247,7 @@ async fn reload_under_live_calls_and_refused_reload() {
 
     // SIGHUP takes the same path.
     std::fs::write(&ingress.config, &cfg).unwrap();
-    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
     ingress
         .wait_servers("maxconn back to 16", Duration::from_secs(10), |s| {
             s.iter().all(|s| s["maxconn"] == 16)
@@ -414,7 +414,7 @@ async fn systemd_is_told_ready_reloading_and_stopping() {
     );
     let first = recv();
     assert!(first.starts_with("READY=1"), "{first}");
-    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
     let reloading = recv();
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
     let ready = recv();

@@ -212,7 +212,7 @@ async fn a_killed_fleet_ends_its_calls_and_new_calls_never_fail() {
         calls.push(call(&ingress, &pki, &format!("/ws/k-{i}")).await.unwrap());
     }
     assert_eq!(f1.state().await["calls"], 2);
-    f1.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    f1.proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = f1.proc.child.wait();
     let mut ended = 0;
     for ws in &mut calls {
@@ -240,7 +240,7 @@ async fn a_hung_fleet_costs_at_most_one_call_one_connect_timeout() {
     let dir = TestDir::new("hung");
     let pki = Pki::new(&dir);
     let (f1, _f2, ingress) = two_fleets(&dir, &pki, "", "[timeouts]\nconnect = \"2s\"\n").await;
-    f1.proc.signal(nix::sys::signal::Signal::SIGSTOP);
+    f1.proc.signal(nix::sys::signal::Signal::SIGSTOP).unwrap();
     let mut slow = 0;
     for i in 0..6 {
         let started = Instant::now();
@@ -252,7 +252,7 @@ async fn a_hung_fleet_costs_at_most_one_call_one_connect_timeout() {
             slow += 1;
         }
     }
-    f1.proc.signal(nix::sys::signal::Signal::SIGCONT);
+    f1.proc.signal(nix::sys::signal::Signal::SIGCONT).unwrap();
     assert!(slow <= 1, "{slow} calls paid a connect timeout");
     let s = ingress.server("fleet1").await;
     assert_ne!(s["state"], "UP", "{s}");

@@ -146,7 +146,7 @@ async fn emptied_or_missing_cert_directory_keeps_the_old_cert() {
     // SIGHUP with the directory gone altogether.
     let base = errors(&ingress.metrics().await);
     std::fs::rename(&pki.certs_dir, dir.path("certs-gone")).unwrap();
-    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP);
+    ingress.proc.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
     wait_errors(base).await;
     let mut ws = call(&ingress, &pki, "/ws/after-gone")
         .await
@@ -186,7 +186,7 @@ async fn sigkill_and_restart_under_20_live_calls() {
         calls.push(call(&ingress, &pki, &format!("/ws/k-{i}")).await.unwrap());
     }
     let cfg = std::fs::read_to_string(&ingress.config).unwrap();
-    ingress.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    ingress.proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = ingress.proc.child.wait();
     for ws in &mut calls {
         assert!(echo(ws, "gone?").await.is_err(), "calls on a killed ingress end");
@@ -372,17 +372,12 @@ async fn running_out_of_descriptors_refuses_new_connections_and_recovers() {
     }
 }
 
-/// The daemon's resident and peak resident memory (KiB) from /proc.
+/// The daemon's resident and peak resident memory (KiB).
 fn rss_and_peak_kib(ingress: &Ingress) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", ingress.proc.child.id())).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("{name} in {status}"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    let pid = ingress.proc.pid();
+    let [rss, peak] = ["VmRSS", "VmHWM"].map(|f| testbed::proc::status_kib(pid, f));
+    assert!(rss > 0 && peak > 0, "no memory figures for pid {pid}");
+    (rss, peak)
 }
 
 /// Hostile clients cost bounded memory: 400 TLS clients each push 1 MiB of

@@ -151,7 +151,7 @@ async fn sticky_clients_keep_their_server_and_move_when_it_stops() {
     assert!(used.len() >= 2, "new clients spread: {used:?}");
     let gone = owners[&0].clone();
     let idx = fleets.iter().position(|f| f.https.to_string() == gone).unwrap();
-    fleets[idx].proc.signal(nix::sys::signal::Signal::SIGKILL);
+    fleets[idx].proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = fleets[idx].proc.child.wait();
     let mut conn = Conn::open(&ingress, Arc::clone(&tls)).await;
     let mut moved = None;

@@ -186,7 +186,7 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
         from(net, net.carrier_ip, s.https, Duration::from_millis(500)).await,
         Connect::TimedOut
     );
-    s.ingress.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    s.ingress.proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
     let _ = s.ingress.proc.child.wait();
     let killed = Instant::now();
     loop {

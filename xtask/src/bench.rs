@@ -24,8 +24,9 @@ use anyhow::{Context as _, bail};
 use fleet_sim::pki::TestCa;
 use serde_json::{Value, json};
 
+use testbed::NetPair;
+
 use self::{
-    net::NetPair,
     procs::{Cpu, Proc, admin_get, bench_dir, http_get, loadgen, median, pinned, rss_kb, softirq_ms, wait_for},
     proxies::{Kind, Pki, Running, Spec, Xdp},
 };
@@ -166,7 +167,7 @@ impl Ctx {
                 let proc = Proc::start(
                     &format!("fleet{}", i + 1),
                     &mut cmd,
-                    &log,
+                    Some(&log),
                     Some(Duration::from_secs(20)),
                 )?;
                 let addr = |k: &str| -> anyhow::Result<SocketAddr> {
@@ -483,7 +484,7 @@ fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Value> {
             ])
             .arg(&data)
             .args(["--", "sleep", &secs.to_string()]),
-        &ctx.dir.join("perf-record.log"),
+        Some(&ctx.dir.join("perf-record.log")),
         None,
     )?;
     std::thread::sleep(Duration::from_millis(300));
@@ -585,7 +586,7 @@ fn idle(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Value> {
                 let g = Proc::start(
                     "loadgen idle",
                     &mut cmd,
-                    &ctx.dir.join(format!("loadgen-idle-{tag}.log")),
+                    Some(&ctx.dir.join(format!("loadgen-idle-{tag}.log"))),
                     Some(Duration::from_secs(240)),
                 )?;
                 let open = g.ready["open"].as_u64().unwrap_or(0);
@@ -689,7 +690,9 @@ fn counter_delta(before: &Value, after: &Value, key: &str) -> u64 {
 /// namespace over a veth; (b) a bounded SYN flood, XDP vs the kernel stack.
 fn storm(ctx: &Ctx) -> anyhow::Result<Value> {
     let s = ctx.sizes;
-    let pair = NetPair::new()?;
+    let pair = NetPair::new('b')?;
+    // RST mode answers with XDP_TX from the ingress end.
+    pair.carrier_gro_on()?;
     let ns = pair.ingress_ns.clone();
     let fleets = ctx.start_fleets(2, 16, Some(&ns), "storm")?;
     for f in &fleets {
@@ -857,7 +860,7 @@ pin_path = "{pins}"
     let p = Proc::start(
         "xdp peer",
         &mut cmd,
-        &ctx.dir.join("xdp-peer.log"),
+        Some(&ctx.dir.join("xdp-peer.log")),
         Some(Duration::from_secs(30)),
     )?;
     if p.ready["xdp"]["attached"] != true {
@@ -883,13 +886,13 @@ fn name_tag(name: &str) -> String {
 fn flood(ctx: &Ctx, pair: &NetPair, p: &Running, pins: &Path, with_xdp: bool, port: u16) -> anyhow::Result<Value> {
     let s = ctx.sizes;
     let before = with_xdp.then(|| xdp_counters(ctx, pins));
-    let segs = net::tcp_in_segs(&pair.ingress_ns);
+    let segs = testbed::netns::tcp_in_segs(&pair.ingress_ns);
     let cpu = Cpu::read(p.pid());
     let soft = softirq_ms();
     let r = net::syn_flood(pair, port, s.flood, LOAD_CORE, &ctx.dir)?;
     let proxy_ms = cpu.since(p.pid());
     let soft_ms = softirq_ms() - soft;
-    let reached_stack = net::tcp_in_segs(&pair.ingress_ns).saturating_sub(segs);
+    let reached_stack = testbed::netns::tcp_in_segs(&pair.ingress_ns).saturating_sub(segs);
     let elapsed = r["elapsed_s"].as_f64().unwrap_or(f64::NAN);
     let sent = r["sent"].as_u64().unwrap_or(0);
     let mut out = json!({

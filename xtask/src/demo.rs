@@ -4,14 +4,14 @@
 //! root). Ctrl-C stops everything it started.
 
 use std::{
-    io::{BufRead as _, BufReader},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::Duration,
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use fleet_sim::pki::TestCa;
+use testbed::Proc;
 
 use crate::root;
 
@@ -21,41 +21,26 @@ extern "C" fn on_signal(_: nix::libc::c_int) {
     STOP.store(true, Ordering::SeqCst);
 }
 
-/// Children are stopped (SIGTERM, then SIGKILL) when this drops.
-struct Procs(Vec<(String, Child)>);
+/// The demo's processes, stopped last-started first (the ingress before
+/// its fleets) when this drops, errors included.
+struct Procs(Vec<Proc>);
 
 impl Drop for Procs {
     fn drop(&mut self) {
-        for (name, child) in self.0.iter_mut().rev() {
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            for _ in 0..50 {
-                if child.try_wait().ok().flatten().is_some() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
-            eprintln!("demo: stopped {name}");
+        while let Some(mut p) = self.0.pop() {
+            p.stop();
+            eprintln!("demo: stopped {}", p.name);
         }
     }
 }
 
-/// Starts a process that prints one JSON line when ready; returns that line.
+/// Starts a process that prints one JSON line when ready (its log goes to
+/// our stderr); returns that line.
 fn start(procs: &mut Procs, name: &str, cmd: &mut Command) -> anyhow::Result<serde_json::Value> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    let stdout = child.stdout.take().context("stdout")?;
-    procs.0.push((name.to_owned(), child));
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    if line.trim().is_empty() {
-        bail!("{name} exited before it was ready");
-    }
-    serde_json::from_str(line.trim()).with_context(|| format!("{name} printed {line:?}"))
+    let p = Proc::start(name, cmd, None, Some(Duration::from_secs(60)))?;
+    let ready = p.ready.clone();
+    procs.0.push(p);
+    Ok(ready)
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -175,9 +160,9 @@ interval = "1s"
         nix::sys::signal::signal(nix::sys::signal::Signal::SIGTERM, handler)?;
     }
     while !STOP.load(Ordering::SeqCst) {
-        for (name, child) in &mut procs.0 {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited: {status}");
+        for p in &mut procs.0 {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("{} exited: {status}", p.name);
             }
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -1,96 +1,20 @@
-//! Processes of the bench (stopped on drop, also on error), what `/proc`
-//! says about them, and small bounded HTTP helpers (TCP, unix socket, inside
-//! a namespace).
+//! Running the bench's programs (pinned to a core, bounded in time), what
+//! `/proc` says about them, and small bounded HTTP helpers (TCP, unix socket,
+//! inside a namespace). Long-lived processes are `testbed::Proc`s.
 
 use std::{
-    io::{BufRead as _, BufReader, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::SocketAddr,
     os::fd::AsFd as _,
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::mpsc,
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
-/// A child process; SIGTERM, then SIGKILL after 5 s, when dropped.
-pub struct Proc {
-    pub child: Child,
-    /// The first stdout line, when the process prints one.
-    pub ready: Value,
-    pub stdin: Option<ChildStdin>,
-}
-
-impl Proc {
-    pub fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Starts `cmd` with stderr to `log`; with `wait_line`, waits (bounded) for one JSON line.
-    pub fn start(name: &str, cmd: &mut Command, log: &Path, wait_line: Option<Duration>) -> anyhow::Result<Self> {
-        let log_file = std::fs::File::create(log).with_context(|| format!("log {}", log.display()))?;
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .stdin(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {name} ({cmd:?})"))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            let _ = reader.read_line(&mut line);
-            let _ = tx.send(line);
-            let mut sink = Vec::new();
-            let _ = reader.read_to_end(&mut sink);
-        });
-        let mut p = Self {
-            child,
-            ready: Value::Null,
-            stdin,
-        };
-        if let Some(limit) = wait_line {
-            let line = rx.recv_timeout(limit).unwrap_or_default();
-            p.ready = serde_json::from_str(line.trim()).map_err(|_| {
-                let log = std::fs::read_to_string(log).unwrap_or_default();
-                let tail: String = log.lines().rev().take(15).collect::<Vec<_>>().join("\n");
-                anyhow::anyhow!("{name} did not print its ready line (got {line:?}); log tail (reversed):\n{tail}")
-            })?;
-        }
-        Ok(p)
-    }
-
-    pub fn alive(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
-
-    pub fn stop(&mut self) {
-        if !self.alive() {
-            return;
-        }
-        let pid = nix::unistd::Pid::from_raw(self.pid());
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !self.alive() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
+pub use testbed::Proc;
 
 /// `taskset -c CORE` in front of a program; with `netns`, `nsenter --net=` first
 /// (both exec, so the child's PID is the program's).
@@ -220,13 +144,7 @@ fn clk_tck() -> f64 {
 
 /// VmRSS in KiB.
 pub fn rss_kb(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
+    testbed::proc::status_kib(pid, "VmRSS")
 }
 
 /// System-wide softirq time in milliseconds (all CPUs).

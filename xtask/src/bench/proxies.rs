@@ -303,7 +303,7 @@ pub fn start(dir: &Path, bins: &Path, pki: &Pki, spec: &Spec, probe: SocketAddr)
             std::fs::write(&config, ingress_config(dir, pki, spec, &socket))?;
             let mut cmd = pinned(spec.core, ns, &bins.join("ingress"));
             cmd.arg("run").arg("--config").arg(&config).env("INGRESS_LOG", "warn");
-            let proc = Proc::start("ingress", &mut cmd, &log, Some(Duration::from_secs(30)))?;
+            let proc = Proc::start("ingress", &mut cmd, Some(&log), Some(Duration::from_secs(30)))?;
             let n = spec.fleets.len();
             wait_for(
                 "ingress to read every fleet's capacity",
@@ -326,7 +326,7 @@ pub fn start(dir: &Path, bins: &Path, pki: &Pki, spec: &Spec, probe: SocketAddr)
             std::fs::write(&config, haproxy_config(pki, spec))?;
             let mut cmd = pinned(spec.core, ns, Path::new("/usr/sbin/haproxy"));
             cmd.arg("-db").arg("-f").arg(&config);
-            let proc = Proc::start("haproxy", &mut cmd, &log, None)?;
+            let proc = Proc::start("haproxy", &mut cmd, Some(&log), None)?;
             wait_port(ns, probe, Duration::from_secs(10)).context("HAProxy did not listen")?;
             // Let the checks run (rise/fall 2).
             std::thread::sleep(Duration::from_millis(2 * spec.check_interval_ms + 500));
@@ -348,7 +348,7 @@ pub fn start(dir: &Path, bins: &Path, pki: &Pki, spec: &Spec, probe: SocketAddr)
                 .arg(dir.join(format!("nginx-{}-error.log", spec.tag)))
                 .arg("-c")
                 .arg(&config);
-            let proc = Proc::start("nginx", &mut cmd, &log, None)?;
+            let proc = Proc::start("nginx", &mut cmd, Some(&log), None)?;
             wait_port(ns, probe, Duration::from_secs(10)).context("nginx did not listen")?;
             Ok(Running {
                 proc,
