@@ -91,7 +91,7 @@ pub fn evaluate(status: u16, expect: &Regex, body: &[u8], pointer: &str) -> Resu
 pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String> {
     let check = &pool.check;
     let fut = async {
-        let tls = upstream::connect(server, pool.tls.as_ref(), check.timeout.0)
+        let tls = upstream::connect(server, pool.client_tls(server), check.timeout.0)
             .await
             .map_err(|e| e.to_string())?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))

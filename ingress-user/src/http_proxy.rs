@@ -268,7 +268,7 @@ async fn checkout(
             return Ok(s);
         }
     }
-    let io = upstream::connect(server, pool.tls.as_ref(), rt.timeouts.connect.0)
+    let io = upstream::connect(server, pool.client_tls(server), rt.timeouts.connect.0)
         .await
         .map_err(|e| e.to_string())?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))

@@ -33,6 +33,14 @@ pub struct ServerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TlsLabels {
+    pub pool: String,
+    pub server: String,
+    /// `full` or `resumed`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub pool: String,
     pub server: String,
@@ -225,6 +233,7 @@ pub fn render(shared: &Shared) -> String {
     let effective = Family::<ServerLabels, Gauge>::default();
     let sessions = Family::<ServerLabels, Counter>::default();
     let answered_429 = Family::<ServerLabels, Counter>::default();
+    let tls_handshakes = Family::<TlsLabels, Counter>::default();
     let check_ok = Family::<ServerLabels, Gauge>::default();
     let mut latencies = Vec::new();
     let retries = Family::<PoolLabel, Counter>::default();
@@ -270,6 +279,15 @@ pub fn render(shared: &Shared) -> String {
             answered_429
                 .get_or_create(&l)
                 .inc_by(s.answered_429.load(std::sync::atomic::Ordering::Relaxed));
+            for (kind, n) in [("full", &s.tls_full), ("resumed", &s.tls_resumed)] {
+                tls_handshakes
+                    .get_or_create(&TlsLabels {
+                        pool: l.pool.clone(),
+                        server: l.server.clone(),
+                        kind: kind.to_owned(),
+                    })
+                    .inc_by(n.load(std::sync::atomic::Ordering::Relaxed));
+            }
             let check = s.check_status();
             check_ok.get_or_create(&l).set(i64::from(check.ok));
             latencies.push((l.clone(), s.check_latency.clone()));
@@ -301,6 +319,11 @@ pub fn render(shared: &Shared) -> String {
         "ingress_server_answered_429",
         "429 answers the server gave to upgrades",
         answered_429,
+    );
+    r.register(
+        "ingress_server_tls_handshakes",
+        "TLS handshakes with the server (calls, requests and checks), full or resumed",
+        tls_handshakes,
     );
     r.register(
         "ingress_server_check_ok",

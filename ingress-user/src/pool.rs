@@ -148,6 +148,9 @@ pub struct Live {
     pub sessions_total: AtomicU64,
     /// 429s this server answered.
     pub answered_429: AtomicU64,
+    /// TLS handshakes with the server: full, and resumed from a session it issued.
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
     pub check: Mutex<CheckStatus>,
     pub last_report: Mutex<Option<Instant>>,
     /// Fired to cut this server's tunnels (removal with `--now`, shutdown-sessions).
@@ -209,6 +212,8 @@ impl Server {
                 admin: AtomicU8::new(AdminState::Ready as u8),
                 sessions_total: AtomicU64::new(0),
                 answered_429: AtomicU64::new(0),
+                tls_full: AtomicU64::new(0),
+                tls_resumed: AtomicU64::new(0),
                 check: Mutex::new(CheckStatus::default()),
                 last_report: Mutex::new(None),
                 cut: tokio::sync::Notify::new(),
@@ -495,6 +500,12 @@ pub struct Pool {
     pub passed_429_total: AtomicU64,
     /// TLS towards the servers; None for `tls = false`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// Per server (by id): `tls` with a session cache of its own, built on
+    /// first use. rustls keys resumption by server name, and servers of a
+    /// pool may share one (or an IP); a shared cache would offer one fleet's
+    /// tickets to another and fall back to full handshakes. Rebuilt with the
+    /// pool on every reload, so a changed `[tls]` never resumes old sessions.
+    server_tls: Mutex<std::collections::HashMap<u32, Arc<rustls::ClientConfig>>>,
     pub hash_key: String,
     pub cookie: String,
     pub slowstart: Option<std::time::Duration>,
@@ -534,6 +545,7 @@ impl Pool {
             retries_total: AtomicU64::new(0),
             passed_429_total: AtomicU64::new(0),
             tls,
+            server_tls: Mutex::new(std::collections::HashMap::new()),
             hash_key: cfg.hash_key.clone(),
             cookie: cfg.cookie.clone(),
             slowstart: cfg.slowstart.map(|d| d.0),
@@ -658,6 +670,19 @@ impl Pool {
             accepted: false,
             demand: hints.demand,
         })
+    }
+
+    /// The TLS config to reach `server` with (None for `tls = false`).
+    pub fn client_tls(&self, server: &Server) -> Option<Arc<rustls::ClientConfig>> {
+        let base = self.tls.as_ref()?;
+        let mut configs = self.server_tls.lock().unwrap_or_else(|e| e.into_inner());
+        let config = configs.entry(server.id).or_insert_with(|| {
+            let mut c = rustls::ClientConfig::clone(base);
+            // One server name per cache; rustls keeps up to 8 TLS 1.3 tickets per name.
+            c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+            Arc::new(c)
+        });
+        Some(Arc::clone(config))
     }
 
     /// The server with the most effective capacity (for outbound dialers), without reserving.

@@ -50,7 +50,7 @@ async fn attempt(
     early: &[u8],
 ) -> Attempt<upstream::UpStream> {
     let server = &lease.server;
-    let mut up = match upstream::connect(server, pool.tls.as_ref(), rt.timeouts.connect.0).await {
+    let mut up = match upstream::connect(server, pool.client_tls(server), rt.timeouts.connect.0).await {
         Ok(s) => s,
         Err(e) => return Attempt::Failed(RetryOn::ConnFailure, e.to_string()),
     };

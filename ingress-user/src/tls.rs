@@ -30,10 +30,12 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The front's provider: AES-128-GCM/SHA-256 suites first. Every carrier
-/// stack offers them, and they skip SHA-384, the largest single cost of a
-/// handshake in our profile (see the README's Performance section).
-fn front_provider() -> Arc<CryptoProvider> {
+/// The provider of both sides: AES-128-GCM/SHA-256 suites first. Every
+/// carrier and fleet stack has them, and they skip SHA-384, the largest
+/// single cost of a handshake in our profile (see the README's Performance
+/// section). The front picks by this order; fleets that follow the
+/// client's order (the default of rustls and OpenSSL) pick by it too.
+fn preferred_provider() -> Arc<CryptoProvider> {
     let mut p = rustls::crypto::ring::default_provider();
     p.cipher_suites.sort_by_key(|s| match s.suite() {
         rustls::CipherSuite::TLS13_AES_128_GCM_SHA256 => 0,
@@ -52,7 +54,7 @@ pub fn server_config(store: Arc<CertStore>, min: TlsVersion) -> Result<Arc<Serve
         TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
         TlsVersion::Tls13 => &[&rustls::version::TLS13],
     };
-    let mut cfg = ServerConfig::builder_with_provider(front_provider())
+    let mut cfg = ServerConfig::builder_with_provider(preferred_provider())
         .with_protocol_versions(versions)?
         .with_no_client_auth()
         .with_cert_resolver(Arc::new(CertResolver(store)));
@@ -62,8 +64,9 @@ pub fn server_config(store: Arc<CertStore>, min: TlsVersion) -> Result<Arc<Serve
 }
 
 /// A pool's client config: its `ca` or the system roots, or no verification.
+/// Sessions are resumed per server (see `Pool::client_tls`).
 pub fn client_config(tls: &PoolTls) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(provider())
+    let builder = ClientConfig::builder_with_provider(preferred_provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
     let mut cfg = if !tls.verify {
         builder

@@ -70,7 +70,7 @@ pub enum ConnectError {
 /// Connects and completes the TLS handshake (unless `tls` is None) within `timeout`.
 pub async fn connect(
     server: &Server,
-    tls: Option<&Arc<rustls::ClientConfig>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
 ) -> Result<UpStream, ConnectError> {
     let addr = server.def.addr();
@@ -93,10 +93,17 @@ pub async fn connect(
         let Some(tls) = tls else {
             return Ok(UpStream::Plain(tcp));
         };
-        TlsConnector::from(Arc::clone(tls))
+        TlsConnector::from(tls)
             .connect(server.server_name.clone(), tcp)
             .await
-            .map(|s| UpStream::Tls(Box::new(s)))
+            .map(|s| {
+                let counter = match s.get_ref().1.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => &server.tls_resumed,
+                    _ => &server.tls_full,
+                };
+                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                UpStream::Tls(Box::new(s))
+            })
             .map_err(|source| ConnectError::Tls {
                 addr: addr.clone(),
                 source,

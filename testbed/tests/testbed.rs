@@ -39,7 +39,10 @@ fn a_proc_without_a_json_ready_line_is_an_error_naming_it() {
 fn a_net_pair_exists_while_held_and_is_gone_after_drop() {
     let pair = NetPair::new('s').unwrap();
     let listed = namespaces();
-    assert!(listed.contains(&pair.ingress_ns) && listed.contains(&pair.carrier_ns), "{listed}");
+    assert!(
+        listed.contains(&pair.ingress_ns) && listed.contains(&pair.carrier_ns),
+        "{listed}"
+    );
     // The veth works: a connect from the carrier side reaches a listener on the ingress side.
     assert_eq!(netns::tcp_in_segs(&pair.ingress_ns), 0, "no TCP yet");
     let ip = pair.ingress_ip;

@@ -258,6 +258,37 @@ async fn a_hung_fleet_costs_at_most_one_call_one_connect_timeout() {
     assert_ne!(s["state"], "UP", "{s}");
 }
 
+/// Both fleets answer to the same name (127.0.0.1) but issue their own TLS
+/// sessions: each is resumed against the fleet that issued it, so after the
+/// first handshake with a fleet (a call's or a check's) the rest resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_tls_sessions_resume_per_fleet() {
+    let dir = TestDir::new("resume");
+    let pki = Pki::new(&dir);
+    let (_f1, _f2, ingress) = two_fleets(&dir, &pki, "", "").await;
+    for i in 0..20 {
+        let mut ws = call(&ingress, &pki, &format!("/ws/resume-{i}")).await.unwrap();
+        echo(&mut ws, "hi").await.unwrap();
+    }
+    let m = ingress.metrics().await;
+    for fleet in ["fleet1", "fleet2"] {
+        let count = |kind| {
+            metric(
+                &m,
+                "ingress_server_tls_handshakes_total",
+                &[("server", fleet), ("kind", kind)],
+            )
+            .unwrap_or(0.0)
+        };
+        let (full, resumed) = (count("full"), count("resumed"));
+        // Full: the first call's or check's, and one more when a check and a call race to be first.
+        assert!(
+            full <= 2.0 && resumed >= 8.0,
+            "{fleet}: {full} full and {resumed} resumed handshakes"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_bodies_are_parsed_not_matched() {
     let dir = TestDir::new("bodies");
