@@ -1,7 +1,8 @@
 //! Data path: routes of kind `http`. Ordinary requests are proxied with
 //! keep-alive on both sides (hyper), bodies streamed, `X-Forwarded-*` set,
 //! hop-by-hop headers dropped, upstream connections pooled per server. The
-//! front has already read the first head; it is replayed into hyper.
+//! front has already read the first head; it is replayed into hyper. A
+//! WebSocket upgrade later on the connection becomes a call like any other.
 
 use std::{
     pin::Pin,
@@ -117,6 +118,7 @@ where
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
         .serve_connection(TokioIo::new(rewind), svc)
+        .with_upgrades()
         .await;
 }
 
@@ -154,7 +156,7 @@ async fn handle(
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned);
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
-    let (route, pool_index, hash_key) = match rt.routes.lookup(&target, host.as_deref()) {
+    let (route, pool_index, hash_key, bot_id) = match rt.routes.lookup(&target, host.as_deref()) {
         Target::Pool { route, pool, params } if rt.routes.routes[route].kind == RouteKind::Http => {
             let key_name = rt.pools[pool].hash_key.as_str();
             let key = if key_name == "path" {
@@ -162,7 +164,8 @@ async fn handle(
             } else {
                 params.iter().find(|(k, _)| k == key_name).map(|(_, v)| (*v).to_owned())
             };
-            (route, pool, key)
+            let bot_id = params.iter().find(|(k, _)| k == "bot_id").map(|(_, v)| (*v).to_owned());
+            (route, pool, key, bot_id)
         }
         Target::Health => return local(StatusCode::OK, "ok"),
         _ => {
@@ -171,11 +174,15 @@ async fn handle(
         }
     };
     if req.headers().contains_key(header::UPGRADE) {
-        shared.metrics.response(400);
-        return local(
-            StatusCode::BAD_REQUEST,
-            "an upgrade must be the first request of a connection",
-        );
+        let call = LaterCall {
+            route,
+            pool: pool_index,
+            hash_key,
+            bot_id,
+            peer,
+            local_port,
+        };
+        return later_upgrade(shared, rt, req, call).await;
     }
     let pool = Arc::clone(&rt.pools[pool_index]);
     let sticky = if pool.balance == Balance::Cookie {
@@ -255,6 +262,143 @@ async fn handle(
     Response::from_parts(parts, Either::Left(body))
 }
 
+/// Buffer of the in-memory pipe of a later upgrade, each way.
+const PIPE_BYTES: usize = 16 * 1024;
+
+/// Where a later upgrade goes (from the route lookup).
+struct LaterCall {
+    route: usize,
+    pool: usize,
+    hash_key: Option<String>,
+    bot_id: Option<String>,
+    peer: std::net::SocketAddr,
+    local_port: u16,
+}
+
+/// A WebSocket upgrade after other requests on a keep-alive connection. The
+/// call goes through `proxy::forward` like a first-request upgrade (same
+/// picking, retries, cookie, tunnel, metrics and call log), with an
+/// in-memory pipe standing in for the carrier: the fleet's answer read from
+/// the pipe becomes hyper's response, and after a 101 the pipe is spliced to
+/// the upgraded connection. A refusal (503, 429, 502) leaves the connection
+/// open for further requests.
+async fn later_upgrade(
+    shared: Arc<Shared>,
+    rt: Arc<crate::runtime::Runtime>,
+    mut req: Request<Incoming>,
+    call: LaterCall,
+) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let head = RequestHead {
+        method: req.method().as_str().to_owned(),
+        target: req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        minor_version: u8::from(req.version() != http::Version::HTTP_10),
+        headers: req
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .collect(),
+        rest: bytes::BytesMut::new(),
+    };
+    if let Some(why) = crate::http1::websocket_upgrade_error(&head) {
+        shared.metrics.bad_request("not_websocket");
+        shared.metrics.response(400);
+        return local(StatusCode::BAD_REQUEST, why);
+    }
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    drop(req);
+    let (mut carrier, pipe) = tokio::io::duplex(PIPE_BYTES);
+    {
+        let shared = Arc::clone(&shared);
+        let rt = Arc::clone(&rt);
+        tokio::spawn(async move {
+            let route_path = rt.routes.routes[call.route].path.clone();
+            let c = crate::proxy::Call {
+                peer: call.peer,
+                local_port: call.local_port,
+                route: &route_path,
+                bot_id: call.bot_id.as_deref(),
+                hash_key: call.hash_key.as_deref(),
+                started,
+            };
+            crate::proxy::forward(&shared, Arc::clone(&rt), call.pool, pipe, head, c).await;
+        });
+    }
+    let limits = crate::http1::HeadLimits {
+        max_bytes: rt.limits.max_header_bytes,
+        max_headers: rt.limits.max_headers,
+    };
+    // `forward` always answers: its attempts are bounded by its own timeouts.
+    let answer = match crate::http1::read_response(&mut carrier, limits, std::time::Duration::from_secs(3600)).await {
+        Ok(a) => a,
+        Err(e) => return local(StatusCode::BAD_GATEWAY, &format!("no answer for the upgrade: {e}")),
+    };
+    let mut builder = Response::builder().status(answer.status);
+    let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut parsed = httparse::Response::new(&mut headers);
+    let framing = ["content-length", "transfer-encoding", "connection", "keep-alive"];
+    if parsed.parse(&answer.raw).is_ok() {
+        for h in parsed.headers.iter() {
+            if answer.status == 101 || !framing.iter().any(|f| h.name.eq_ignore_ascii_case(f)) {
+                builder = builder.header(h.name, h.value);
+            }
+        }
+    }
+    if answer.status != 101 {
+        // A refusal: the whole answer follows, then `forward` closes its end.
+        // hyper frames the body anew; the connection stays open.
+        let mut body = answer.rest.to_vec();
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut carrier, &mut body),
+        )
+        .await;
+        if let Some(n) = answer.content_length {
+            body.truncate(usize::try_from(n).unwrap_or(usize::MAX));
+        } else if answer.chunked {
+            body = dechunk(&body);
+        }
+        return builder
+            .body(Either::Right(Full::new(Bytes::from(body))))
+            .unwrap_or_else(|e| local(StatusCode::BAD_GATEWAY, &format!("unusable answer: {e}")));
+    }
+    let early = answer.rest.freeze();
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else { return };
+        let mut client = TokioIo::new(upgraded);
+        if !early.is_empty() && tokio::io::AsyncWriteExt::write_all(&mut client, &early).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut carrier).await;
+    });
+    builder
+        .body(Either::Right(Full::new(Bytes::new())))
+        .unwrap_or_else(|e| local(StatusCode::BAD_GATEWAY, &format!("unusable answer: {e}")))
+}
+
+/// The payload of a complete chunked body (trailers dropped; a cut body
+/// yields what arrived whole).
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = std::str::from_utf8(&rest[..eol])
+            .ok()
+            .and_then(|l| usize::from_str_radix(l.split(';').next().unwrap_or("").trim(), 16).ok());
+        let Some(size) = size.filter(|&n| n > 0) else {
+            return out;
+        };
+        rest = &rest[eol + 2..];
+        let Some(chunk) = rest.get(..size) else {
+            return out;
+        };
+        out.extend_from_slice(chunk);
+        rest = rest.get(size + 2..).unwrap_or_default();
+    }
+}
+
 /// An idle pooled connection to `server`, or a new one.
 async fn checkout(
     server: &Server,
@@ -302,5 +446,18 @@ fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
         && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
     {
         headers.insert(header::COOKIE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn dechunk_joins_chunks_and_stops_at_the_end_or_a_cut() {
+        assert_eq!(dechunk(b"5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nTrailer: t\r\n\r\n"), b"hello!");
+        assert_eq!(dechunk(b"5\r\nhello\r\n3\r\nab"), b"hello", "a cut chunk is left out");
+        assert_eq!(dechunk(b"zz\r\nhello\r\n"), b"", "a bad size ends it");
+        assert_eq!(dechunk(b""), b"");
     }
 }

@@ -485,7 +485,10 @@ pub fn set_cookie(head: &str) -> Option<String> {
 }
 
 /// Sends one text message and expects it back within 5 s.
-pub async fn echo(ws: &mut client::Wss, text: &str) -> Result<(), String> {
+pub async fn echo<S>(ws: &mut tokio_tungstenite::WebSocketStream<S>, text: &str) -> Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     use futures_util::{SinkExt as _, StreamExt as _};
     use tokio_tungstenite::tungstenite::Message;
     ws.send(Message::text(text)).await.map_err(|e| format!("send: {e}"))?;

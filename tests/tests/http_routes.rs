@@ -7,7 +7,10 @@ use std::{collections::BTreeMap, sync::Arc};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, https_raw, parse_response, set_cookie, upgrade_head};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, echo, https_raw, parse_response, set_cookie, upgrade_head};
+
+/// A WebSocket over an upgraded keep-alive connection.
+type Upgraded = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 /// One keep-alive HTTPS connection to the ingress.
 struct Conn(hyper::client::conn::http1::SendRequest<Full<Bytes>>);
@@ -18,8 +21,44 @@ impl Conn {
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
         let s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(s)).await.unwrap();
-        tokio::spawn(conn);
+        tokio::spawn(conn.with_upgrades());
         Self(sender)
+    }
+
+    /// A WebSocket upgrade on this connection: the response, and the
+    /// WebSocket after a 101.
+    async fn upgrade(&mut self, path: &str, cookie: Option<&str>) -> (http::response::Parts, Option<Upgraded>) {
+        let mut req = http::Request::builder()
+            .uri(path)
+            .header("host", "localhost")
+            .header("upgrade", "websocket")
+            .header("connection", "Upgrade")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        self.0.ready().await.expect("connection ready");
+        let resp = self
+            .0
+            .send_request(req.body(Full::new(Bytes::new())).unwrap())
+            .await
+            .expect("response");
+        let (parts, body) = resp.into_parts();
+        if parts.status != 101 {
+            let _ = body.collect().await;
+            return (parts, None);
+        }
+        let upgraded = hyper::upgrade::on(http::Response::from_parts(parts.clone(), body))
+            .await
+            .expect("upgraded");
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        (parts, Some(ws))
     }
 
     async fn send(
@@ -169,6 +208,48 @@ async fn sticky_clients_keep_their_server_and_move_when_it_stops() {
     assert_ne!(server, gone);
     assert!(new_pin.is_some_and(|p| p != jars[0]), "with a new cookie");
     fleets.remove(idx);
+}
+
+/// An upgrade after other requests on the same keep-alive connection is a
+/// call like a first-request one: sticky to the client's server, echoed, and
+/// refused with 503 (the connection staying usable) when no fleet has a worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_later_on_a_keepalive_connection_is_a_call() {
+    let dir = TestDir::new("httplater");
+    let pki = Pki::new(&dir);
+    let (fleets, ingress) = setup(&dir, &pki, "cookie", None, 4).await;
+    let mut conn = Conn::open(&ingress, pki.client_tls()).await;
+    let (status, headers, v) = conn.send("GET", "/api/login", "localhost", None, Vec::new()).await;
+    assert_eq!(status, 200);
+    let jar = pin(&headers).expect("pinned");
+    let server = v["server"].as_str().unwrap().to_owned();
+    for i in 0..3 {
+        let (status, _, v) = conn
+            .send("GET", &format!("/api/page/{i}"), "localhost", Some(&jar), Vec::new())
+            .await;
+        assert_eq!((status, v["server"].as_str()), (200, Some(server.as_str())));
+    }
+    let (parts, ws) = conn.upgrade("/api/ws/later", Some(&jar)).await;
+    assert_eq!(parts.status, 101, "{parts:?}");
+    assert!(parts.headers.get("set-cookie").is_none(), "kept its server: {parts:?}");
+    let mut ws = ws.unwrap();
+    echo(&mut ws, "over the same connection").await.unwrap();
+    let owner = fleets.iter().find(|f| f.https.to_string() == server).unwrap();
+    assert_eq!(owner.state().await["calls"], 1, "the call is on the client's server");
+    drop(ws);
+    // Every worker busy: the upgrade is refused, the connection goes on.
+    for f in &fleets {
+        f.control("/occupy?n=4").await;
+    }
+    ingress.wait_state(&["api1", "api2", "api3"], "FULL").await;
+    let mut conn = Conn::open(&ingress, pki.client_tls()).await;
+    let (status, _, _) = conn.send("GET", "/api/before", "localhost", None, Vec::new()).await;
+    assert_eq!(status, 200, "a FULL fleet still answers its API");
+    let (parts, ws) = conn.upgrade("/api/ws/refused", None).await;
+    assert_eq!(parts.status, 503, "{parts:?}");
+    assert!(parts.headers.contains_key("retry-after") && ws.is_none());
+    let (status, _, _) = conn.send("GET", "/api/after", "localhost", None, Vec::new()).await;
+    assert_eq!(status, 200, "the connection is still usable");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
