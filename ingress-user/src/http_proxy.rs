@@ -455,7 +455,10 @@ mod tests {
 
     #[test]
     fn dechunk_joins_chunks_and_stops_at_the_end_or_a_cut() {
-        assert_eq!(dechunk(b"5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nTrailer: t\r\n\r\n"), b"hello!");
+        assert_eq!(
+            dechunk(b"5\r\nhello\r\n1;x=y\r\n!\r\n0\r\nTrailer: t\r\n\r\n"),
+            b"hello!"
+        );
         assert_eq!(dechunk(b"5\r\nhello\r\n3\r\nab"), b"hello", "a cut chunk is left out");
         assert_eq!(dechunk(b"zz\r\nhello\r\n"), b"", "a bad size ends it");
         assert_eq!(dechunk(b""), b"");

@@ -467,6 +467,15 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// A lease on a slot `try_reserve` just took.
+    fn new(server: &Arc<Server>, demand: Demand) -> Self {
+        Self {
+            server: Arc::clone(server),
+            accepted: false,
+            demand,
+        }
+    }
+
     pub fn accepted(&mut self) {
         self.accepted = true;
     }
@@ -612,11 +621,7 @@ impl Pool {
             && s.accepts(hints.demand)
         {
             if s.try_reserve(hints.demand) {
-                return Some(Lease {
-                    server: Arc::clone(s),
-                    accepted: false,
-                    demand: hints.demand,
-                });
+                return Some(Lease::new(s, hints.demand));
             }
             skip.push(s.id);
         }
@@ -657,19 +662,13 @@ impl Pool {
                 continue;
             }
             if server.try_reserve(hints.demand) {
-                return Some(Lease {
-                    server: Arc::clone(server),
-                    accepted: false,
-                    demand: hints.demand,
-                });
+                return Some(Lease::new(server, hints.demand));
             }
             skip.push(server.id);
         }
-        passed_over.filter(|s| s.try_reserve(hints.demand)).map(|s| Lease {
-            server: Arc::clone(s),
-            accepted: false,
-            demand: hints.demand,
-        })
+        passed_over
+            .filter(|s| s.try_reserve(hints.demand))
+            .map(|s| Lease::new(s, hints.demand))
     }
 
     /// The TLS config to reach `server` with (None for `tls = false`).
