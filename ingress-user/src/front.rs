@@ -96,8 +96,11 @@ async fn handle_https(
     let started = std::time::Instant::now();
     let (limits, header_timeout) = limits(&shared);
     let deadline = Instant::now() + header_timeout;
-    let mut tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(s)) => s,
+    // The stream and every phase before the tunnel are boxed: a call's task
+    // then holds only what the tunnel needs for as long as the call lasts,
+    // not the largest state of the handshake or the head parsing.
+    let mut tls = match tokio::time::timeout_at(deadline, Box::pin(acceptor.accept(tcp))).await {
+        Ok(Ok(s)) => Box::new(s),
         Ok(Err(e)) => {
             shared.metrics.tls_error(tls_reason(&e));
             tracing::debug!(%peer, error = %e, "TLS handshake failed");
@@ -109,7 +112,14 @@ async fn handle_https(
         }
     };
     shared.metrics.tls_handshakes.inc();
-    let head = match http1::read_request(&mut tls, BytesMut::with_capacity(2048), limits, deadline).await {
+    let head = match Box::pin(http1::read_request(
+        &mut tls,
+        BytesMut::with_capacity(2048),
+        limits,
+        deadline,
+    ))
+    .await
+    {
         Ok(h) => h,
         Err(e) => {
             refuse_head(&mut tls, &shared, &e).await;

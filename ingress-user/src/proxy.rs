@@ -168,7 +168,8 @@ pub async fn forward<C>(
         }
         tried.push(lease.server.id);
         server_name = lease.server.name().to_owned();
-        match attempt(&lease, &pool, &rt, &request, &head.rest).await {
+        // Boxed: its read buffer is not kept in the call's task for the whole call.
+        match Box::pin(attempt(&lease, &pool, &rt, &request, &head.rest)).await {
             Attempt::Upgraded(up, resp) => {
                 lease.accepted();
                 shared.changed.notify_one();
