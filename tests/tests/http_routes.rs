@@ -90,7 +90,7 @@ impl Conn {
     }
 }
 
-async fn setup(dir: &TestDir, pki: &Pki, balance: &str, host: Option<&str>, workers: u32) -> (Vec<Fleet>, Ingress) {
+async fn setup(dir: &TestDir, pki: &Pki, pool_extra: &str, host: Option<&str>, workers: u32) -> (Vec<Fleet>, Ingress) {
     let fleets: Vec<Fleet> = (1..=3)
         .map(|i| Fleet::start(dir, pki, &format!("fleet{i}"), workers))
         .collect();
@@ -101,7 +101,7 @@ async fn setup(dir: &TestDir, pki: &Pki, balance: &str, host: Option<&str>, work
         .collect();
     let refs: Vec<(&str, std::net::SocketAddr)> = servers.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     let host_line = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
-    let cfg = config(dir, pki, &refs, &format!("balance = \"{balance}\""), "").replacen(
+    let cfg = config(dir, pki, &refs, pool_extra, "").replacen(
         "[[routes]]\n",
         &format!("[[routes]]\npath = \"/api/*\"\npool = \"fleets\"\nkind = \"http\"\n{host_line}\n[[routes]]\n"),
         1,
@@ -117,7 +117,7 @@ async fn roundrobin_spreads_300_keepalive_requests_100_100_100() {
     let pki = Pki::new(&dir);
     // Ten call workers per fleet, 100 requests each: plain requests are not
     // calls and do not use up what the fleet reports between two checks.
-    let (fleets, ingress) = setup(&dir, &pki, "roundrobin", None, 10).await;
+    let (fleets, ingress) = setup(&dir, &pki, "balance = \"roundrobin\"", None, 10).await;
     let mut conn = Conn::open(&ingress, pki.client_tls()).await;
     for i in 0..300 {
         let (status, _, v) = conn
@@ -149,7 +149,7 @@ fn pin(headers: &http::HeaderMap) -> Option<String> {
 async fn sticky_clients_keep_their_server_and_move_when_it_stops() {
     let dir = TestDir::new("httpsticky");
     let pki = Pki::new(&dir);
-    let (mut fleets, ingress) = setup(&dir, &pki, "cookie", None, 100).await;
+    let (mut fleets, ingress) = setup(&dir, &pki, "balance = \"cookie\"", None, 100).await;
     let tls = pki.client_tls();
     let mut owners = BTreeMap::new();
     let mut jars = Vec::new();
@@ -217,7 +217,7 @@ async fn sticky_clients_keep_their_server_and_move_when_it_stops() {
 async fn an_upgrade_later_on_a_keepalive_connection_is_a_call() {
     let dir = TestDir::new("httplater");
     let pki = Pki::new(&dir);
-    let (fleets, ingress) = setup(&dir, &pki, "cookie", None, 4).await;
+    let (fleets, ingress) = setup(&dir, &pki, "balance = \"cookie\"", None, 4).await;
     let mut conn = Conn::open(&ingress, pki.client_tls()).await;
     let (status, headers, v) = conn.send("GET", "/api/login", "localhost", None, Vec::new()).await;
     assert_eq!(status, 200);
@@ -252,11 +252,52 @@ async fn an_upgrade_later_on_a_keepalive_connection_is_a_call() {
     assert_eq!(status, 200, "the connection is still usable");
 }
 
+/// Slowstart with real requests: a server back UP after being DOWN gets a
+/// share of 1 000 requests spread over its 4 s window that grows from
+/// quarter to quarter (the ramp is linear from 5 % of a full share).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowstart_ramps_a_recovered_servers_share_of_1000_requests() {
+    let dir = TestDir::new("httpslow");
+    let pki = Pki::new(&dir);
+    let (fleets, ingress) = setup(&dir, &pki, "balance = \"roundrobin\"\nslowstart = \"4s\"", None, 100).await;
+    fleets[0].control("/health?mode=500").await;
+    ingress.wait_state(&["api1"], "DOWN").await;
+    fleets[0].control("/health?mode=normal").await;
+    ingress.wait_state(&["api1"], "UP").await;
+    let recovered = std::time::Instant::now();
+    let mut conn = Conn::open(&ingress, pki.client_tls()).await;
+    let mut share = Vec::new();
+    for quarter in 1..=4u32 {
+        let mut to_api1 = 0;
+        for i in 0..250 {
+            let (status, _, v) = conn
+                .send(
+                    "GET",
+                    &format!("/api/ramp/{quarter}/{i}"),
+                    "localhost",
+                    None,
+                    Vec::new(),
+                )
+                .await;
+            assert_eq!(status, 200);
+            to_api1 += u32::from(v["server"].as_str() == Some(fleets[0].https.to_string().as_str()));
+        }
+        share.push(f64::from(to_api1) / 250.0);
+        // Pace the load over the window: each quarter of requests fills one second.
+        tokio::time::sleep_until((recovered + std::time::Duration::from_secs(quarter.into())).into()).await;
+    }
+    eprintln!("api1's share per quarter of the slowstart window: {share:?}");
+    assert!(
+        share[0] < share[3] * 0.6 && share[0] < share[1].max(share[2]) && share[3] > 0.2,
+        "api1's share per quarter of the window: {share:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn host_routing_and_smuggling_guards() {
     let dir = TestDir::new("httphost");
     let pki = Pki::new(&dir);
-    let (_fleets, ingress) = setup(&dir, &pki, "leastconn", Some("api.example.com"), 100).await;
+    let (_fleets, ingress) = setup(&dir, &pki, "balance = \"leastconn\"", Some("api.example.com"), 100).await;
     let mut conn = Conn::open(&ingress, pki.client_tls()).await;
     let (status, _, _) = conn
         .send("GET", "/api/x", "api.example.com:443", None, Vec::new())
