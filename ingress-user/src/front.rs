@@ -91,7 +91,7 @@ async fn handle_https(
     local_port: u16,
     shared: Arc<Shared>,
     acceptor: TlsAcceptor,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
 ) {
     let started = std::time::Instant::now();
     let (limits, header_timeout) = limits(&shared);
@@ -153,7 +153,7 @@ async fn handle_https(
                     return;
                 }
                 drop(params);
-                crate::http_proxy::serve(Arc::clone(&shared), tls, head, peer, local_port).await;
+                crate::http_proxy::serve(Arc::clone(&shared), tls, head, peer, local_port, permit).await;
                 return;
             }
             if let Some(why) = http1::websocket_upgrade_error(&head) {

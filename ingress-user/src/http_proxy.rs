@@ -15,7 +15,10 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    sync::OwnedSemaphorePermit,
+};
 
 use crate::{
     config::{Balance, RouteKind},
@@ -103,17 +106,28 @@ fn replay(head: &RequestHead) -> Bytes {
 }
 
 /// Serves an `http` route's connection until the client closes it.
-pub async fn serve<S>(shared: Arc<Shared>, io: S, head: RequestHead, peer: std::net::SocketAddr, local_port: u16)
-where
+/// `permit` is the connection's `max_connections` slot: a later upgrade
+/// outlives this function (hyper hands its connection over) and keeps a
+/// share of it until the call ends.
+pub async fn serve<S>(
+    shared: Arc<Shared>,
+    io: S,
+    head: RequestHead,
+    peer: std::net::SocketAddr,
+    local_port: u16,
+    permit: OwnedSemaphorePermit,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let rewind = Rewind {
         prefix: replay(&head),
         inner: io,
     };
+    let permit = Arc::new(permit);
     let svc = hyper::service::service_fn(move |req| {
         let shared = Arc::clone(&shared);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, peer, local_port).await) }
+        let permit = Arc::clone(&permit);
+        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, peer, local_port, permit).await) }
     });
     let _ = hyper::server::conn::http1::Builder::new()
         .keep_alive(true)
@@ -148,6 +162,7 @@ async fn handle(
     mut req: Request<Incoming>,
     peer: std::net::SocketAddr,
     local_port: u16,
+    permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let rt = shared.runtime.load_full();
     let host = req
@@ -181,6 +196,7 @@ async fn handle(
             bot_id,
             peer,
             local_port,
+            permit,
         };
         return later_upgrade(shared, rt, req, call).await;
     }
@@ -273,6 +289,7 @@ struct LaterCall {
     bot_id: Option<String>,
     peer: std::net::SocketAddr,
     local_port: u16,
+    permit: Arc<OwnedSemaphorePermit>,
 }
 
 /// A WebSocket upgrade after other requests on a keep-alive connection. The
@@ -280,8 +297,9 @@ struct LaterCall {
 /// picking, retries, cookie, tunnel, metrics and call log), with an
 /// in-memory pipe standing in for the carrier: the fleet's answer read from
 /// the pipe becomes hyper's response, and after a 101 the pipe is spliced to
-/// the upgraded connection. A refusal (503, 429, 502) leaves the connection
-/// open for further requests.
+/// the upgraded connection (idle timeout and linger as any tunnel; the
+/// connection's slot held until then). A refusal (503, 429, 502) leaves the
+/// connection open for further requests.
 async fn later_upgrade(
     shared: Arc<Shared>,
     rt: Arc<crate::runtime::Runtime>,
@@ -324,9 +342,10 @@ async fn later_upgrade(
             crate::proxy::forward(&shared, Arc::clone(&rt), call.pool, pipe, head, c).await;
         });
     }
+    // The fleet's head within our limits, plus the `Set-Cookie` `forward` may add.
     let limits = crate::http1::HeadLimits {
-        max_bytes: rt.limits.max_header_bytes,
-        max_headers: rt.limits.max_headers,
+        max_bytes: rt.limits.max_header_bytes + 512,
+        max_headers: rt.limits.max_headers + 1,
     };
     // `forward` always answers: its attempts are bounded by its own timeouts.
     let answer = match crate::http1::read_response(&mut carrier, limits, std::time::Duration::from_secs(3600)).await {
@@ -363,13 +382,16 @@ async fn later_upgrade(
             .unwrap_or_else(|e| local(StatusCode::BAD_GATEWAY, &format!("unusable answer: {e}")));
     }
     let early = answer.rest.freeze();
+    let (idle, permit) = (rt.timeouts.tunnel_idle.0, call.permit);
     tokio::spawn(async move {
+        let _permit = permit;
         let Ok(upgraded) = on_upgrade.await else { return };
         let mut client = TokioIo::new(upgraded);
         if !early.is_empty() && tokio::io::AsyncWriteExt::write_all(&mut client, &early).await.is_err() {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut carrier).await;
+        // `forward` accounts for the call; this splice only has to end with it.
+        let _ = crate::tunnel::run(client, carrier, idle, std::future::pending()).await;
     });
     builder
         .body(Either::Right(Full::new(Bytes::new())))

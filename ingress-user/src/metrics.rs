@@ -348,6 +348,11 @@ pub fn render(shared: &Shared) -> String {
         pool_capacity,
     );
     r.register(
+        "ingress_connections_open",
+        "Front connections holding a max_connections slot, calls included",
+        gauge(shared.connections_open() as i64),
+    );
+    r.register(
         "ingress_cert_reloads",
         "Certificate directory reloads that changed something",
         counter(shared.certs.reloads.load(std::sync::atomic::Ordering::Relaxed)),

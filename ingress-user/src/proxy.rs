@@ -192,6 +192,8 @@ pub async fn forward<C>(
                     log(101, attempts, &server_name, 0, 0, "client_error");
                     return;
                 }
+                // Nothing of the handshake is needed for the rest of the call.
+                drop((head_out, resp, request, head, tried, last_answer, last_failure));
                 shared.metrics.response(101);
                 let cut = lease.server.cut.notified();
                 let stats = tunnel::run(client, up, rt.timeouts.tunnel_idle.0, cut).await;

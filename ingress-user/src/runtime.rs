@@ -94,6 +94,13 @@ impl Shared {
         }
     }
 
+    /// Front connections holding a `max_connections` slot (calls included).
+    pub fn connections_open(&self) -> usize {
+        self.conn_limit_size
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .saturating_sub(self.conn_limit.available_permits())
+    }
+
     pub fn next_server_id(&self) -> u32 {
         self.next_server_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }

@@ -66,7 +66,7 @@ fn stamp(epoch: Instant) -> u64 {
 
 /// One read from `from`, written to `to` in the same poll as far as it
 /// goes; what `to` did not take is appended to `pending`. Returns the bytes
-/// read (0: EOF).
+/// read (0: EOF). While there is nothing to read, flushes `to`.
 fn poll_relay<R, W>(
     cx: &mut Context<'_>,
     from: &mut ReadHalf<R>,
@@ -80,7 +80,15 @@ where
     SCRATCH.with_borrow_mut(|scratch| {
         let mut rb = ReadBuf::new(&mut scratch[..]);
         match Pin::new(&mut *from).poll_read(cx, &mut rb) {
-            Poll::Pending => return Poll::Pending,
+            // Nothing to read: push out what the writer still holds (a TLS
+            // writer keeps records it could not send; they must not wait for
+            // the next bytes this way). Its waker is set too.
+            Poll::Pending => {
+                return match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                    _ => Poll::Pending,
+                };
+            }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Ready(Ok(())) => {}
         }
@@ -247,5 +255,22 @@ mod tests {
         drop((fleet, carrier));
         let stats = tunnel.await.unwrap();
         assert_eq!((stats.to_server, stats.to_client), (1_000_000, 1_000_000));
+    }
+
+    /// A writer that holds bytes until flushed (as a TLS stream can hold
+    /// records): a short message must not wait for the next one.
+    #[tokio::test]
+    async fn a_holding_writer_is_flushed_when_the_reader_goes_quiet() {
+        let (client, mut carrier) = tokio::io::duplex(1024);
+        let (server, mut fleet) = tokio::io::duplex(1024);
+        let server = tokio::io::BufWriter::new(server);
+        let _tunnel = tokio::spawn(run(client, server, Duration::from_secs(30), std::future::pending()));
+        carrier.write_all(b"hello").await.unwrap();
+        let mut got = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(5), fleet.read_exact(&mut got))
+            .await
+            .expect("the writer was flushed")
+            .unwrap();
+        assert_eq!(&got, b"hello");
     }
 }

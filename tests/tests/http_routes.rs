@@ -236,7 +236,19 @@ async fn an_upgrade_later_on_a_keepalive_connection_is_a_call() {
     echo(&mut ws, "over the same connection").await.unwrap();
     let owner = fleets.iter().find(|f| f.https.to_string() == server).unwrap();
     assert_eq!(owner.state().await["calls"], 1, "the call is on the client's server");
+    let open = |m: &str| ingress_tests::metric(m, "ingress_connections_open", &[]);
+    assert_eq!(
+        open(&ingress.metrics().await),
+        Some(1.0),
+        "the upgraded connection still holds its max_connections slot"
+    );
     drop(ws);
+    drop(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while open(&ingress.metrics().await) != Some(0.0) {
+        assert!(std::time::Instant::now() < deadline, "the slot was not given back");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
     // Every worker busy: the upgrade is refused, the connection goes on.
     for f in &fleets {
         f.control("/occupy?n=4").await;
