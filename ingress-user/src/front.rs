@@ -178,7 +178,7 @@ async fn handle_https(
                 hash_key: hash_key.as_deref(),
                 started,
             };
-            proxy::forward(&shared, Arc::clone(&rt), pool, tls, head, call).await;
+            proxy::forward(Arc::clone(&shared), Arc::clone(&rt), pool, tls, head, call, permit).await;
         }
     }
 }

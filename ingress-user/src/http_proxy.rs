@@ -339,7 +339,8 @@ async fn later_upgrade(
                 hash_key: call.hash_key.as_deref(),
                 started,
             };
-            crate::proxy::forward(&shared, Arc::clone(&rt), call.pool, pipe, head, c).await;
+            // The splice below holds the connection's slot.
+            crate::proxy::forward(Arc::clone(&shared), Arc::clone(&rt), call.pool, pipe, head, c, ()).await;
         });
     }
     // The fleet's head within our limits, plus the `Set-Cookie` `forward` may add.

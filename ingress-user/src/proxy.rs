@@ -109,15 +109,21 @@ async fn attempt(
 }
 
 /// Serves a validated upgrade on a route to `pool_index`.
-pub async fn forward<C>(
-    shared: &Shared,
+///
+/// After a 101 the tunnel runs in a task of its own, holding only what the
+/// call needs from then on (and `hold`, e.g. the connection's slot, until
+/// the call ends); this returns as soon as the fleet's answer is relayed.
+pub async fn forward<C, H>(
+    shared: Arc<Shared>,
     rt: Arc<Runtime>,
     pool_index: usize,
     mut client: C,
     head: RequestHead,
     call: Call<'_>,
+    hold: H,
 ) where
-    C: AsyncRead + AsyncWrite + Unpin,
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Send + 'static,
 {
     let pool = Arc::clone(&rt.pools[pool_index]);
     let mut head = head;
@@ -138,22 +144,12 @@ pub async fn forward<C>(
     let mut last_failure: Option<(RetryOn, String)> = None;
     let mut attempts = 0u32;
     let mut server_name = String::from("-");
-    let log = |status: u16, attempts: u32, server: &str, to_server: u64, to_client: u64, reason: &str| {
-        tracing::info!(
-            target: "call",
-            bot_id = call.bot_id.unwrap_or("-"),
-            route = call.route,
-            pool = %pool.name,
-            server,
-            status,
-            attempts,
-            duration_ms = call.started.elapsed().as_millis() as u64,
-            bytes_to_server = to_server,
-            bytes_to_client = to_client,
-            close_reason = reason,
-            client = %call.peer,
-            "call"
-        );
+    let log = CallLog {
+        bot_id: call.bot_id.unwrap_or("-").to_owned(),
+        route: call.route.to_owned(),
+        pool: Arc::clone(&pool.name),
+        started: call.started,
+        peer: call.peer,
     };
     loop {
         if attempts > pool.retries {
@@ -189,27 +185,22 @@ pub async fn forward<C>(
                 };
                 if write.await.is_err() {
                     shared.metrics.tunnel_closed("client_error");
-                    log(101, attempts, &server_name, 0, 0, "client_error");
+                    log.emit(101, attempts, &server_name, 0, 0, "client_error");
                     return;
                 }
-                // Nothing of the handshake is needed for the rest of the call.
-                drop((head_out, resp, request, head, tried, last_answer, last_failure));
                 shared.metrics.response(101);
-                let cut = lease.server.cut.notified();
-                let stats = tunnel::run(client, up, rt.timeouts.tunnel_idle.0, cut).await;
-                shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
-                shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
-                shared.metrics.tunnel_closed(stats.reason.as_str());
-                drop(lease);
-                shared.changed.notify_one();
-                log(
-                    101,
+                let call = Established {
+                    idle: rt.timeouts.tunnel_idle.0,
+                    shared,
+                    client,
+                    up,
+                    lease,
+                    log,
                     attempts,
-                    &server_name,
-                    stats.to_server,
-                    stats.to_client,
-                    stats.reason.as_str(),
-                );
+                    server_name,
+                    hold,
+                };
+                tokio::spawn(call.run());
                 return;
             }
             Attempt::Answer { status: 429, bytes } => {
@@ -272,5 +263,84 @@ pub async fn forward<C>(
         (503, "no_capacity")
     };
     shared.metrics.response(status);
-    log(status, attempts, &server_name, 0, 0, reason);
+    log.emit(status, attempts, &server_name, 0, 0, reason);
+}
+
+/// The call's log line, owned so that it can outlive the handshake.
+struct CallLog {
+    bot_id: String,
+    route: String,
+    pool: Arc<str>,
+    started: Instant,
+    peer: SocketAddr,
+}
+
+impl CallLog {
+    fn emit(&self, status: u16, attempts: u32, server: &str, to_server: u64, to_client: u64, reason: &str) {
+        tracing::info!(
+            target: "call",
+            bot_id = %self.bot_id,
+            route = %self.route,
+            pool = %self.pool,
+            server,
+            status,
+            attempts,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            bytes_to_server = to_server,
+            bytes_to_client = to_client,
+            close_reason = reason,
+            client = %self.peer,
+            "call"
+        );
+    }
+}
+
+/// An accepted call from its 101 to its end: what the call holds while it
+/// lasts. `run` is the tunnel, then the metrics, the lease released
+/// (capacity back) and the log line.
+struct Established<C, H> {
+    shared: Arc<Shared>,
+    client: C,
+    up: upstream::UpStream,
+    lease: Lease,
+    idle: std::time::Duration,
+    log: CallLog,
+    attempts: u32,
+    server_name: String,
+    hold: H,
+}
+
+impl<C, H> Established<C, H>
+where
+    C: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    async fn run(self) {
+        let Self {
+            shared,
+            client,
+            up,
+            lease,
+            idle,
+            log,
+            attempts,
+            server_name,
+            hold,
+        } = self;
+        let server = Arc::clone(&lease.server);
+        let stats = tunnel::run(client, up, idle, server.cut.notified()).await;
+        shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
+        shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
+        shared.metrics.tunnel_closed(stats.reason.as_str());
+        drop(lease);
+        shared.changed.notify_one();
+        log.emit(
+            101,
+            attempts,
+            &server_name,
+            stats.to_server,
+            stats.to_client,
+            stats.reason.as_str(),
+        );
+        drop(hold);
+    }
 }
