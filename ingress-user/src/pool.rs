@@ -509,12 +509,12 @@ pub struct Pool {
     pub passed_429_total: AtomicU64,
     /// TLS towards the servers; None for `tls = false`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
-    /// Per server (by id): `tls` with a session cache of its own, built on
-    /// first use. rustls keys resumption by server name, and servers of a
-    /// pool may share one (or an IP); a shared cache would offer one fleet's
-    /// tickets to another and fall back to full handshakes. Rebuilt with the
-    /// pool on every reload, so a changed `[tls]` never resumes old sessions.
-    server_tls: Mutex<std::collections::HashMap<u32, Arc<rustls::ClientConfig>>>,
+    /// Per server (by id): `tls` with a session cache of its own. rustls
+    /// keys resumption by server name, and servers of a pool may share one
+    /// (or an IP); a shared cache would offer one fleet's tickets to another
+    /// and fall back to full handshakes. Built with the pool, so a reload
+    /// (a changed `[tls]` included) never resumes old sessions.
+    server_tls: std::collections::HashMap<u32, Arc<rustls::ClientConfig>>,
     pub hash_key: String,
     pub cookie: String,
     pub slowstart: Option<std::time::Duration>,
@@ -541,6 +541,18 @@ impl Pool {
         servers: Vec<Arc<Server>>,
         tls: Option<Arc<rustls::ClientConfig>>,
     ) -> Self {
+        let server_tls = match &tls {
+            Some(base) => servers
+                .iter()
+                .map(|s| {
+                    let mut c = rustls::ClientConfig::clone(base);
+                    // One server name per cache; rustls keeps up to 8 TLS 1.3 tickets per name.
+                    c.resumption = rustls::client::Resumption::in_memory_sessions(4);
+                    (s.id, Arc::new(c))
+                })
+                .collect(),
+            None => std::collections::HashMap::new(),
+        };
         Self {
             index,
             name,
@@ -554,7 +566,7 @@ impl Pool {
             retries_total: AtomicU64::new(0),
             passed_429_total: AtomicU64::new(0),
             tls,
-            server_tls: Mutex::new(std::collections::HashMap::new()),
+            server_tls,
             hash_key: cfg.hash_key.clone(),
             cookie: cfg.cookie.clone(),
             slowstart: cfg.slowstart.map(|d| d.0),
@@ -671,17 +683,10 @@ impl Pool {
             .map(|s| Lease::new(s, hints.demand))
     }
 
-    /// The TLS config to reach `server` with (None for `tls = false`).
+    /// The TLS config to reach `server` with (None for `tls = false`); a
+    /// server not in the pool yet (an `add` being checked) gets the pool's.
     pub fn client_tls(&self, server: &Server) -> Option<Arc<rustls::ClientConfig>> {
-        let base = self.tls.as_ref()?;
-        let mut configs = self.server_tls.lock().unwrap_or_else(|e| e.into_inner());
-        let config = configs.entry(server.id).or_insert_with(|| {
-            let mut c = rustls::ClientConfig::clone(base);
-            // One server name per cache; rustls keeps up to 8 TLS 1.3 tickets per name.
-            c.resumption = rustls::client::Resumption::in_memory_sessions(4);
-            Arc::new(c)
-        });
-        Some(Arc::clone(config))
+        self.server_tls.get(&server.id).or(self.tls.as_ref()).cloned()
     }
 
     /// The server with the most effective capacity (for outbound dialers), without reserving.
@@ -721,14 +726,19 @@ mod tests {
         s
     }
 
-    fn pool(servers: Vec<Arc<Server>>) -> Pool {
-        let cfg: crate::config::PoolConfig = toml::from_str("").unwrap();
+    /// A pool from its config lines (TLS with no roots: never dialled here).
+    fn pool_from(lines: &str, servers: Vec<Arc<Server>>) -> Pool {
+        let cfg: crate::config::PoolConfig = toml::from_str(lines).unwrap();
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_root_certificates(rustls::RootCertStore::empty())
             .with_no_client_auth();
         Pool::new(0, "p".into(), &cfg, servers, Some(Arc::new(tls)))
+    }
+
+    fn pool(servers: Vec<Arc<Server>>) -> Pool {
+        pool_from("", servers)
     }
 
     #[test]
@@ -794,14 +804,7 @@ mod tests {
     }
 
     fn pool_with(balance: &str, servers: Vec<Arc<Server>>) -> Pool {
-        let cfg: crate::config::PoolConfig =
-            toml::from_str(&format!("balance = \"{balance}\"\nslowstart = \"10s\"")).unwrap();
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(rustls::RootCertStore::empty())
-            .with_no_client_auth();
-        Pool::new(0, "p".into(), &cfg, servers, Some(Arc::new(tls)))
+        pool_from(&format!("balance = \"{balance}\"\nslowstart = \"10s\""), servers)
     }
 
     fn up(id: u32) -> Arc<Server> {
