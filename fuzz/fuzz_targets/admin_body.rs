@@ -9,9 +9,8 @@
 
 use ingress_user::{
     config::{parse_servers_file, render_servers_file},
-    control::AddRequest,
-    pool::AdminState,
-    tls,
+    control::{servers::AddRequest, tls},
+    model::AdminState,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -33,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     // As `control::add_server` builds the server.
-    let Ok(def) = ingress_user::control::server_def(&req) else {
+    let Ok(def) = ingress_user::control::servers::server_def(&req) else {
         return;
     };
     if tls::server_name(def.sni.as_deref(), &def.host).is_err() {

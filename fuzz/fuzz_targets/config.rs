@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
         // a servers_file would touch the file system).
         for (name, pool) in &config.pools {
             if pool.servers_file.is_none() {
-                let _ = config.pool_servers(name, pool);
+                let _ = config.inline_servers(name, pool);
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use std::sync::LazyLock;
 
-use ingress_user::health::evaluate;
+use ingress_user::control::health::evaluate;
 use libfuzzer_sys::fuzz_target;
 use regex::Regex;
 

@@ -5,8 +5,8 @@
 #![no_main]
 
 use ingress_user::{
-    config::RouteKind,
-    routes::{Route, RoutePattern, RouteTable, Target},
+    model::RouteKind,
+    model::route::{Route, RoutePattern, RouteTable, Target},
 };
 use libfuzzer_sys::fuzz_target;
 

@@ -10,8 +10,8 @@
 
 use std::sync::{Mutex, OnceLock};
 
-use ingress_common::{Control, action};
-use ingress_user::{config::XdpAction, xdp::XdpHandle};
+use ingress_common::{ControlEntry, action};
+use ingress_user::{bpf::XdpHandle, model::XdpAction};
 use libfuzzer_sys::fuzz_target;
 
 const XDP_DROP: u32 = 1;
@@ -24,13 +24,13 @@ fn program() -> &'static Mutex<XdpHandle> {
     PROGRAM.get_or_init(|| {
         let mut h = XdpHandle::load_detached(XdpAction::Rst, &[443], &[])
             .expect("load the XDP program (BPF_PROG_TEST_RUN needs root)");
-        h.set_control(Control {
+        h.set_control(ControlEntry {
             total_capacity: 0,
             shed: 1,
             action: action::RST,
             _pad: 0,
             // About 31 years of CLOCK_MONOTONIC from now: the lease never ends in a run.
-            lease_deadline_ns: ingress_user::xdp::monotonic_ns() + (1 << 60),
+            lease_deadline_ns: ingress_user::model::monotonic_ns() + (1 << 60),
             generation: 1,
         })
         .expect("write CONTROL");

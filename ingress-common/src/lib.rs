@@ -90,7 +90,7 @@ pub const REPORTED_NONE: u32 = u32::MAX;
 /// The single entry (key 0) of the `CONTROL` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Control {
+pub struct ControlEntry {
     /// Sum of effective capacity over every server of every routed pool.
     pub total_capacity: u32,
     /// 1 while the daemon wants new carrier SYNs shed.
@@ -130,6 +130,12 @@ pub struct FleetEntry {
     pub last_report_ns: u64,
 }
 
+// The kernel and the daemon must agree on these layouts byte for byte.
+const _: () = assert!(core::mem::size_of::<ControlEntry>() == 32);
+const _: () = assert!(core::mem::align_of::<ControlEntry>() == 8);
+const _: () = assert!(core::mem::size_of::<FleetEntry>() == 40);
+const _: () = assert!(core::mem::align_of::<FleetEntry>() == 8);
+
 /// An LPM trie key's data for IPv4 (network byte order).
 pub type Ipv4Prefix = [u8; 4];
 /// An LPM trie key's data for IPv6 (network byte order).
@@ -138,7 +144,7 @@ pub type Ipv6Prefix = [u8; 16];
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: plain #[repr(C)] integers with explicit padding; every bit pattern is valid.
-    unsafe impl aya::Pod for super::Control {}
+    unsafe impl aya::Pod for super::ControlEntry {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::FleetEntry {}
 }

@@ -6,7 +6,7 @@ use aya_ebpf::{
     btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     macros::btf_map,
 };
-use ingress_common::{Control, FleetEntry, Ipv4Prefix, Ipv6Prefix, MAX_CARRIERS, MAX_FLEETS, MAX_PORTS, counter};
+use ingress_common::{ControlEntry, FleetEntry, Ipv4Prefix, Ipv6Prefix, MAX_CARRIERS, MAX_FLEETS, MAX_PORTS, counter};
 
 use crate::packet::{Addr, Syn};
 
@@ -19,7 +19,7 @@ static FLEETS: HashMap<u32, FleetEntry, { MAX_FLEETS as usize }> = HashMap::new(
 /// Written by the daemon (shed flag, action, total capacity, and the lease
 /// it renews on a timer); read by the program on every SYN.
 #[btf_map]
-static CONTROL: Array<Control, 1> = Array::new();
+static CONTROL: Array<ControlEntry, 1> = Array::new();
 
 /// Written by the daemon at start and reload (host byte order port → 1);
 /// read by the program while shedding.
@@ -50,7 +50,7 @@ pub fn count(index: u32) {
 }
 
 #[inline(always)]
-pub fn control() -> Option<Control> {
+pub fn control() -> Option<ControlEntry> {
     CONTROL.get(0).copied()
 }
 

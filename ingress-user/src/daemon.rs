@@ -17,14 +17,11 @@ use tokio::{
 };
 
 use crate::{
-    admin,
-    certs::CertStore,
+    admin, bpf,
     config::Config,
-    control::Control,
-    runtime::{self, Shared},
-    sdnotify,
-    state::Desired,
-    tls, xdp,
+    control::{self, Control, Shared, build, certs::CertStore, sdnotify, tls},
+    data::DataCtx,
+    model::monotonic_ns,
 };
 
 /// Raises the soft open-files limit to the hard one and warns when even that
@@ -60,17 +57,16 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config.listen.default_cert.clone(),
         Arc::clone(&provider),
     )?;
-    let desired = Desired::from_config(&config)?;
+    let desired = control::load_desired(&config)?;
     let ids = AtomicU32::new(1);
-    let rt = runtime::build(&config, &desired, None, 1, || {
+    let rt = build::build(&config, &desired, None, 1, || {
         ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     })?;
     let server_tls = tls::server_config(Arc::clone(&certs), config.listen.tls_min_version)?;
+    let data = Arc::new(DataCtx::new(rt, server_tls, config.limits.max_connections));
     let shared = Arc::new(Shared::new(
-        rt,
+        Arc::clone(&data),
         Arc::clone(&certs),
-        server_tls,
-        config.limits.max_connections,
         ids.load(std::sync::atomic::Ordering::Relaxed),
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -92,7 +88,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         desired,
         stop_rx.clone(),
     );
-    let bound = control.sync_listeners().await?;
+    let bound = control.listeners.sync(&config.listen).await?;
     control.start();
     control.watch_certs();
     let control = Arc::new(Mutex::new(control));
@@ -122,7 +118,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     } else {
         config.xdp.ports.clone()
     };
-    let xdp_task = match xdp::start(&config, &xdp_ports) {
+    let xdp_task = match bpf::sync::start(&config, &xdp_ports) {
         Ok(handle) => {
             tracing::info!(interface = %handle.interface, mode = handle.mode, pins = %config.xdp.pin_path.display(), "XDP program attached");
             shared.xdp.update(|s| {
@@ -130,8 +126,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 s.interface = Some(handle.interface.clone());
                 s.mode = Some(handle.mode.to_owned());
             });
-            Some(tokio::spawn(xdp::run_sync(
-                Arc::clone(&shared),
+            Some(tokio::spawn(bpf::sync::run_sync(
+                Arc::clone(&data),
+                Arc::clone(&shared.xdp),
                 handle,
                 config.xdp.lease.0,
                 stop_rx.clone(),
@@ -148,7 +145,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             None
         }
     };
-    ready["xdp"] = serde_json::to_value(shared.xdp.snapshot()).unwrap_or_default();
+    ready["xdp"] = serde_json::to_value(shared.xdp.view()).unwrap_or_default();
     // Handlers first: a SIGHUP right after "ready" must reload, not kill us.
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
@@ -165,11 +162,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration and certificates");
-                sdnotify::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", xdp::monotonic_ns() / 1000));
+                sdnotify::notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_ns() / 1000));
                 let outcome = control.lock().await.reload().await;
                 let status = match &outcome {
                     Ok(_) => "STATUS=serving (reloaded)".to_owned(),
-                    Err(r) => format!("STATUS=serving (reload refused: {})", r.reason.replace('\n', " ")),
+                    Err(e) => format!("STATUS=serving (reload refused: {})", e.to_string().replace('\n', " ")),
                 };
                 sdnotify::notify(&format!("READY=1\n{status}"));
             }

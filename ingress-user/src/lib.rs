@@ -1,28 +1,29 @@
 //! The ingress daemon as a library: the binary (`main.rs`) is a thin CLI.
 //!
-//! Data path: [`front`] (accept, limits, TLS, head) → [`routes`] → [`proxy`]
-//! (pick from [`pool`], connect via [`upstream`], retries) → [`tunnel`].
-//! Control path: [`config`], [`runtime`] (snapshots), [`health`], [`certs`]
-//! (load, watch), [`tls`] (configs), [`admin`], [`metrics`], [`xdp`].
+//! The layering, lowest first; a module imports only from those before it
+//! (checked by `cargo xtask test`, see `xtask/src/layers.rs`):
+//!
+//! 1. leaves — [`model`] (states, enumerations, addresses, route patterns,
+//!    clock) and [`telemetry`] (counters and labels): nothing from the crate;
+//! 2. [`config`] — the TOML schema, validation (pure), the `servers_file` format;
+//! 3. [`balance`] — servers, leases, pools, the pick and its strategies;
+//! 4. [`snapshot`] — the immutable runtime the data path reads, and the one
+//!    walk over its servers ([`snapshot::ServerView`]);
+//! 5. [`data`] — the data path: listener, HTTP/1 heads, upgrade, `http`
+//!    routes, upstream connections, tunnel. Never imports 6–9;
+//! 6. [`bpf`] — the XDP program's userspace side (control path);
+//! 7. [`control`] — the owner of running state: desired state, snapshot
+//!    building, listeners, health, certificates, TLS, add/remove;
+//! 8. [`admin`] — admin API, `/metrics`, `/stats`, `ingress ctl`;
+//! 9. [`daemon`] — wiring only.
 
 pub mod admin;
-pub mod certs;
+pub mod balance;
+pub mod bpf;
 pub mod config;
 pub mod control;
-pub mod ctl;
 pub mod daemon;
-pub mod front;
-pub mod health;
-pub mod http1;
-pub mod http_proxy;
-pub mod metrics;
-pub mod pool;
-pub mod proxy;
-pub mod routes;
-pub mod runtime;
-pub mod sdnotify;
-pub mod state;
-pub mod tls;
-pub mod tunnel;
-pub mod upstream;
-pub mod xdp;
+pub mod data;
+pub mod model;
+pub mod snapshot;
+pub mod telemetry;

@@ -128,11 +128,8 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Check { config, probe } => {
             let c = ingress_user::config::Config::load(&config)?;
-            let servers: usize = c
-                .pools
-                .iter()
-                .map(|(name, p)| c.pool_servers(name, p).map(|s| s.len()).unwrap_or(0))
-                .sum();
+            let desired = ingress_user::control::load_desired(&c)?;
+            let servers: usize = ingress_user::control::server_counts(&desired).values().sum();
             println!(
                 "{}: ok ({} routes, {} pools, {} servers)",
                 config.display(),
@@ -142,7 +139,7 @@ fn main() -> anyhow::Result<()> {
             );
             if probe {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                let failed = rt.block_on(probe_all(&c))?;
+                let failed = rt.block_on(probe_all(&c, &desired))?;
                 if failed > 0 {
                     std::process::exit(1);
                 }
@@ -157,7 +154,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bpf {
             command: BpfCommand::Dump { json, pin_path },
         } => {
-            let out = ingress_user::xdp::dump(&pin_path, json)
+            let out = ingress_user::bpf::dump::dump(&pin_path, json)
                 .with_context(|| format!("reading maps pinned under {}", pin_path.display()))?;
             print!("{out}");
             Ok(())
@@ -166,9 +163,11 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `check --probe`: one health request per server, and what the pool's capacity pointer reads.
-async fn probe_all(c: &ingress_user::config::Config) -> anyhow::Result<usize> {
-    let desired = ingress_user::state::Desired::from_config(c)?;
-    let rt = ingress_user::runtime::build(c, &desired, None, 0, {
+async fn probe_all(
+    c: &ingress_user::config::Config,
+    desired: &ingress_user::control::desired::Desired,
+) -> anyhow::Result<usize> {
+    let rt = ingress_user::control::build::build(c, desired, None, 0, {
         let mut n = 0;
         move || {
             n += 1;
@@ -180,14 +179,14 @@ async fn probe_all(c: &ingress_user::config::Config) -> anyhow::Result<usize> {
         let expect = regex::Regex::new(&pool.check.expect_status)?;
         for s in pool.servers.load().iter() {
             let shown = format!("{}/{} ({})", pool.name, s.name(), s.def.addr());
-            match ingress_user::health::probe(s, pool).await {
+            match ingress_user::control::health::probe(s, pool).await {
                 Err(e) => {
                     failed += 1;
                     println!("FAIL {shown}: {e}");
                 }
                 Ok((status, body)) => {
                     let excerpt: String = String::from_utf8_lossy(&body).chars().take(120).collect();
-                    match ingress_user::health::evaluate(status, &expect, &body, &pool.check.capacity) {
+                    match ingress_user::control::health::evaluate(status, &expect, &body, &pool.check.capacity) {
                         Ok(Some(n)) => println!(
                             "ok   {shown}: status {status}, {} = {n}  body: {excerpt}",
                             pool.check.capacity
@@ -206,7 +205,7 @@ async fn probe_all(c: &ingress_user::config::Config) -> anyhow::Result<usize> {
 }
 
 async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
-    use ingress_user::ctl::{report, request, seg, servers_table, split_target};
+    use ingress_user::admin::ctl::{report, request, seg, servers_table, split_target};
     let (method, path, body, json_out) = match &command {
         CtlCommand::Stat { json } => ("GET", "/api/servers".to_owned(), None, *json),
         CtlCommand::Drain { target } | CtlCommand::Ready { target } | CtlCommand::Maint { target } => {

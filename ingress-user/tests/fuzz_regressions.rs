@@ -1,9 +1,12 @@
 //! Inputs found by `cargo xtask fuzz` (fuzz/), kept as regression tests.
 
 use ingress_user::{
-    config::{parse_host_port, parse_servers_file, render_servers_file},
-    control::{AddRequest, server_def},
-    pool::AdminState,
+    config::{parse_servers_file, render_servers_file},
+    control::{
+        ControlError,
+        servers::{AddRequest, server_def},
+    },
+    model::{AdminState, addr::parse_host_port},
 };
 
 /// parse(render(parse(x))) == parse(x), as the `servers_file` target checks.
@@ -55,7 +58,7 @@ fn admin_add_name_survives_the_servers_file() {
         r#"{"addr":"10.0.0.7","name":""}"#,
     ] {
         let r = server_def(&add_request(bad));
-        assert_eq!(r.map(|d| d.name).map_err(|e| e.status), Err(400), "{bad}");
+        assert!(matches!(r, Err(ControlError::Invalid(_))), "{bad}: {r:?}");
     }
 }
 
@@ -64,8 +67,8 @@ fn admin_add_name_survives_the_servers_file() {
 #[test]
 fn lookup_host_with_unclosed_bracket() {
     use ingress_user::{
-        config::RouteKind,
-        routes::{Route, RoutePattern, RouteTable, Target},
+        model::RouteKind,
+        model::route::{Route, RoutePattern, RouteTable, Target},
     };
     let table = RouteTable {
         health_path: "/haproxy-health".to_owned(),
@@ -88,7 +91,7 @@ fn lookup_host_with_unclosed_bracket() {
 #[test]
 fn admin_add_refuses_maxconn_zero() {
     let r = server_def(&add_request(r#"{"addr":"10.050om","maxconn":0}"#));
-    assert_eq!(r.map(|d| d.maxconn).map_err(|e| e.status), Err(400));
+    assert!(matches!(r, Err(ControlError::Invalid(_))), "{r:?}");
     let def = server_def(&add_request(r#"{"addr":"10.050om","maxconn":1}"#)).unwrap();
     let file = render_servers_file(&[(def.clone(), AdminState::Ready)]);
     assert_eq!(parse_servers_file(&file).unwrap(), vec![(def, AdminState::Ready)]);

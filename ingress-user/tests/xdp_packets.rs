@@ -1,8 +1,8 @@
 //! The XDP program's packet logic on crafted packets, through the kernel's
 //! `BPF_PROG_TEST_RUN` (needs root; no interface involved).
 
-use ingress_common::{Control, action};
-use ingress_user::{config::XdpAction, xdp::XdpHandle};
+use ingress_common::{ControlEntry, action};
+use ingress_user::{bpf::XdpHandle, model::XdpAction};
 
 const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
@@ -86,11 +86,11 @@ fn testbed(action: XdpAction, carriers: &[&str]) -> XdpHandle {
 }
 
 fn lease_from_now(ns: i64) -> u64 {
-    (ingress_user::xdp::monotonic_ns() as i64 + ns).max(0) as u64
+    (ingress_user::model::monotonic_ns() as i64 + ns).max(0) as u64
 }
 
 fn shed(h: &mut XdpHandle, on: bool, lease_deadline_ns: u64, a: XdpAction) {
-    h.set_control(Control {
+    h.set_control(ControlEntry {
         total_capacity: 0,
         shed: u32::from(on),
         action: if a == XdpAction::Rst { action::RST } else { action::DROP },

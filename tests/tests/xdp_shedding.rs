@@ -214,7 +214,7 @@ async fn rst_mode_refuses_carriers_at_once() {
     let (ns, dev) = (net.carrier_ns.clone(), net.carrier_if.clone());
     let peer = std::thread::spawn(move || {
         ingress_tests::netns::run_in(&ns, move || {
-            let mut h = ingress_user::xdp::XdpHandle::load_detached(ingress_user::config::XdpAction::Drop, &[], &[])
+            let mut h = ingress_user::bpf::XdpHandle::load_detached(ingress_user::model::XdpAction::Drop, &[], &[])
                 .expect("load the pass-through program");
             h.attach_to(&dev, true).expect("attach on the carrier side");
             ready_tx.send(()).unwrap();

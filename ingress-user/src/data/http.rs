@@ -20,13 +20,11 @@ use tokio::{
     sync::OwnedSemaphorePermit,
 };
 
+use super::{DataCtx, http1::RequestHead, tunnel, upgrade, upstream};
 use crate::{
-    config::{Balance, RouteKind},
-    http1::RequestHead,
-    pool::{Demand, Hints, Pool, Server},
-    routes::Target,
-    runtime::Shared,
-    upstream,
+    balance::{Demand, Hints, Pool, Server, select::cookie},
+    model::{Balance, RouteKind, route::Target},
+    snapshot::Runtime,
 };
 
 type Body = Either<Incoming, Full<Bytes>>;
@@ -110,7 +108,7 @@ fn replay(head: &RequestHead) -> Bytes {
 /// outlives this function (hyper hands its connection over) and keeps a
 /// share of it until the call ends.
 pub async fn serve<S>(
-    shared: Arc<Shared>,
+    shared: Arc<DataCtx>,
     io: S,
     head: RequestHead,
     peer: std::net::SocketAddr,
@@ -158,7 +156,7 @@ const HOP_BY_HOP: [&str; 8] = [
 ];
 
 async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<DataCtx>,
     mut req: Request<Incoming>,
     peer: std::net::SocketAddr,
     local_port: u16,
@@ -237,11 +235,11 @@ async fn handle(
         headers.insert("x-forwarded-port", v);
     }
     let server = Arc::clone(&lease.server);
-    let mut sender = match checkout(&server, &pool, &rt).await {
+    let mut sender = match checkout(&shared.idle, &server, &pool, &rt).await {
         Ok(s) => s,
         Err(e) => {
             server.passive_failure(&e);
-            shared.changed.notify_one();
+            shared.changed.signal();
             shared.metrics.response(502);
             return local(StatusCode::BAD_GATEWAY, &format!("server unreachable: {e}"));
         }
@@ -260,7 +258,7 @@ async fn handle(
         }
     };
     lease.accepted();
-    server.idle_http.lock().unwrap_or_else(|e| e.into_inner()).push(sender);
+    shared.idle.put(&server, sender);
     let status = resp.status();
     shared.metrics.response(status.as_u16());
     tracing::info!(target: "call", route = %route_path, pool = %pool.name, server = server.name(), status = status.as_u16(),
@@ -271,7 +269,7 @@ async fn handle(
     }
     if pool.balance == Balance::Cookie
         && sticky.as_deref() != Some(server.cookie_id.as_str())
-        && let Ok(v) = HeaderValue::from_str(&format!("{}={}; Path=/; HttpOnly", pool.cookie, server.cookie_id))
+        && let Ok(v) = HeaderValue::from_str(&cookie::set_cookie(&pool.cookie, &server.cookie_id))
     {
         parts.headers.append(header::SET_COOKIE, v);
     }
@@ -301,8 +299,8 @@ struct LaterCall {
 /// connection's slot held until then). A refusal (503, 429, 502) leaves the
 /// connection open for further requests.
 async fn later_upgrade(
-    shared: Arc<Shared>,
-    rt: Arc<crate::runtime::Runtime>,
+    shared: Arc<DataCtx>,
+    rt: Arc<Runtime>,
     mut req: Request<Incoming>,
     call: LaterCall,
 ) -> Response<Body> {
@@ -318,7 +316,7 @@ async fn later_upgrade(
             .collect(),
         rest: bytes::BytesMut::new(),
     };
-    if let Some(why) = crate::http1::websocket_upgrade_error(&head) {
+    if let Some(why) = super::http1::websocket_upgrade_error(&head) {
         shared.metrics.bad_request("not_websocket");
         shared.metrics.response(400);
         return local(StatusCode::BAD_REQUEST, why);
@@ -331,7 +329,7 @@ async fn later_upgrade(
         let rt = Arc::clone(&rt);
         tokio::spawn(async move {
             let route_path = rt.routes.routes[call.route].path.clone();
-            let c = crate::proxy::Call {
+            let c = upgrade::Call {
                 peer: call.peer,
                 local_port: call.local_port,
                 route: &route_path,
@@ -340,16 +338,16 @@ async fn later_upgrade(
                 started,
             };
             // The splice below holds the connection's slot.
-            crate::proxy::forward(Arc::clone(&shared), Arc::clone(&rt), call.pool, pipe, head, c, ()).await;
+            upgrade::forward(Arc::clone(&shared), Arc::clone(&rt), call.pool, pipe, head, c, ()).await;
         });
     }
     // The fleet's head within our limits, plus the `Set-Cookie` `forward` may add.
-    let limits = crate::http1::HeadLimits {
+    let limits = super::http1::HeadLimits {
         max_bytes: rt.limits.max_header_bytes + 512,
         max_headers: rt.limits.max_headers + 1,
     };
     // `forward` always answers: its attempts are bounded by its own timeouts.
-    let answer = match crate::http1::read_response(&mut carrier, limits, std::time::Duration::from_secs(3600)).await {
+    let answer = match super::http1::read_response(&mut carrier, limits, std::time::Duration::from_secs(3600)).await {
         Ok(a) => a,
         Err(e) => return local(StatusCode::BAD_GATEWAY, &format!("no answer for the upgrade: {e}")),
     };
@@ -392,7 +390,7 @@ async fn later_upgrade(
             return;
         }
         // `forward` accounts for the call; this splice only has to end with it.
-        let _ = crate::tunnel::run(client, carrier, idle, std::future::pending()).await;
+        let _ = tunnel::run(client, carrier, idle, std::future::pending()).await;
     });
     builder
         .body(Either::Right(Full::new(Bytes::new())))
@@ -424,12 +422,13 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
 
 /// An idle pooled connection to `server`, or a new one.
 async fn checkout(
-    server: &Server,
+    idle: &upstream::IdleConns,
+    server: &Arc<Server>,
     pool: &Pool,
-    rt: &crate::runtime::Runtime,
+    rt: &Runtime,
 ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, String> {
     loop {
-        let candidate = server.idle_http.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let candidate = idle.take(server);
         let Some(mut s) = candidate else { break };
         if s.ready().await.is_ok() {
             return Ok(s);
@@ -450,8 +449,7 @@ fn cookie_of(req: &Request<Incoming>, name: &str) -> Option<String> {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+        .find_map(|v| cookie::value_in(v, name).map(str::to_owned))
 }
 
 fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
@@ -459,10 +457,8 @@ fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(name))
-        .map(str::to_owned)
+        .map(|v| cookie::without(v, name))
+        .filter(|v| !v.is_empty())
         .collect();
     headers.remove(header::COOKIE);
     if !kept.is_empty()

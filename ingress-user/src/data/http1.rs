@@ -12,6 +12,8 @@ use tokio::{
     time::Instant,
 };
 
+use crate::balance::select::cookie;
+
 /// Why a head could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum HeadError {
@@ -192,23 +194,15 @@ pub fn cookie_value(head: &RequestHead, name: &str) -> Option<String> {
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
         .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| kv.trim().strip_prefix(name)?.strip_prefix('=').map(str::to_owned))
+        .find_map(|v| cookie::value_in(v, name).map(str::to_owned))
 }
 
 /// Removes cookie `name` from the request (the server never sees the ingress's own cookie).
 pub fn remove_cookie(head: &mut RequestHead, name: &str) {
     for (n, v) in head.headers.iter_mut() {
-        if !n.eq_ignore_ascii_case("cookie") {
-            continue;
+        if n.eq_ignore_ascii_case("cookie") {
+            *v = cookie::without(&String::from_utf8_lossy(v), name).into_bytes();
         }
-        let text = String::from_utf8_lossy(v).into_owned();
-        let kept: Vec<&str> = text
-            .split(';')
-            .map(str::trim)
-            .filter(|kv| !kv.is_empty() && kv.split('=').next() != Some(name))
-            .collect();
-        *v = kept.join("; ").into_bytes();
     }
     head.headers
         .retain(|(n, v)| !(n.eq_ignore_ascii_case("cookie") && v.is_empty()));
@@ -219,7 +213,7 @@ pub fn with_set_cookie(raw: &[u8], name: &str, value: &str) -> Vec<u8> {
     let end = raw.len().saturating_sub(2);
     let mut out = Vec::with_capacity(raw.len() + 64);
     out.extend_from_slice(&raw[..end]);
-    out.extend_from_slice(format!("Set-Cookie: {name}={value}; Path=/; HttpOnly\r\n\r\n").as_bytes());
+    out.extend_from_slice(format!("Set-Cookie: {}\r\n\r\n", cookie::set_cookie(name, value)).as_bytes());
     out
 }
 

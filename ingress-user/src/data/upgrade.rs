@@ -7,12 +7,15 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::{
-    config::{Balance, RetryOn},
+use super::{
+    DataCtx,
     http1::{self, HeadError, HeadLimits, RequestHead},
-    pool::{Demand, Hints, Lease, Pool},
-    runtime::{Runtime, Shared},
     tunnel, upstream,
+};
+use crate::{
+    balance::{Demand, Hints, Lease, Pool},
+    model::{Balance, RetryOn},
+    snapshot::Runtime,
 };
 
 /// Largest non-101 answer body held to relay or retry.
@@ -114,7 +117,7 @@ async fn attempt(
 /// call needs from then on (and `hold`, e.g. the connection's slot, until
 /// the call ends); this returns as soon as the fleet's answer is relayed.
 pub async fn forward<C, H>(
-    shared: Arc<Shared>,
+    shared: Arc<DataCtx>,
     rt: Arc<Runtime>,
     pool_index: usize,
     mut client: C,
@@ -168,7 +171,7 @@ pub async fn forward<C, H>(
         match Box::pin(attempt(&lease, &pool, &rt, &request, &head.rest)).await {
             Attempt::Upgraded(up, resp) => {
                 lease.accepted();
-                shared.changed.notify_one();
+                shared.changed.signal();
                 let pinned =
                     pool.balance == Balance::Cookie && sticky.as_deref() != Some(lease.server.cookie_id.as_str());
                 let head_out = if pinned {
@@ -205,7 +208,7 @@ pub async fn forward<C, H>(
             }
             Attempt::Answer { status: 429, bytes } => {
                 lease.server.saw_429();
-                shared.changed.notify_one();
+                shared.changed.signal();
                 last_answer = Some((429, bytes));
                 if !pool.retries_on(RetryOn::TooManyRequests) {
                     break;
@@ -219,7 +222,7 @@ pub async fn forward<C, H>(
                 tracing::warn!(pool = %pool.name, server = %server_name, %reason, "upgrade attempt failed");
                 if kind == RetryOn::ConnFailure {
                     lease.server.passive_failure(&reason);
-                    shared.changed.notify_one();
+                    shared.changed.signal();
                 }
                 last_failure = Some((kind, reason));
                 if !pool.retries_on(kind) {
@@ -299,7 +302,7 @@ impl CallLog {
 /// lasts. `run` is the tunnel, then the metrics, the lease released
 /// (capacity back) and the log line.
 struct Established<C, H> {
-    shared: Arc<Shared>,
+    shared: Arc<DataCtx>,
     client: C,
     up: upstream::UpStream,
     lease: Lease,
@@ -327,12 +330,12 @@ where
             hold,
         } = self;
         let server = Arc::clone(&lease.server);
-        let stats = tunnel::run(client, up, idle, server.cut.notified()).await;
+        let stats = tunnel::run(client, up, idle, server.live().cut.notified()).await;
         shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
         shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
         shared.metrics.tunnel_closed(stats.reason.as_str());
         drop(lease);
-        shared.changed.notify_one();
+        shared.changed.signal();
         log.emit(
             101,
             attempts,

@@ -4,24 +4,17 @@
 //! `servers_file` contents (derived from this state) all take one path.
 //! Nothing here touches sockets or files, so it is tested on its own.
 
-use std::{collections::BTreeMap, fmt, path::PathBuf};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::PathBuf,
+};
 
 use serde::Serialize;
 
 use crate::{
-    config::{Config, ConfigError, ServerDef},
-    pool::AdminState,
+    config::{Config, ConfigError, FileServers},
+    model::{AdminState, Origin, ServerDef},
 };
-
-/// Where a server's definition lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Origin {
-    /// Written inline in the config file: runtime changes last until the next reload.
-    Inline,
-    /// A line of the pool's `servers_file`: runtime changes are written back.
-    File,
-}
 
 /// One server as desired.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,26 +110,36 @@ pub enum StateError {
     AddrExists { pool: String, addr: String, name: String },
 }
 
-impl fmt::Display for Origin {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Origin::Inline => "inline",
-            Origin::File => "file",
-        })
-    }
-}
-
 impl Desired {
     /// The desired state a config describes.
-    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+    /// The desired state a config describes, with the pools' `servers_file`
+    /// contents as read by the caller (`files`, by pool name).
+    pub fn from_config(config: &Config, files: &BTreeMap<String, FileServers>) -> Result<Self, ConfigError> {
         let mut pools = BTreeMap::new();
         for (name, pcfg) in &config.pools {
             let mut entry = PoolEntry {
                 servers: Vec::new(),
                 servers_file: pcfg.servers_file.clone(),
             };
-            for (def, admin, origin) in config.pool_servers_with_origin(name, pcfg)? {
-                entry.servers.push(ServerEntry { def, origin, admin });
+            let inline = config.inline_servers(name, pcfg)?.into_iter().map(|def| ServerEntry {
+                def,
+                origin: Origin::Inline,
+                admin: AdminState::Ready,
+            });
+            let from_file = files.get(name).into_iter().flatten().map(|(def, admin)| ServerEntry {
+                def: def.clone(),
+                origin: Origin::File,
+                admin: *admin,
+            });
+            let mut names = BTreeSet::new();
+            for server in inline.chain(from_file) {
+                if !names.insert(server.def.name.clone()) {
+                    return Err(ConfigError::Invalid {
+                        key: format!("pools.{name}.servers"),
+                        reason: format!("server name `{}` is used twice", server.def.name),
+                    });
+                }
+                entry.servers.push(server);
             }
             pools.insert(name.clone(), entry);
         }
@@ -296,7 +299,7 @@ mod tests {
     use super::*;
 
     fn def(name: &str, addr: &str) -> ServerDef {
-        let (host, port) = crate::config::parse_host_port(addr).unwrap();
+        let (host, port) = crate::model::addr::parse_host_port(addr).unwrap();
         ServerDef {
             name: name.into(),
             host,

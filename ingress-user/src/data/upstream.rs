@@ -3,8 +3,9 @@
 //! timeout.
 
 use std::{
+    collections::HashMap,
     pin::Pin,
-    sync::Arc,
+    sync::{Arc, Mutex, Weak},
     task::{Context, Poll},
     time::Duration,
 };
@@ -52,7 +53,7 @@ impl AsyncWrite for UpStream {
     }
 }
 
-use crate::pool::Server;
+use crate::balance::Server;
 
 /// Why a connection to a server failed.
 #[derive(Debug, thiserror::Error)]
@@ -98,8 +99,8 @@ pub async fn connect(
             .await
             .map(|s| {
                 let counter = match s.get_ref().1.handshake_kind() {
-                    Some(rustls::HandshakeKind::Resumed) => &server.tls_resumed,
-                    _ => &server.tls_full,
+                    Some(rustls::HandshakeKind::Resumed) => &server.live().tls_resumed,
+                    _ => &server.live().tls_full,
                 };
                 counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 UpStream::Tls(Box::new(s))
@@ -115,5 +116,42 @@ pub async fn connect(
             addr: addr.clone(),
             timeout,
         }),
+    }
+}
+
+/// A keep-alive connection to a fleet's web tier (`http` routes).
+pub type IdleConn = hyper::client::conn::http1::SendRequest<hyper::body::Incoming>;
+
+/// Idle keep-alive connections by server. Each list belongs to one server
+/// object: a reload that gives a server a new address, SNI or TLS settings
+/// makes a new object, and the old connections are dropped, not reused.
+#[derive(Debug, Default)]
+pub struct IdleConns(Mutex<HashMap<u32, Parked>>);
+
+/// The server object a list belongs to, and its idle connections.
+type Parked = (Weak<Server>, Vec<IdleConn>);
+
+impl IdleConns {
+    /// The most recently parked connection to `server`, if any.
+    pub fn take(&self, server: &Arc<Server>) -> Option<IdleConn> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (owner, conns) = map.get_mut(&server.id)?;
+        if !std::ptr::eq(owner.as_ptr(), Arc::as_ptr(server)) {
+            map.remove(&server.id);
+            return None;
+        }
+        conns.pop()
+    }
+
+    /// Parks a connection to `server` for the next request.
+    pub fn put(&self, server: &Arc<Server>, conn: IdleConn) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = map
+            .entry(server.id)
+            .or_insert_with(|| (Arc::downgrade(server), Vec::new()));
+        if !std::ptr::eq(entry.0.as_ptr(), Arc::as_ptr(server)) {
+            *entry = (Arc::downgrade(server), Vec::new());
+        }
+        entry.1.push(conn);
     }
 }

@@ -11,10 +11,8 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, UnixTime, pem::PemObject},
 };
 
-use crate::{
-    certs::{CertResolver, CertStore},
-    config::{PoolTls, TlsVersion},
-};
+use super::certs::{CertResolver, CertStore};
+use crate::{config::PoolTls, model::TlsVersion};
 
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]

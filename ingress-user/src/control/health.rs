@@ -5,17 +5,16 @@
 
 use std::{sync::Arc, time::Instant};
 
+use crate::{
+    balance::{Pool, Server},
+    config::CheckConfig,
+    data::{DataCtx, upstream},
+    model::OnMarkedDown,
+};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use regex::Regex;
-use tokio::sync::Notify;
-
-use crate::{
-    config::CheckConfig,
-    pool::{Pool, Server},
-    upstream,
-};
 
 /// Largest health body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -134,7 +133,7 @@ fn host_header(server: &Server) -> String {
 }
 
 /// Runs the check loop for one server until the task is aborted.
-pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
+pub async fn run(server: Arc<Server>, pool: Arc<Pool>, ctx: Arc<DataCtx>) {
     let check: CheckConfig = pool.check.clone();
     let expect = match Regex::new(&check.expect_status) {
         Ok(r) => r,
@@ -153,7 +152,7 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
         let started = Instant::now();
         let result = probe(&server, &pool).await;
         let latency = started.elapsed().as_secs_f64() * 1000.0;
-        server.check_latency.observe(latency / 1000.0);
+        server.live().check_latency.observe(latency / 1000.0);
         let before = (server.state(), server.reported());
         let outcome = result.and_then(|(status, body)| evaluate(status, &expect, &body, &check.capacity));
         match outcome {
@@ -180,12 +179,12 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
         let now_healthy = server.healthy();
         if now_healthy && !was_healthy && ever_up {
             // Back after being DOWN: slowstart ramps its share from now.
-            *server.recovered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+            *server.live().recovered_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         }
         ever_up |= now_healthy;
-        if was_healthy && !now_healthy && pool.on_marked_down == crate::config::OnMarkedDown::ShutdownSessions {
+        if was_healthy && !now_healthy && pool.on_marked_down == OnMarkedDown::ShutdownSessions {
             tracing::warn!(pool = %server.pool, server = server.name(), active = server.active(), "marked DOWN: cutting its calls (shutdown-sessions)");
-            server.cut.notify_waiters();
+            server.live().cut.notify_waiters();
         }
         let after = (server.state(), server.reported());
         if before != after {
@@ -195,7 +194,7 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, changed: Arc<Notify>) {
                     reason = %server.check_status().reason, "server state changed"
                 );
             }
-            changed.notify_one();
+            ctx.changed.signal();
         }
     }
 }

@@ -1,110 +1,16 @@
-//! The running state both paths share: an immutable [`Runtime`] snapshot
-//! (routes, pools, limits) behind `ArcSwap`, plus long-lived pieces
-//! (metrics, certificates, XDP status). Building a snapshot from a config
-//! is control path; reading it is data path.
+//! Control path: snapshot building: a [`Runtime`] from a config and the
+//! desired server set. Servers with the same pool, name and definition are
+//! carried over (same `Arc`: live counters and tunnels untouched).
 
-use std::{
-    collections::BTreeSet,
-    sync::{Arc, atomic::AtomicU32},
-};
+use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-use tokio::sync::{Notify, Semaphore};
-
+use super::{desired::Desired, tls};
 use crate::{
-    certs::CertStore,
-    config::{Config, ConfigError, Limits, Timeouts},
-    metrics::Metrics,
-    pool::{Pool, Server},
-    routes::{Route, RoutePattern, RouteTable},
-    state::Desired,
-    tls,
-    xdp::XdpState,
+    balance::{Pool, Server},
+    config::{Config, ConfigError},
+    model::route::{Route, RoutePattern, RouteTable},
+    snapshot::Runtime,
 };
-
-/// One immutable view of the configuration in force.
-#[derive(Debug)]
-pub struct Runtime {
-    pub generation: u64,
-    pub routes: RouteTable,
-    pub pools: Vec<Arc<Pool>>,
-    pub limits: Limits,
-    pub timeouts: Timeouts,
-    pub acme_upstream: String,
-}
-
-impl Runtime {
-    /// Pools that at least one route leads to.
-    pub fn routed_pools(&self) -> impl Iterator<Item = &Arc<Pool>> {
-        let used: BTreeSet<usize> = self.routes.routes.iter().map(|r| r.pool).collect();
-        self.pools.iter().filter(move |p| used.contains(&p.index))
-    }
-
-    /// Retry-After for a pool's all-full 503: its check interval in whole seconds, at least 1.
-    pub fn retry_after(&self, pool: usize) -> u64 {
-        let ms = self.pools[pool].check.interval.0.as_millis() as u64;
-        ms.div_ceil(1000).max(1)
-    }
-}
-
-/// Everything the daemon's tasks share.
-#[derive(Debug)]
-pub struct Shared {
-    pub runtime: ArcSwap<Runtime>,
-    pub metrics: Metrics,
-    pub certs: Arc<CertStore>,
-    pub xdp: XdpState,
-    /// Signalled when a server's state or capacity may have changed.
-    pub changed: Arc<Notify>,
-    pub conn_limit: Arc<Semaphore>,
-    conn_limit_size: std::sync::atomic::AtomicUsize,
-    /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
-    pub tls: ArcSwap<rustls::ServerConfig>,
-    next_server_id: AtomicU32,
-}
-
-impl Shared {
-    pub fn new(
-        runtime: Runtime,
-        certs: Arc<CertStore>,
-        tls: Arc<rustls::ServerConfig>,
-        max_connections: usize,
-        next_server_id: u32,
-    ) -> Self {
-        Self {
-            runtime: ArcSwap::from_pointee(runtime),
-            metrics: Metrics::default(),
-            certs,
-            xdp: XdpState::default(),
-            changed: Arc::new(Notify::new()),
-            conn_limit: Arc::new(Semaphore::new(max_connections)),
-            conn_limit_size: std::sync::atomic::AtomicUsize::new(max_connections),
-            tls: ArcSwap::new(tls),
-            next_server_id: AtomicU32::new(next_server_id),
-        }
-    }
-
-    /// Applies a new `max_connections` (live connections keep their permits).
-    pub fn resize_conn_limit(&self, size: usize) {
-        let old = self.conn_limit_size.swap(size, std::sync::atomic::Ordering::Relaxed);
-        if size > old {
-            self.conn_limit.add_permits(size - old);
-        } else if size < old {
-            self.conn_limit.forget_permits(old - size);
-        }
-    }
-
-    /// Front connections holding a `max_connections` slot (calls included).
-    pub fn connections_open(&self) -> usize {
-        self.conn_limit_size
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .saturating_sub(self.conn_limit.available_permits())
-    }
-
-    pub fn next_server_id(&self) -> u32 {
-        self.next_server_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-}
 
 /// Builds pools and routes from a config and the desired server set.
 /// Servers of `previous` with the same pool, name and definition are carried

@@ -1,5 +1,7 @@
-//! Data path: path patterns (`/ws/{bot_id}`) compiled once, matched per
-//! request without allocation beyond the captured parameters.
+//! Leaf: the route table — path patterns (`/ws/{bot_id}`) compiled once and
+//! matched per request without allocation beyond the captured parameters.
+//! Pure, so the configuration validates patterns with the same code the
+//! data path matches them with.
 
 /// One segment of a pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +84,7 @@ pub struct Route {
     pub pattern: RoutePattern,
     pub path: String,
     pub pool: usize,
-    pub kind: crate::config::RouteKind,
+    pub kind: crate::model::RouteKind,
     /// Lower-case host this route is limited to.
     pub host: Option<String>,
 }
@@ -154,7 +156,7 @@ mod tests {
             pattern: RoutePattern::parse(p).unwrap(),
             path: p.to_owned(),
             pool,
-            kind: crate::config::RouteKind::Websocket,
+            kind: crate::model::RouteKind::Websocket,
             host: None,
         };
         RouteTable {
@@ -199,7 +201,7 @@ mod tests {
             pattern: RoutePattern::parse("/api/*").unwrap(),
             path: "/api/*".into(),
             pool: 1,
-            kind: crate::config::RouteKind::Http,
+            kind: crate::model::RouteKind::Http,
             host: Some("api.example.com".into()),
         });
         assert!(matches!(

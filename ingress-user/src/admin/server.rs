@@ -1,5 +1,6 @@
-//! Control path: the admin API (HTTP + JSON) on a unix socket (0600) and,
-//! optionally, a TCP address that also serves `/metrics` and `/stats`.
+//! Control path: the admin API server (HTTP + JSON) on a unix socket (0600)
+//! and, optionally, a TCP address that also serves `/metrics` and `/stats`:
+//! path match, peer check, and the mapping of control errors to statuses.
 //! Changes are accepted from the unix socket and loopback peers only; other
 //! peers (a non-loopback `listen`, which needs a `token`) may only read.
 //! Answers are JSON, errors `{"error": …}`.
@@ -17,46 +18,15 @@ use tokio::{
     sync::{Mutex, watch},
 };
 
+use super::{prometheus, stats};
 use crate::{
-    control::{AddRequest, Control, Refusal},
-    pool::{AdminState, CheckStatus},
-    runtime::Shared,
+    control::{
+        Control, ControlError, Shared,
+        desired::StateError,
+        servers::{self, AddRequest},
+    },
+    model::AdminState,
 };
-
-/// One server as `GET /api/servers` shows it.
-#[derive(Debug, Serialize)]
-pub struct ServerView {
-    pub pool: String,
-    pub name: String,
-    pub addr: String,
-    pub state: crate::pool::State,
-    pub active: u32,
-    pub maxconn: u32,
-    pub reported: Option<u32>,
-    pub effective: u32,
-    pub check: CheckStatus,
-}
-
-pub fn servers(shared: &Shared) -> Vec<ServerView> {
-    let rt = shared.runtime.load();
-    let mut out = Vec::new();
-    for pool in &rt.pools {
-        for s in pool.servers.load().iter() {
-            out.push(ServerView {
-                pool: pool.name.to_string(),
-                name: s.name().to_owned(),
-                addr: s.def.addr(),
-                state: s.state(),
-                active: s.active(),
-                maxconn: s.maxconn,
-                reported: s.reported(),
-                effective: s.effective(),
-                check: s.check_status(),
-            });
-        }
-    }
-    out
-}
 
 fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
     let body = serde_json::to_vec_pretty(value).unwrap_or_default();
@@ -78,103 +48,6 @@ fn text(content_type: &str, body: String) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
-fn status_json(shared: &Shared) -> serde_json::Value {
-    let rt = shared.runtime.load();
-    serde_json::json!({
-        "generation": rt.generation,
-        "xdp": shared.xdp.snapshot(),
-        "certs": shared.certs.summary(),
-        "pools": rt.pools.iter().map(|p| serde_json::json!({
-            "name": p.name.as_ref(),
-            "effective": p.total_effective(),
-            "servers": p.servers.load().len(),
-        })).collect::<Vec<_>>(),
-    })
-}
-
-fn stats_html(shared: &Shared) -> String {
-    let rt = shared.runtime.load();
-    let mut pools = String::new();
-    for p in &rt.pools {
-        pools.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
-            escape(&p.name),
-            p.servers.load().len(),
-            p.total_effective(),
-            p.no_capacity_total.load(std::sync::atomic::Ordering::Relaxed),
-            p.retries_total.load(std::sync::atomic::Ordering::Relaxed),
-            p.passed_429_total.load(std::sync::atomic::Ordering::Relaxed),
-        ));
-    }
-    let mut rows = String::new();
-    for s in servers(shared) {
-        let max = f64::from(s.maxconn.max(1));
-        let active_pct = (f64::from(s.active) / max * 100.0).min(100.0);
-        let free_pct = (f64::from(s.effective) / max * 100.0).min(100.0 - active_pct);
-        rows.push_str(&format!(
-            "<tr class=\"{state}\"><td>{pool}</td><td>{name}</td><td>{addr}</td><td>{state}</td>\
-<td><div class=\"bar\" title=\"active {active}, free {effective}, maxconn {maxconn}\"><span class=\"act\" style=\"width:{active_pct:.0}%\"></span><span class=\"free\" style=\"width:{free_pct:.0}%\"></span></div></td>\
-<td>{active}/{maxconn}</td><td>{reported}</td><td>{effective}</td><td>{reason}</td></tr>\n",
-            pool = escape(&s.pool),
-            name = escape(&s.name),
-            addr = escape(&s.addr),
-            state = s.state,
-            active = s.active,
-            maxconn = s.maxconn,
-            reported = s.reported.map_or("-".to_owned(), |r| r.to_string()),
-            effective = s.effective,
-            reason = escape(&s.check.reason),
-        ));
-    }
-    let xdp = shared.xdp.snapshot();
-    let xdp_line = if xdp.attached {
-        let counters: Vec<String> = xdp.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
-        format!(
-            "XDP attached on {} ({}), shedding: <b>{}</b> &middot; {}",
-            escape(xdp.interface.as_deref().unwrap_or("?")),
-            xdp.mode.as_deref().unwrap_or("?"),
-            if xdp.shedding { "ON" } else { "off" },
-            counters.join(", ")
-        )
-    } else {
-        format!("XDP not attached: {}", escape(xdp.error.as_deref().unwrap_or("-")))
-    };
-    let m = &shared.metrics;
-    // One statement per family lookup: a guard held across two lookups of the same family would deadlock.
-    let status = |code: &str| {
-        m.responses
-            .get_or_create(&crate::metrics::StatusLabel { status: code.into() })
-            .get()
-    };
-    let (ok101, full503, busy429) = (status("101"), status("503"), status("429"));
-    let refused = m
-        .refused
-        .get_or_create(&crate::metrics::ReasonLabel {
-            reason: "max_connections".into(),
-        })
-        .get();
-    let counters = format!(
-        "TLS handshakes {} &middot; 101 {ok101} &middot; 503 {full503} &middot; 429 {busy429} &middot; refused at accept {refused}",
-        m.tls_handshakes.get(),
-    );
-    format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta http-equiv=\"refresh\" content=\"2\"><title>ingress stats</title>\
-<style>body{{font-family:sans-serif;margin:1em}}td,th{{padding:2px 10px;text-align:left}}.UP{{background:#cfc}}.FULL{{background:#ffc}}.DOWN{{background:#fcc}}.DRAIN,.MAINT{{background:#ddd}}\
-.bar{{width:160px;height:12px;background:#eee;border:1px solid #999;display:flex}}.act{{background:#369}}.free{{background:#6c6}}</style></head>\
-<body><h1>ingress</h1><p>generation {generation} &middot; {xdp_line}</p><p>{counters}</p>\
-<h2>pools</h2><table><tr><th>pool</th><th>servers</th><th>effective capacity</th><th>503 no capacity</th><th>retries</th><th>429 passed</th></tr>\n{pools}</table>\
-<h2>servers</h2><table><tr><th>pool</th><th>server</th><th>addr</th><th>state</th><th>capacity (active | free)</th><th>active/maxconn</th><th>reported</th><th>effective</th><th>last check</th></tr>\n{rows}</table></body></html>\n",
-        generation = rt.generation,
-    )
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// Who is calling: the unix socket (trusted by its 0600 mode) or a TCP peer.
 #[derive(Debug, Clone, Copy)]
 pub enum Peer {
@@ -191,17 +64,23 @@ pub struct Admin {
     pub token: Option<String>,
 }
 
-fn refusal(r: &Refusal) -> Response<Full<Bytes>> {
-    error(
-        StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        &r.reason,
-    )
+/// The status a refused change answers with.
+fn status_of(e: &ControlError) -> StatusCode {
+    match e {
+        ControlError::State(StateError::NoPool(_) | StateError::NoServer { .. }) | ControlError::NotFound(_) => {
+            StatusCode::NOT_FOUND
+        }
+        ControlError::State(_) => StatusCode::CONFLICT,
+        ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
+        ControlError::Unhealthy(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        ControlError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
-fn outcome(r: Result<serde_json::Value, Refusal>) -> Response<Full<Bytes>> {
+fn outcome<T: Serialize>(r: Result<T, ControlError>) -> Response<Full<Bytes>> {
     match r {
         Ok(v) => json(StatusCode::OK, &v),
-        Err(r) => refusal(&r),
+        Err(e) => error(status_of(&e), &e.to_string()),
     }
 }
 
@@ -248,23 +127,23 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
     let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
     let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let resp = match (&method, segments.as_slice()) {
-        (&Method::GET, ["api", "servers"]) => json(StatusCode::OK, &serde_json::json!({ "servers": servers(shared) })),
+        (&Method::GET, ["api", "servers"]) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "servers": shared.data.runtime.load().server_views() }),
+        ),
         (&Method::GET, ["api", "status"]) => {
             let last_reload = admin.control.lock().await.last_reload.clone();
-            let mut v = status_json(shared);
+            let mut v = stats::status_json(shared);
             v["last_reload"] = serde_json::to_value(last_reload).unwrap_or_default();
             json(StatusCode::OK, &v)
         }
         (&Method::GET, ["api", "pick", pool]) => pick(shared, pool),
-        (&Method::GET, ["metrics"]) => text(
-            "text/plain; version=0.0.4; charset=utf-8",
-            crate::metrics::render(shared),
-        ),
+        (&Method::GET, ["metrics"]) => text("text/plain; version=0.0.4; charset=utf-8", prometheus::render(shared)),
         (&Method::GET, ["stats.json"]) => json(
             StatusCode::OK,
-            &serde_json::json!({ "servers": servers(shared), "status": status_json(shared) }),
+            &serde_json::json!({ "servers": shared.data.runtime.load().server_views(), "status": stats::status_json(shared) }),
         ),
-        (&Method::GET, ["stats"]) => text("text/html; charset=utf-8", stats_html(shared)),
+        (&Method::GET, ["stats"]) => text("text/html; charset=utf-8", stats::stats_html(shared)),
         (&Method::POST, ["api", "servers", pool, name, "state"]) => {
             #[derive(serde::Deserialize)]
             #[serde(deny_unknown_fields)]
@@ -284,14 +163,14 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
         }
         (&Method::POST, ["api", "pools", pool, "servers"]) => match body_json::<AddRequest>(req).await {
             Err(r) => r,
-            Ok(b) => outcome(crate::control::add_server(&admin.control, pool, b).await),
+            Ok(b) => outcome(servers::add_server(&admin.control, pool, b).await),
         },
         (&Method::DELETE, ["api", "servers", pool, name]) => {
             let now = req
                 .uri()
                 .query()
                 .is_some_and(|q| q.split('&').any(|kv| kv == "now=1" || kv == "now=true"));
-            outcome(crate::control::remove_server(&admin.control, pool, name, now).await)
+            outcome(servers::remove_server(&admin.control, pool, name, now).await)
         }
         (&Method::POST, ["api", "reload"]) => outcome(admin.control.lock().await.reload().await),
         (_, ["api", ..] | ["metrics"] | ["stats"] | ["stats.json"]) => {
@@ -325,7 +204,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {
-    let rt = shared.runtime.load();
+    let rt = shared.data.runtime.load();
     let Some(p) = rt.pools.iter().find(|p| *p.name == *pool) else {
         return error(StatusCode::NOT_FOUND, &format!("no pool named `{pool}`"));
     };

@@ -14,15 +14,15 @@ use tokio::{
 };
 use tokio_rustls::TlsAcceptor;
 
-use crate::{
+use super::{
+    DataCtx, http,
     http1::{self, HeadError, HeadLimits},
-    proxy,
-    routes::Target,
-    runtime::Shared,
+    tunnel, upgrade,
 };
+use crate::model::{RouteKind, route::Target};
 
 /// Accepts until `stop` turns true. `tls` false serves the plain HTTP front.
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: bool, mut stop: watch::Receiver<bool>) {
+pub async fn serve(listener: TcpListener, shared: Arc<DataCtx>, tls: bool, mut stop: watch::Receiver<bool>) {
     let kind = if tls { "https" } else { "http" };
     loop {
         let accepted = tokio::select! {
@@ -57,7 +57,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>, tls: bool, mut st
     }
 }
 
-fn limits(shared: &Shared) -> (HeadLimits, Duration) {
+fn limits(shared: &DataCtx) -> (HeadLimits, Duration) {
     let rt = shared.runtime.load();
     (
         HeadLimits {
@@ -69,7 +69,7 @@ fn limits(shared: &Shared) -> (HeadLimits, Duration) {
 }
 
 /// Answers a head that could not be read, or just closes.
-async fn refuse_head<S: AsyncWrite + Unpin>(io: &mut S, shared: &Shared, err: &HeadError) {
+async fn refuse_head<S: AsyncWrite + Unpin>(io: &mut S, shared: &DataCtx, err: &HeadError) {
     let (status, reason) = match err {
         HeadError::TooLarge(_) => (Some(431), "header_too_large"),
         HeadError::TooManyHeaders(_) => (Some(431), "too_many_headers"),
@@ -89,7 +89,7 @@ async fn handle_https(
     tcp: TcpStream,
     peer: SocketAddr,
     local_port: u16,
-    shared: Arc<Shared>,
+    shared: Arc<DataCtx>,
     acceptor: TlsAcceptor,
     permit: OwnedSemaphorePermit,
 ) {
@@ -144,16 +144,16 @@ async fn handle_https(
             http1::respond(&mut tls, 404, "not found", &[]).await;
         }
         Target::Pool { route, pool, params } => {
-            let is_http = rt.routes.routes[route].kind == crate::config::RouteKind::Http;
+            let is_http = rt.routes.routes[route].kind == RouteKind::Http;
             if is_http && head.header("upgrade").is_none() {
-                if let Some(why) = crate::http_proxy::smuggling_error(&head) {
+                if let Some(why) = http::smuggling_error(&head) {
                     shared.metrics.bad_request("smuggling");
                     shared.metrics.response(400);
                     http1::respond(&mut tls, 400, why, &[]).await;
                     return;
                 }
                 drop(params);
-                crate::http_proxy::serve(Arc::clone(&shared), tls, head, peer, local_port, permit).await;
+                http::serve(Arc::clone(&shared), tls, head, peer, local_port, permit).await;
                 return;
             }
             if let Some(why) = http1::websocket_upgrade_error(&head) {
@@ -170,7 +170,7 @@ async fn handle_https(
             } else {
                 params.iter().find(|(k, _)| k == key_name).map(|(_, v)| (*v).to_owned())
             };
-            let call = proxy::Call {
+            let call = upgrade::Call {
                 peer,
                 local_port,
                 route: &route_path,
@@ -178,7 +178,7 @@ async fn handle_https(
                 hash_key: hash_key.as_deref(),
                 started,
             };
-            proxy::forward(Arc::clone(&shared), Arc::clone(&rt), pool, tls, head, call, permit).await;
+            upgrade::forward(Arc::clone(&shared), Arc::clone(&rt), pool, tls, head, call, permit).await;
         }
     }
 }
@@ -203,7 +203,7 @@ fn tls_reason(e: &std::io::Error) -> &'static str {
 
 const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 
-async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, _permit: OwnedSemaphorePermit) {
+async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<DataCtx>, _permit: OwnedSemaphorePermit) {
     let (limits, header_timeout) = limits(&shared);
     let deadline = Instant::now() + header_timeout;
     let head = match http1::read_request(&mut tcp, BytesMut::with_capacity(1024), limits, deadline).await {
@@ -236,7 +236,7 @@ async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<Shared>, 
         return;
     }
     let idle = rt.timeouts.upgrade_response.0;
-    let stats = crate::tunnel::run(tcp, up, idle, std::future::pending()).await;
+    let stats = tunnel::run(tcp, up, idle, std::future::pending()).await;
     tracing::info!(target: "acme", %peer, path = %head.target, bytes = stats.to_client, "ACME challenge forwarded");
 }
 

@@ -1,0 +1,262 @@
+//! Control path: Prometheus text at `/metrics`. Front counters live in a
+//! registry made once (the data path only bumps atomics); per-server and
+//! XDP figures are read from live state at scrape time.
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, text},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use crate::{
+    control::Shared,
+    model::ServerState,
+    telemetry::{BundleLabel, OutcomeLabel, PoolLabel, ServerLabels, StateLabels, TlsLabels, VersionLabel},
+};
+
+/// Per-server check-latency histograms as one family (the histograms live in the servers).
+#[derive(Debug)]
+struct CheckLatency(Vec<(ServerLabels, Histogram)>);
+
+impl Collector for CheckLatency {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let mut metric = encoder.encode_descriptor(
+            "ingress_server_check_latency_seconds",
+            "Latency of health checks",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (labels, h) in &self.0 {
+            h.encode(metric.encode_family(labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+fn gauge(v: i64) -> Gauge {
+    let g = Gauge::default();
+    g.set(v);
+    g
+}
+
+fn counter(v: u64) -> Counter {
+    let c = Counter::default();
+    c.inc_by(v);
+    c
+}
+
+/// Renders the whole exposition.
+pub fn render(shared: &Shared) -> String {
+    let mut r = Registry::default();
+    shared.data.metrics.register(&mut r);
+
+    let rt = shared.data.runtime.load();
+    let state = Family::<StateLabels, Gauge>::default();
+    let active = Family::<ServerLabels, Gauge>::default();
+    let maxconn = Family::<ServerLabels, Gauge>::default();
+    let reported = Family::<ServerLabels, Gauge>::default();
+    let effective = Family::<ServerLabels, Gauge>::default();
+    let sessions = Family::<ServerLabels, Counter>::default();
+    let answered_429 = Family::<ServerLabels, Counter>::default();
+    let tls_handshakes = Family::<TlsLabels, Counter>::default();
+    let check_ok = Family::<ServerLabels, Gauge>::default();
+    let mut latencies = Vec::new();
+    let retries = Family::<PoolLabel, Counter>::default();
+    let passed_429 = Family::<PoolLabel, Counter>::default();
+    let no_capacity = Family::<PoolLabel, Counter>::default();
+    let pool_capacity = Family::<PoolLabel, Gauge>::default();
+    for pool in &rt.pools {
+        let pl = PoolLabel {
+            pool: pool.name.to_string(),
+        };
+        retries.get_or_create(&pl).inc_by(pool.retries_total.load(Relaxed));
+        passed_429
+            .get_or_create(&pl)
+            .inc_by(pool.passed_429_total.load(Relaxed));
+        no_capacity
+            .get_or_create(&pl)
+            .inc_by(pool.no_capacity_total.load(Relaxed));
+        pool_capacity.get_or_create(&pl).set(pool.total_effective() as i64);
+    }
+    for v in rt.server_views() {
+        let l = ServerLabels {
+            pool: v.pool.clone(),
+            server: v.name.clone(),
+        };
+        for st in ServerState::ALL {
+            state
+                .get_or_create(&StateLabels {
+                    pool: l.pool.clone(),
+                    server: l.server.clone(),
+                    state: st.as_str().to_owned(),
+                })
+                .set(i64::from(st == v.state));
+        }
+        active.get_or_create(&l).set(i64::from(v.active));
+        maxconn.get_or_create(&l).set(i64::from(v.maxconn));
+        reported.get_or_create(&l).set(v.reported.map_or(-1, i64::from));
+        effective.get_or_create(&l).set(i64::from(v.effective));
+        let live = v.server.live();
+        sessions.get_or_create(&l).inc_by(live.sessions_total.load(Relaxed));
+        answered_429.get_or_create(&l).inc_by(live.answered_429.load(Relaxed));
+        for (kind, n) in [("full", &live.tls_full), ("resumed", &live.tls_resumed)] {
+            tls_handshakes
+                .get_or_create(&TlsLabels {
+                    pool: l.pool.clone(),
+                    server: l.server.clone(),
+                    kind: kind.to_owned(),
+                })
+                .inc_by(n.load(Relaxed));
+        }
+        check_ok.get_or_create(&l).set(i64::from(v.check.ok));
+        latencies.push((l, live.check_latency.clone()));
+    }
+    r.register(
+        "ingress_server_state",
+        "1 for the server's current state (UP, FULL, DOWN, DRAIN, MAINT)",
+        state,
+    );
+    r.register(
+        "ingress_server_active",
+        "Tunnels the ingress holds to the server",
+        active,
+    );
+    r.register("ingress_server_maxconn", "Per-server connection limit", maxconn);
+    r.register(
+        "ingress_server_reported_capacity",
+        "Capacity the fleet last reported (-1: none yet)",
+        reported,
+    );
+    r.register(
+        "ingress_server_effective_capacity",
+        "min(maxconn - active, reported - routed since report)",
+        effective,
+    );
+    r.register("ingress_server_sessions", "Calls routed to the server", sessions);
+    r.register(
+        "ingress_server_answered_429",
+        "429 answers the server gave to upgrades",
+        answered_429,
+    );
+    r.register(
+        "ingress_server_tls_handshakes",
+        "TLS handshakes with the server (calls, requests and checks), full or resumed",
+        tls_handshakes,
+    );
+    r.register(
+        "ingress_server_check_ok",
+        "1 when the last health check passed",
+        check_ok,
+    );
+    r.register_collector(Box::new(CheckLatency(latencies)));
+    r.register(
+        "ingress_pool_retries",
+        "Upgrade attempts redispatched to another server",
+        retries,
+    );
+    r.register("ingress_pool_passed_429", "429s handed to carriers", passed_429);
+    r.register(
+        "ingress_pool_no_capacity",
+        "Calls answered 503 because no server had capacity",
+        no_capacity,
+    );
+    r.register(
+        "ingress_pool_effective_capacity",
+        "Sum of effective capacity of UP servers",
+        pool_capacity,
+    );
+    r.register(
+        "ingress_connections_open",
+        "Front connections holding a max_connections slot, calls included",
+        gauge(shared.data.connections_open() as i64),
+    );
+    r.register(
+        "ingress_cert_reloads",
+        "Certificate directory reloads that changed something",
+        counter(shared.certs.reloads.load(Relaxed)),
+    );
+    r.register(
+        "ingress_cert_errors",
+        "Certificate bundles refused",
+        counter(shared.certs.errors.load(Relaxed)),
+    );
+    r.register(
+        "ingress_config_generation",
+        "Generation of the running configuration",
+        gauge(rt.generation as i64),
+    );
+    let expiry = Family::<BundleLabel, Gauge>::default();
+    for (bundle, not_after) in shared.certs.expiries() {
+        expiry.get_or_create(&BundleLabel { bundle }).set(not_after);
+    }
+    r.register(
+        "ingress_cert_expiry_timestamp_seconds",
+        "notAfter of each serving certificate bundle",
+        expiry,
+    );
+    let build = Family::<VersionLabel, Gauge>::default();
+    build
+        .get_or_create(&VersionLabel {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        })
+        .set(1);
+    r.register("ingress_build_info", "Version of the running binary", build);
+
+    let xdp = shared.xdp.view();
+    r.register(
+        "ingress_xdp_attached",
+        "1 while the XDP program is attached",
+        gauge(i64::from(xdp.attached)),
+    );
+    r.register(
+        "ingress_xdp_shedding",
+        "1 while the XDP program sheds carrier SYNs",
+        gauge(i64::from(xdp.shedding)),
+    );
+    let packets = Family::<OutcomeLabel, Counter>::default();
+    for (name, v) in xdp.counters {
+        packets
+            .get_or_create(&OutcomeLabel {
+                outcome: name.to_owned(),
+            })
+            .inc_by(v);
+    }
+    r.register(
+        "ingress_xdp_packets",
+        "Packets seen by the XDP program, by outcome",
+        packets,
+    );
+
+    let mut out = String::new();
+    let _ = text::encode(&mut out, &r);
+    to_prometheus_text(&out)
+}
+
+/// The client crate writes OpenMetrics; `/metrics` serves the Prometheus
+/// text format (0.0.4) that promtool and every scraper read: a counter's
+/// HELP/TYPE name carries its `_total` suffix, and there is no `# EOF`.
+fn to_prometheus_text(open_metrics: &str) -> String {
+    let lines: Vec<&str> = open_metrics.lines().collect();
+    let mut out = String::with_capacity(open_metrics.len());
+    for (i, line) in lines.iter().enumerate() {
+        if *line == "# EOF" {
+            continue;
+        }
+        let counter_family = |name: &str| lines.get(i + 1).is_some_and(|n| *n == format!("# TYPE {name} counter"));
+        if let Some(rest) = line.strip_prefix("# HELP ")
+            && let Some((name, help)) = rest.split_once(' ')
+            && counter_family(name)
+        {
+            out.push_str(&format!("# HELP {name}_total {help}\n"));
+        } else if let Some(name) = line.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter")) {
+            out.push_str(&format!("# TYPE {name}_total counter\n"));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}

@@ -1,0 +1,344 @@
+//! Balancer: one fleet server — its definition and the live counters the data
+//! path reads and updates without locks (the health checker writes reports).
+//! The live part is carried over by key across reloads.
+
+use std::{
+    fmt,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed},
+    },
+    time::{Instant, SystemTime},
+};
+
+use rustls::pki_types::ServerName;
+use serde::Serialize;
+
+use super::{Demand, stable_hash};
+use crate::{
+    model::{AdminState, ServerDef, ServerState},
+    telemetry,
+};
+
+/// The last health check as shown by `stat`.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckStatus {
+    pub ok: bool,
+    pub reason: String,
+    pub latency_ms: Option<f64>,
+    /// Seconds since the Unix epoch.
+    pub at: Option<f64>,
+}
+
+impl Default for CheckStatus {
+    fn default() -> Self {
+        Self {
+            ok: false,
+            reason: "not checked yet".to_owned(),
+            latency_ms: None,
+            at: None,
+        }
+    }
+}
+
+const NONE: u32 = u32::MAX;
+
+/// One fleet server of one pool.
+pub struct Server {
+    /// Unique across the daemon's life (also the key in the BPF `FLEETS` map).
+    pub id: u32,
+    pub pool: Arc<str>,
+    pub def: ServerDef,
+    pub maxconn: u32,
+    /// TLS server name sent to it.
+    pub server_name: ServerName<'static>,
+    /// Whether the pool reads capacity from the health body.
+    pub capacity_aware: bool,
+    /// Opaque stable id used as the sticky cookie's value.
+    pub cookie_id: String,
+    /// Counters and health, shared with the server this one replaced on a
+    /// reload (same pool and name), so live calls stay counted.
+    live: Arc<Live>,
+}
+
+/// The live part of a server: carried over by key across reloads.
+pub struct Live {
+    /// Tunnels held (and upgrade attempts in flight).
+    active: AtomicU32,
+    /// Calls routed since the last capacity report.
+    routed_since_report: AtomicU32,
+    /// Last reported spare capacity, or `NONE`.
+    reported: AtomicU32,
+    healthy: AtomicU8,
+    admin: AtomicU8,
+    /// Calls ever routed here.
+    pub sessions_total: AtomicU64,
+    /// 429s this server answered.
+    pub answered_429: AtomicU64,
+    /// TLS handshakes with the server: full, and resumed from a session it issued.
+    pub tls_full: AtomicU64,
+    pub tls_resumed: AtomicU64,
+    pub check: Mutex<CheckStatus>,
+    pub last_report: Mutex<Option<Instant>>,
+    /// Fired to cut this server's tunnels (removal with `--now`, shutdown-sessions).
+    pub cut: tokio::sync::Notify,
+    /// Health-check latency, seconds.
+    pub check_latency: prometheus_client::metrics::histogram::Histogram,
+    /// When the server last came back UP after being DOWN (slowstart).
+    pub recovered_at: Mutex<Option<Instant>>,
+}
+
+impl fmt::Debug for Live {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Live")
+            .field("active", &self.active)
+            .field("reported", &self.reported)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Server {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("pool", &self.pool)
+            .field("name", &self.def.name)
+            .finish()
+    }
+}
+
+impl Server {
+    pub fn new(
+        id: u32,
+        pool: Arc<str>,
+        def: ServerDef,
+        maxconn: u32,
+        server_name: ServerName<'static>,
+        capacity_aware: bool,
+    ) -> Self {
+        Self {
+            id,
+            pool,
+            def,
+            maxconn,
+            server_name,
+            capacity_aware,
+            live: Arc::new(Live {
+                active: AtomicU32::new(0),
+                routed_since_report: AtomicU32::new(0),
+                reported: AtomicU32::new(NONE),
+                healthy: AtomicU8::new(0),
+                admin: AtomicU8::new(AdminState::Ready as u8),
+                sessions_total: AtomicU64::new(0),
+                answered_429: AtomicU64::new(0),
+                tls_full: AtomicU64::new(0),
+                tls_resumed: AtomicU64::new(0),
+                check: Mutex::new(CheckStatus::default()),
+                last_report: Mutex::new(None),
+                cut: tokio::sync::Notify::new(),
+                check_latency: telemetry::check_latency_histogram(),
+                recovered_at: Mutex::new(None),
+            }),
+            cookie_id: String::new(),
+        }
+        .with_cookie_id()
+    }
+
+    fn with_cookie_id(mut self) -> Self {
+        self.cookie_id = format!(
+            "{:016x}",
+            stable_hash(&[self.pool.as_bytes(), self.def.name.as_bytes()])
+        );
+        self
+    }
+
+    /// Share of new calls this server takes, 0..=1, ramping over `window` after a recovery.
+    pub fn slowstart_factor(&self, window: Option<std::time::Duration>) -> f64 {
+        let Some(window) = window.filter(|w| !w.is_zero()) else {
+            return 1.0;
+        };
+        match *self.live.recovered_at.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(at) => (at.elapsed().as_secs_f64() / window.as_secs_f64()).clamp(0.05, 1.0),
+            None => 1.0,
+        }
+    }
+
+    /// A new definition of `old` (same pool and name): same id, same live state.
+    pub fn replacing(
+        old: &Server,
+        def: ServerDef,
+        maxconn: u32,
+        server_name: ServerName<'static>,
+        capacity_aware: bool,
+    ) -> Self {
+        Self {
+            id: old.id,
+            pool: Arc::clone(&old.pool),
+            def,
+            maxconn,
+            server_name,
+            capacity_aware,
+            cookie_id: old.cookie_id.clone(),
+            live: Arc::clone(&old.live),
+        }
+    }
+
+    /// The counters and health that survive a reload (shared with the
+    /// server this one replaced).
+    pub fn live(&self) -> &Live {
+        &self.live
+    }
+
+    pub fn name(&self) -> &str {
+        &self.def.name
+    }
+
+    pub fn active(&self) -> u32 {
+        self.live.active.load(Relaxed)
+    }
+
+    /// Last reported capacity, `None` before the first report (or liveness-only).
+    pub fn reported(&self) -> Option<u32> {
+        match self.live.reported.load(Relaxed) {
+            NONE => None,
+            n => Some(n),
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.live.healthy.load(Relaxed) != 0
+    }
+
+    pub fn admin_state(&self) -> AdminState {
+        match self.live.admin.load(Relaxed) {
+            1 => AdminState::Drain,
+            2 => AdminState::Maint,
+            _ => AdminState::Ready,
+        }
+    }
+
+    pub fn set_admin_state(&self, s: AdminState) {
+        self.live.admin.store(s as u8, Relaxed);
+    }
+
+    pub fn set_healthy(&self, healthy: bool) {
+        self.live.healthy.store(u8::from(healthy), Relaxed);
+    }
+
+    /// `min(maxconn − active, reported − routed_since_report)`.
+    pub fn effective(&self) -> u32 {
+        let free = self.maxconn.saturating_sub(self.live.active.load(Relaxed));
+        if !self.capacity_aware {
+            return free;
+        }
+        match self.live.reported.load(Relaxed) {
+            NONE => 0,
+            r => free.min(r.saturating_sub(self.live.routed_since_report.load(Relaxed))),
+        }
+    }
+
+    pub fn state(&self) -> ServerState {
+        match self.admin_state() {
+            AdminState::Maint => ServerState::Maint,
+            AdminState::Drain => ServerState::Drain,
+            AdminState::Ready if !self.healthy() => ServerState::Down,
+            AdminState::Ready if self.effective() == 0 => ServerState::Full,
+            AdminState::Ready => ServerState::Up,
+        }
+    }
+
+    /// A fresh capacity report from the health checker.
+    pub fn report_capacity(&self, available: u32) {
+        self.live.reported.store(available.min(NONE - 1), Relaxed);
+        self.live.routed_since_report.store(0, Relaxed);
+        *self.live.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+    }
+
+    /// The fleet answered 429: it has no free worker, whatever it reported.
+    pub fn saw_429(&self) {
+        self.live.answered_429.fetch_add(1, Relaxed);
+        if self.capacity_aware {
+            self.live.reported.store(0, Relaxed);
+            self.live.routed_since_report.store(0, Relaxed);
+        }
+    }
+
+    /// A connect or TLS failure seen by the data path: out of rotation at
+    /// once, back with the next good health check (so a hung fleet costs at
+    /// most one call one connect timeout).
+    pub fn passive_failure(&self, reason: &str) {
+        self.set_healthy(false);
+        self.record_check(false, format!("connection failed: {reason}"), None);
+    }
+
+    /// Whether a new `demand` may go here: a call needs UP; a plain HTTP
+    /// request needs a healthy, ready server with a free `maxconn` slot (a
+    /// FULL fleet has no free call worker, but still answers its API).
+    pub(super) fn accepts(&self, demand: Demand) -> bool {
+        match demand {
+            Demand::Call => self.state() == ServerState::Up,
+            Demand::Request => {
+                self.admin_state() == AdminState::Ready && self.healthy() && self.active() < self.maxconn
+            }
+        }
+    }
+
+    /// Takes one `maxconn` slot, and for a call one unit of reported
+    /// capacity; false when there is none left.
+    pub(super) fn try_reserve(&self, demand: Demand) -> bool {
+        let took_active = self
+            .live
+            .active
+            .fetch_update(Relaxed, Relaxed, |a| (a < self.maxconn).then_some(a + 1))
+            .is_ok();
+        if !took_active {
+            return false;
+        }
+        if self.capacity_aware && demand == Demand::Call {
+            let took_capacity = self
+                .live
+                .routed_since_report
+                .fetch_update(Relaxed, Relaxed, |r| match self.live.reported.load(Relaxed) {
+                    NONE => None,
+                    rep => (r < rep).then_some(r + 1),
+                })
+                .is_ok();
+            if !took_capacity {
+                self.live.active.fetch_sub(1, Relaxed);
+                return false;
+            }
+        }
+        self.live.sessions_total.fetch_add(1, Relaxed);
+        true
+    }
+
+    /// Gives back a reservation whose call never reached the fleet's worker.
+    pub(super) fn unreserve(&self) {
+        let _ = self
+            .live
+            .routed_since_report
+            .fetch_update(Relaxed, Relaxed, |r| r.checked_sub(1));
+        let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
+    }
+
+    pub(super) fn release(&self) {
+        let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
+    }
+
+    /// Check result for `stat`.
+    pub fn record_check(&self, ok: bool, reason: String, latency_ms: Option<f64>) {
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .ok();
+        *self.live.check.lock().unwrap_or_else(|e| e.into_inner()) = CheckStatus {
+            ok,
+            reason,
+            latency_ms,
+            at,
+        };
+    }
+
+    pub fn check_status(&self) -> CheckStatus {
+        self.live.check.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}

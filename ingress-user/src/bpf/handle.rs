@@ -1,0 +1,308 @@
+//! Control path: the loaded XDP program and its pinned maps — load (re-using
+//! pins), attach, fill `PORTS` and the carrier tries, write `FLEETS` and
+//! `CONTROL`, read the per-CPU counters, and run crafted packets through
+//! `BPF_PROG_TEST_RUN`.
+
+use std::{
+    net::IpAddr,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
+    programs::{Xdp, xdp::XdpMode as AyaXdpMode},
+};
+use ingress_common::{ControlEntry, FleetEntry, action, counter, map_names};
+
+use crate::config::XdpConfig;
+use crate::model::{XdpAction, XdpMode, addr::parse_prefix, monotonic_ns};
+
+/// The compiled XDP object, built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-xdp"));
+
+/// Why XDP could not be set up or read.
+#[derive(Debug, thiserror::Error)]
+pub enum XdpError {
+    #[error("loading the XDP object: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program `{0}` missing from the object")]
+    MissingProgram(&'static str),
+    #[error("program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the object")]
+    MissingMap(&'static str),
+    #[error("{path}: {source}")]
+    Pin { path: PathBuf, source: std::io::Error },
+    #[error("attach to {interface}: {reason}")]
+    Attach { interface: String, reason: String },
+}
+
+pub(super) fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> XdpError {
+    move |source| XdpError::Map { name, source }
+}
+
+/// The loaded, attached program and its maps.
+pub struct XdpHandle {
+    ebpf: Ebpf,
+    pub interface: String,
+    pub mode: &'static str,
+    action: u32,
+    generation: u64,
+}
+
+impl std::fmt::Debug for XdpHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XdpHandle").field("interface", &self.interface).finish()
+    }
+}
+
+impl XdpHandle {
+    /// Loads the object with maps pinned under `pin_path` (re-using existing
+    /// pins), fills `PORTS` and the carrier tries, and attaches.
+    pub fn attach(cfg: &XdpConfig, ports: &[u16]) -> Result<Self, XdpError> {
+        let interface = cfg.interface.clone().unwrap_or_default();
+        std::fs::create_dir_all(&cfg.pin_path).map_err(|source| XdpError::Pin {
+            path: cfg.pin_path.clone(),
+            source,
+        })?;
+        let ebpf = match load(Some(&cfg.pin_path)) {
+            Ok(e) => e,
+            Err(first) => {
+                // Pins left by an older build may not fit this object: start afresh.
+                tracing::warn!(error = %first, "pinned maps could not be reused; re-creating them");
+                for name in map_names::ALL {
+                    let _ = std::fs::remove_file(cfg.pin_path.join(name));
+                }
+                load(Some(&cfg.pin_path))?
+            }
+        };
+        let mut handle = Self::prepare(ebpf, cfg.action, ports, &cfg.carriers)?;
+        handle.interface = interface.clone();
+        let program = handle.program_mut()?;
+        let attach_err = |e: aya::programs::ProgramError| XdpError::Attach {
+            interface: interface.clone(),
+            reason: e.to_string(),
+        };
+        handle.mode = match cfg.mode {
+            XdpMode::Native => program
+                .attach(&interface, AyaXdpMode::Driver)
+                .map(|_| "native")
+                .map_err(attach_err)?,
+            XdpMode::Skb => program
+                .attach(&interface, AyaXdpMode::Skb)
+                .map(|_| "skb")
+                .map_err(attach_err)?,
+            XdpMode::Auto | XdpMode::Off => match program.attach(&interface, AyaXdpMode::Driver) {
+                Ok(_) => "native",
+                Err(native) => {
+                    tracing::info!(error = %native, "native XDP refused; trying SKB mode");
+                    program
+                        .attach(&interface, AyaXdpMode::Skb)
+                        .map(|_| "skb")
+                        .map_err(attach_err)?
+                }
+            },
+        };
+        Ok(handle)
+    }
+
+    /// Loads the program with private (unpinned) maps and attaches it nowhere:
+    /// for running crafted packets through it with `BPF_PROG_TEST_RUN`.
+    pub fn load_detached(action: XdpAction, ports: &[u16], carriers: &[String]) -> Result<Self, XdpError> {
+        Self::prepare(load(None)?, action, ports, carriers)
+    }
+
+    fn prepare(mut ebpf: Ebpf, action: XdpAction, ports: &[u16], carriers: &[String]) -> Result<Self, XdpError> {
+        let program: &mut Xdp = ebpf
+            .program_mut(ingress_common::PROGRAM_NAME)
+            .ok_or(XdpError::MissingProgram(ingress_common::PROGRAM_NAME))?
+            .try_into()?;
+        program.load()?;
+        let mut handle = Self {
+            ebpf,
+            interface: String::new(),
+            mode: "detached",
+            action: match action {
+                XdpAction::Drop => action::DROP,
+                XdpAction::Rst => action::RST,
+            },
+            generation: 0,
+        };
+        handle.set_ports(ports)?;
+        handle.set_carriers(carriers)?;
+        handle.write_control(false, 0, 0)?;
+        Ok(handle)
+    }
+
+    fn program_mut(&mut self) -> Result<&mut Xdp, XdpError> {
+        Ok(self
+            .ebpf
+            .program_mut(ingress_common::PROGRAM_NAME)
+            .ok_or(XdpError::MissingProgram(ingress_common::PROGRAM_NAME))?
+            .try_into()?)
+    }
+
+    /// Attaches an already loaded (detached) program to `interface` in the
+    /// caller's network namespace; it detaches when the handle drops.
+    pub fn attach_to(&mut self, interface: &str, native: bool) -> Result<(), XdpError> {
+        let mode = if native { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
+        let program = self.program_mut()?;
+        program.attach(interface, mode).map_err(|e| XdpError::Attach {
+            interface: interface.to_owned(),
+            reason: e.to_string(),
+        })?;
+        self.interface = interface.to_owned();
+        Ok(())
+    }
+
+    /// Runs one packet through the loaded program; returns the XDP verdict and the packet as the program left it.
+    pub fn test_run(&mut self, packet: &[u8]) -> Result<(u32, Vec<u8>), XdpError> {
+        use aya::programs::{TestRun as _, TestRunOptions};
+        let mut out = vec![0u8; packet.len() + 256];
+        let program = self.program_mut()?;
+        let result = program.test_run(TestRunOptions {
+            data_in: Some(packet),
+            data_out: Some(&mut out),
+            ..Default::default()
+        })?;
+        out.truncate(result.data_size_out as usize);
+        Ok((result.return_value, out))
+    }
+
+    /// Writes the control entry as given (tests use it for expired leases).
+    pub fn set_control(&mut self, value: ControlEntry) -> Result<(), XdpError> {
+        let mut map: Array<_, ControlEntry> =
+            Array::try_from(self.map_mut(map_names::CONTROL)?).map_err(map_err(map_names::CONTROL))?;
+        map.set(0, value, 0).map_err(map_err(map_names::CONTROL))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map, XdpError> {
+        self.ebpf.map_mut(name).ok_or(XdpError::MissingMap(name))
+    }
+
+    /// Replaces the listener ports.
+    pub fn set_ports(&mut self, ports: &[u16]) -> Result<(), XdpError> {
+        let mut map: HashMap<_, u16, u8> =
+            HashMap::try_from(self.map_mut(map_names::PORTS)?).map_err(map_err(map_names::PORTS))?;
+        let old: Vec<u16> = map.keys().filter_map(Result::ok).collect();
+        for p in old.iter().filter(|p| !ports.contains(p)) {
+            map.remove(p).map_err(map_err(map_names::PORTS))?;
+        }
+        for p in ports {
+            map.insert(p, 1, 0).map_err(map_err(map_names::PORTS))?;
+        }
+        Ok(())
+    }
+
+    /// Replaces the carrier prefixes; empty means every source.
+    pub fn set_carriers(&mut self, carriers: &[String]) -> Result<(), XdpError> {
+        let mut v4: Vec<(u32, [u8; 4])> = Vec::new();
+        let mut v6: Vec<(u32, [u8; 16])> = Vec::new();
+        if carriers.is_empty() {
+            v4.push((0, [0; 4]));
+            v6.push((0, [0; 16]));
+        }
+        for c in carriers {
+            match parse_prefix(c) {
+                Ok((IpAddr::V4(a), len)) => v4.push((len, a.octets())),
+                Ok((IpAddr::V6(a), len)) => v6.push((len, a.octets())),
+                Err(e) => tracing::error!(error = %e, "carrier prefix ignored"),
+            }
+        }
+        {
+            let mut trie: LpmTrie<_, [u8; 4], u32> =
+                LpmTrie::try_from(self.map_mut(map_names::CARRIERS4)?).map_err(map_err(map_names::CARRIERS4))?;
+            let old: Vec<Key<[u8; 4]>> = trie.keys().filter_map(Result::ok).collect();
+            for k in &old {
+                let _ = trie.remove(k);
+            }
+            for (len, data) in &v4 {
+                trie.insert(&Key::new(*len, *data), 1, 0)
+                    .map_err(map_err(map_names::CARRIERS4))?;
+            }
+        }
+        let mut trie: LpmTrie<_, [u8; 16], u32> =
+            LpmTrie::try_from(self.map_mut(map_names::CARRIERS6)?).map_err(map_err(map_names::CARRIERS6))?;
+        let old: Vec<Key<[u8; 16]>> = trie.keys().filter_map(Result::ok).collect();
+        for k in &old {
+            let _ = trie.remove(k);
+        }
+        for (len, data) in &v6 {
+            trie.insert(&Key::new(*len, *data), 1, 0)
+                .map_err(map_err(map_names::CARRIERS6))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the control entry; `lease` 0 means shedding cannot hold.
+    pub fn write_control(&mut self, shed: bool, total: u64, lease_ns: u64) -> Result<(), XdpError> {
+        self.generation += 1;
+        let value = ControlEntry {
+            total_capacity: u32::try_from(total).unwrap_or(u32::MAX),
+            shed: u32::from(shed),
+            action: self.action,
+            _pad: 0,
+            lease_deadline_ns: if shed {
+                monotonic_ns().saturating_add(lease_ns)
+            } else {
+                0
+            },
+            generation: self.generation,
+        };
+        let mut map: Array<_, ControlEntry> =
+            Array::try_from(self.map_mut(map_names::CONTROL)?).map_err(map_err(map_names::CONTROL))?;
+        map.set(0, value, 0).map_err(map_err(map_names::CONTROL))
+    }
+
+    /// Makes `FLEETS` hold exactly `entries`.
+    pub fn write_fleets(&mut self, entries: &[FleetEntry]) -> Result<(), XdpError> {
+        let mut map: HashMap<_, u32, FleetEntry> =
+            HashMap::try_from(self.map_mut(map_names::FLEETS)?).map_err(map_err(map_names::FLEETS))?;
+        let old: Vec<u32> = map.keys().filter_map(Result::ok).collect();
+        for id in old.iter().filter(|id| !entries.iter().any(|e| e.id == **id)) {
+            let _ = map.remove(id);
+        }
+        for e in entries {
+            if map.get(&e.id, 0).ok().as_ref() != Some(e) {
+                map.insert(e.id, e, 0).map_err(map_err(map_names::FLEETS))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-outcome packet counts summed over CPUs.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let Some(map) = self.ebpf.map(map_names::COUNTERS) else {
+            return Vec::new();
+        };
+        let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+            return Vec::new();
+        };
+        sum_counters(&arr)
+    }
+}
+
+fn load(pin_dir: Option<&Path>) -> Result<Ebpf, aya::EbpfError> {
+    let mut loader = EbpfLoader::new();
+    if let Some(dir) = pin_dir {
+        for name in map_names::ALL {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    loader.load(OBJECT)
+}
+
+pub(super) fn sum_counters<T: std::borrow::Borrow<MapData>>(arr: &PerCpuArray<T, u64>) -> Vec<(&'static str, u64)> {
+    (0..counter::COUNT)
+        .map(|i| {
+            let total = arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
+            (counter::NAMES[i as usize], total)
+        })
+        .collect()
+}

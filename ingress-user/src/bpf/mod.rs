@@ -1,0 +1,14 @@
+//! Control path: the XDP fast path's userspace side — load and attach the
+//! program ([`handle`]), keep its pinned maps in step with the servers
+//! ([`sync`]: `FLEETS` per server, `CONTROL` with the total effective
+//! capacity, the shed flag and a lease the kernel honours only while the
+//! daemon keeps renewing it — fail open), report what it did ([`status`]),
+//! and read the pins back for `ingress bpf dump` ([`dump`]).
+
+pub mod dump;
+pub mod handle;
+pub mod status;
+pub mod sync;
+
+pub use handle::{XdpError, XdpHandle};
+pub use status::{XdpStatus, XdpView};

@@ -1,0 +1,34 @@
+//! Control path: what the BPF sync last wrote and read (attached, mode,
+//! shedding, total capacity, counters), for `/metrics`, `/api/status` and `stat`.
+
+use std::sync::Mutex;
+
+use serde::Serialize;
+
+/// What `/metrics`, `/api/status` and `stat` show about XDP.
+#[derive(Debug, Clone, Default, Serialize)]
+/// One reading of the XDP status.
+pub struct XdpView {
+    pub attached: bool,
+    pub interface: Option<String>,
+    /// `native` or `skb` when attached.
+    pub mode: Option<String>,
+    pub shedding: bool,
+    pub total_capacity: u64,
+    /// Why XDP is not attached, when it is not.
+    pub error: Option<String>,
+    pub counters: Vec<(&'static str, u64)>,
+}
+
+/// Shared XDP status, written by the sync task.
+#[derive(Debug, Default)]
+pub struct XdpStatus(Mutex<XdpView>);
+
+impl XdpStatus {
+    pub fn view(&self) -> XdpView {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    pub fn update(&self, f: impl FnOnce(&mut XdpView)) {
+        f(&mut self.0.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}

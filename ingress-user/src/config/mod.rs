@@ -1,0 +1,503 @@
+//! Configuration: the TOML schema and its defaults (this file), validation
+//! ([`validate`], pure), and the `servers_file` format ([`servers_file`]).
+//! Unknown keys are rejected by serde; values that parse but make no sense
+//! are rejected by [`Config::validate`] with the key's name and the reason.
+//! Imports only the leaves.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Deserializer, de};
+
+mod servers_file;
+mod validate;
+
+pub use servers_file::{
+    FileServers, parse_servers_file, read_all as read_servers_files, render_servers_file, write_atomically,
+};
+
+use crate::model::{Balance, OnMarkedDown, RetryOn, RouteKind, TlsVersion, XdpAction, XdpMode};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Front listeners, certificates, local health path, ACME forwarding.
+    pub listen: Listen,
+    /// Limits on what one client may cost.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Timeouts towards fleets and for tunnels.
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    /// Path patterns and the pool each one is proxied to, tried in order.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    /// Pools of fleet servers, by name.
+    #[serde(default)]
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// The admin API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// The XDP fast path.
+    #[serde(default)]
+    pub xdp: XdpConfig,
+}
+
+/// One address or a list of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addrs(pub Vec<SocketAddr>);
+
+impl<'de> Deserialize<'de> for Addrs {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let list = match OneOrMany::deserialize(d)? {
+            OneOrMany::One(s) => vec![s],
+            OneOrMany::Many(v) => v,
+        };
+        list.iter()
+            .map(|s| {
+                s.parse::<SocketAddr>()
+                    .map_err(|e| de::Error::custom(format!("`{s}` is not an address:port ({e})")))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Addrs)
+    }
+}
+
+/// A duration written as `800ms`, `1s`, `1h`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s)
+            .map(Dur)
+            .map_err(|e| de::Error::custom(format!("`{s}` is not a duration like 800ms, 1s, 1h ({e})")))
+    }
+}
+
+impl fmt::Display for Dur {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", humantime::format_duration(self.0))
+    }
+}
+
+/// `[listen]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// TLS listener address(es), e.g. `"0.0.0.0:443"` or a list.
+    pub https: Addrs,
+    /// Plain HTTP listener address(es) for ACME HTTP-01; none when absent.
+    #[serde(default)]
+    pub http: Option<Addrs>,
+    /// `"1.2"` (default) or `"1.3"`.
+    #[serde(default = "default_tls_min")]
+    pub tls_min_version: TlsVersion,
+    /// Directory of PEM bundles (chain + key), chosen by SNI. Relative to the config file.
+    pub certs: PathBuf,
+    /// File stem of the bundle served when SNI matches none (default: the first by name).
+    #[serde(default)]
+    pub default_cert: Option<String>,
+    /// Path answered `200 ok` locally, for monitors.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// Where `/.well-known/acme-challenge/*` on the HTTP listener is forwarded.
+    #[serde(default = "default_acme_upstream")]
+    pub acme_upstream: String,
+}
+
+fn default_tls_min() -> TlsVersion {
+    TlsVersion::Tls12
+}
+fn default_health_path() -> String {
+    "/haproxy-health".to_owned()
+}
+fn default_acme_upstream() -> String {
+    "127.0.0.1:8888".to_owned()
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Client connections held at once (TLS front and HTTP front together); more are closed at accept.
+    pub max_connections: usize,
+    /// Largest request head accepted; more answers 431.
+    pub max_header_bytes: usize,
+    /// Most header lines accepted; more answers 431.
+    pub max_headers: usize,
+    /// From TCP accept through the TLS handshake to the end of the request head.
+    pub header_timeout: Dur,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 20_000,
+            max_header_bytes: 16_384,
+            max_headers: 100,
+            header_timeout: Dur(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// TCP connect plus TLS handshake to a fleet server.
+    pub connect: Dur,
+    /// From sending the upgrade request to the end of the fleet's response head.
+    pub upgrade_response: Dur,
+    /// A tunnel with no byte either way for this long is closed.
+    pub tunnel_idle: Dur,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            connect: Dur(Duration::from_secs(2)),
+            upgrade_response: Dur(Duration::from_secs(5)),
+            tunnel_idle: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// `[[routes]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Path pattern; `{name}` matches one path segment, e.g. `/ws/{bot_id}`;
+    /// a last segment `*` matches any rest (`/api/*`).
+    pub path: String,
+    /// Pool the matching requests are proxied to.
+    pub pool: String,
+    /// `websocket` (default: upgrades only, anything else 400) or `http`
+    /// (ordinary requests proxied with keep-alive, and upgrades too).
+    #[serde(default)]
+    pub kind: RouteKind,
+    /// Only requests for this Host (port ignored, case-insensitive).
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+/// `tls = false` (plain TCP to the servers) or a `[pools.NAME.tls]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum PoolTlsSetting {
+    Enabled(bool),
+    Settings(PoolTls),
+}
+
+impl Default for PoolTlsSetting {
+    fn default() -> Self {
+        PoolTlsSetting::Settings(PoolTls::default())
+    }
+}
+
+impl PoolTlsSetting {
+    /// The TLS settings, or None for plain TCP.
+    pub fn settings(&self) -> Option<PoolTls> {
+        match self {
+            PoolTlsSetting::Enabled(false) => None,
+            PoolTlsSetting::Enabled(true) => Some(PoolTls::default()),
+            PoolTlsSetting::Settings(t) => Some(t.clone()),
+        }
+    }
+}
+
+/// A server written inline: `"host[:port]"` or a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ServerSpec {
+    Addr(String),
+    Table(ServerTable),
+}
+
+/// A server as a table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTable {
+    /// `host[:port]`, port 443 by default.
+    pub addr: String,
+    /// Name shown in `stat` and metrics (default: the address).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// TLS server name (default: the pool's `tls.sni`, else the host).
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Overrides the pool's `maxconn`.
+    #[serde(default)]
+    pub maxconn: Option<u32>,
+}
+
+/// `[pools.NAME]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Only `"leastconn"` for now.
+    #[serde(default = "default_balance")]
+    pub balance: Balance,
+    /// Per-server limit on tunnels (one call per fleet worker).
+    #[serde(default = "default_maxconn")]
+    pub maxconn: u32,
+    /// File with one server per line: `ADDR [name=NAME] [sni=HOST] [maxconn=N]`. Relative to the config file.
+    #[serde(default)]
+    pub servers_file: Option<PathBuf>,
+    /// Servers written inline.
+    #[serde(default)]
+    pub servers: Vec<ServerSpec>,
+    /// Failures retried on another server before anything reached the carrier.
+    #[serde(default = "default_retry_on")]
+    pub retry_on: Vec<RetryOn>,
+    /// Most retries per call (attempts = retries + 1).
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// TLS towards the servers (`tls = false` for plain TCP).
+    #[serde(default)]
+    pub tls: PoolTlsSetting,
+    /// For `balance = "uri-hash"`: `"path"` (without query) or a route parameter such as `"bot_id"`.
+    #[serde(default = "default_hash_key")]
+    pub hash_key: String,
+    /// For `balance = "cookie"`: the cookie's name.
+    #[serde(default = "default_cookie")]
+    pub cookie: String,
+    /// A server back UP ramps its share linearly over this window.
+    #[serde(default)]
+    pub slowstart: Option<Dur>,
+    /// `"keep"` (default) or `"shutdown-sessions"`.
+    #[serde(default)]
+    pub on_marked_down: OnMarkedDown,
+    /// The active health check.
+    #[serde(default)]
+    pub check: CheckConfig,
+}
+
+fn default_balance() -> Balance {
+    Balance::Leastconn
+}
+fn default_hash_key() -> String {
+    "path".to_owned()
+}
+fn default_cookie() -> String {
+    "SERVERID".to_owned()
+}
+fn default_maxconn() -> u32 {
+    16
+}
+fn default_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnFailure,
+        RetryOn::EmptyResponse,
+        RetryOn::ResponseTimeout,
+        RetryOn::TooManyRequests,
+    ]
+}
+fn default_retries() -> u32 {
+    3
+}
+
+/// `[pools.NAME.tls]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolTls {
+    /// Verify the server's certificate chain and name.
+    pub verify: bool,
+    /// PEM file of trusted roots (default: the system's roots). Relative to the config file.
+    pub ca: Option<PathBuf>,
+    /// TLS server name for every server of the pool (default: each server's host).
+    pub sni: Option<String>,
+}
+
+impl Default for PoolTls {
+    fn default() -> Self {
+        Self {
+            verify: true,
+            ca: None,
+            sni: None,
+        }
+    }
+}
+
+/// `[pools.NAME.check]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CheckConfig {
+    /// HTTP method of the probe.
+    pub method: String,
+    /// Path of the probe.
+    pub path: String,
+    /// Host header (default: the server's host).
+    pub host: Option<String>,
+    /// Time between probes.
+    pub interval: Dur,
+    /// A probe not answered within this fails.
+    pub timeout: Dur,
+    /// Consecutive failed probes that take a server DOWN.
+    pub fall: u32,
+    /// Consecutive good probes that bring a DOWN server back.
+    pub rise: u32,
+    /// Regex the status code must match, e.g. `^2` or `^[23]`.
+    pub expect_status: String,
+    /// JSON pointer to the spare capacity in the body; `""` for liveness-only pools.
+    pub capacity: String,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        Self {
+            method: "GET".to_owned(),
+            path: "/health/fleet".to_owned(),
+            host: None,
+            interval: Dur(Duration::from_secs(1)),
+            timeout: Dur(Duration::from_millis(800)),
+            fall: 2,
+            rise: 2,
+            expect_status: "^2".to_owned(),
+            capacity: "/fleet_available".to_owned(),
+        }
+    }
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket of the admin API (mode 0600).
+    pub socket: PathBuf,
+    /// Optional TCP address for the admin API, `/metrics` and `/stats`;
+    /// a non-loopback address needs `token`, and there only reads are served.
+    pub listen: Option<SocketAddr>,
+    /// Bearer token required from non-loopback peers.
+    pub token: Option<String>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            socket: PathBuf::from("/run/ingress/admin.sock"),
+            listen: None,
+            token: None,
+        }
+    }
+}
+
+/// `[xdp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct XdpConfig {
+    /// Carrier-facing interface; required unless `mode = "off"`.
+    pub interface: Option<String>,
+    /// `auto` (default), `native`, `skb` or `off`.
+    pub mode: XdpMode,
+    /// `drop` (default) or `rst`.
+    pub action: XdpAction,
+    /// Listener ports whose SYNs may be shed (default: the https listen ports).
+    pub ports: Vec<u16>,
+    /// Carrier source prefixes, e.g. `["192.0.2.0/24", "2001:db8::/32"]` (default: all sources).
+    pub carriers: Vec<String>,
+    /// How long shedding holds without the daemon renewing it.
+    pub lease: Dur,
+    /// bpffs directory the maps are pinned in.
+    pub pin_path: PathBuf,
+}
+
+impl Default for XdpConfig {
+    fn default() -> Self {
+        Self {
+            interface: None,
+            mode: XdpMode::Auto,
+            action: XdpAction::Drop,
+            ports: Vec::new(),
+            carriers: Vec::new(),
+            lease: Dur(Duration::from_secs(3)),
+            pin_path: PathBuf::from(ingress_common::PIN_DIR),
+        }
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a file; relative paths inside it are made
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses TOML text without touching the file system.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<config>"),
+            message: e.to_string(),
+        })
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        fix(&mut self.listen.certs);
+        for pool in self.pools.values_mut() {
+            if let Some(f) = pool.servers_file.as_mut() {
+                fix(f);
+            }
+            if let PoolTlsSetting::Settings(t) = &mut pool.tls
+                && let Some(ca) = t.ca.as_mut()
+            {
+                fix(ca);
+            }
+        }
+        if self.admin.socket.is_relative() {
+            self.admin.socket = base.join(&self.admin.socket);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

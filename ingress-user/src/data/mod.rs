@@ -1,0 +1,93 @@
+//! Data path: accept, TLS, read the head, route, pick, connect, upgrade,
+//! tunnel. Reads the [`Runtime`] snapshot and atomics through [`DataCtx`]
+//! and never waits on, or imports, the control side (`control`, `bpf`,
+//! `admin`); the control side hands it listeners and swaps snapshots.
+
+pub mod http;
+pub mod http1;
+pub mod listener;
+pub mod tunnel;
+pub mod upgrade;
+pub mod upstream;
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering::Relaxed},
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::{Semaphore, watch};
+
+use crate::{snapshot::Runtime, telemetry::Metrics};
+
+/// What the data path reads and bumps; the control side swaps `runtime`
+/// and `tls` and resizes the connection limit.
+#[derive(Debug)]
+pub struct DataCtx {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    /// Signalled when a server's state or capacity may have changed (the
+    /// data path signals passive failures and 429s, health checks state
+    /// changes; the BPF sync and the `add` workflow listen).
+    pub changed: Changes,
+    pub conn_limit: Arc<Semaphore>,
+    conn_limit_size: AtomicUsize,
+    /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
+    pub tls: ArcSwap<rustls::ServerConfig>,
+    /// Idle keep-alive connections to fleets, for `http` routes.
+    pub idle: upstream::IdleConns,
+}
+
+impl DataCtx {
+    pub fn new(runtime: Runtime, tls: Arc<rustls::ServerConfig>, max_connections: usize) -> Self {
+        Self {
+            runtime: ArcSwap::from_pointee(runtime),
+            metrics: Metrics::default(),
+            changed: Changes::default(),
+            conn_limit: Arc::new(Semaphore::new(max_connections)),
+            conn_limit_size: AtomicUsize::new(max_connections),
+            tls: ArcSwap::new(tls),
+            idle: upstream::IdleConns::default(),
+        }
+    }
+
+    /// Applies a new `max_connections` (live connections keep their permits).
+    pub fn resize_conn_limit(&self, size: usize) {
+        let old = self.conn_limit_size.swap(size, Relaxed);
+        if size > old {
+            self.conn_limit.add_permits(size - old);
+        } else if size < old {
+            self.conn_limit.forget_permits(old - size);
+        }
+    }
+
+    /// Front connections holding a `max_connections` slot (calls included).
+    pub fn connections_open(&self) -> usize {
+        self.conn_limit_size
+            .load(Relaxed)
+            .saturating_sub(self.conn_limit.available_permits())
+    }
+}
+
+/// A change counter that never loses a wake-up: every listener sees each
+/// signal that came after it last looked (a `watch` of a version number).
+#[derive(Debug)]
+pub struct Changes(watch::Sender<u64>);
+
+impl Default for Changes {
+    fn default() -> Self {
+        Self(watch::Sender::new(0))
+    }
+}
+
+impl Changes {
+    /// Something may have changed.
+    pub fn signal(&self) {
+        self.0.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// A listener that wakes on every later signal (`changed().await`).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
