@@ -1,11 +1,12 @@
-//! `cargo xtask setup|run|test|bench`: bootstraps what the build and the
-//! tests need (bpffs, rust-src, bpf-linker, Debian packages), builds, and
-//! orchestrates the demo and the test run. Kernel-side builds stay in
+//! `cargo xtask setup|run|test|bench|layers`: bootstraps what the build and
+//! the tests need (bpffs, rust-src, bpf-linker, Debian packages), builds,
+//! checks the daemon's layering, and orchestrates the demo and the test run. Kernel-side builds stay in
 //! `ingress-user/build.rs`.
 
 mod bench;
 mod demo;
 mod fuzz;
+mod layers;
 mod setup;
 mod soak;
 
@@ -31,6 +32,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Check ingress-user's layering (which module may import which).
+    Layers,
     /// Lint and run every test, including the root/namespace ones.
     Test {
         /// Skip `cargo fmt --check` and clippy.
@@ -100,8 +103,10 @@ fn main() -> anyhow::Result<()> {
                 run(Command::new(bin).args(args))
             }
         }
+        Cmd::Layers => layers::check(&root().join("ingress-user/src")),
         Cmd::Test { no_lint, args } => {
             setup::setup()?;
+            layers::check(&root().join("ingress-user/src"))?;
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--", "--check"]))?;
                 // Default members (host crates), then the eBPF crate alone: checked together,
