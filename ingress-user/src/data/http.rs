@@ -20,10 +20,17 @@ use tokio::{
     sync::OwnedSemaphorePermit,
 };
 
-use super::{DataCtx, http1::RequestHead, tunnel, upgrade, upstream};
+use super::{
+    DataCtx,
+    http1::{self, RequestHead},
+    tunnel, upgrade, upstream,
+};
 use crate::{
     balance::{Demand, Hints, Pool, Server, select::cookie},
-    model::{Balance, RouteKind, route::Target},
+    model::{
+        Balance, RouteKind,
+        route::{CallKeys, Target},
+    },
     snapshot::Runtime,
 };
 
@@ -144,15 +151,13 @@ fn local(status: StatusCode, text: &str) -> Response<Body> {
     r
 }
 
-const HOP_BY_HOP: [&str; 8] = [
+const HOP_BY_HOP: [&str; 6] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "te",
     "trailer",
     "upgrade",
-    "x-forwarded-for",
-    "x-forwarded-proto",
 ];
 
 async fn handle(
@@ -171,14 +176,8 @@ async fn handle(
     let target = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
     let (route, pool_index, hash_key, bot_id) = match rt.routes.lookup(&target, host.as_deref()) {
         Target::Pool { route, pool, params } if rt.routes.routes[route].kind == RouteKind::Http => {
-            let key_name = rt.pools[pool].hash_key.as_str();
-            let key = if key_name == "path" {
-                Some(req.uri().path().to_owned())
-            } else {
-                params.iter().find(|(k, _)| k == key_name).map(|(_, v)| (*v).to_owned())
-            };
-            let bot_id = params.iter().find(|(k, _)| k == "bot_id").map(|(_, v)| (*v).to_owned());
-            (route, pool, key, bot_id)
+            let keys = CallKeys::of(req.uri().path(), &params, &rt.pools[pool].hash_key);
+            (route, pool, keys.hash_key, keys.bot_id)
         }
         Target::Health => return local(StatusCode::OK, "ok"),
         _ => {
@@ -227,12 +226,13 @@ async fn handle(
     if pool.balance == Balance::Cookie {
         strip_cookie(headers, &pool.cookie);
     }
-    if let Ok(v) = HeaderValue::from_str(&peer.ip().to_string()) {
-        headers.insert("x-forwarded-for", v);
+    for h in http1::OWN_HEADERS {
+        headers.remove(h);
     }
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-    if let Ok(v) = HeaderValue::from_str(&local_port.to_string()) {
-        headers.insert("x-forwarded-port", v);
+    for (name, value) in http1::forwarded_headers(peer.ip(), "https", local_port) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            headers.insert(name, v);
+        }
     }
     let server = Arc::clone(&lease.server);
     let mut sender = match checkout(&shared.idle, &server, &pool, &rt).await {
@@ -264,8 +264,8 @@ async fn handle(
     tracing::info!(target: "call", route = %route_path, pool = %pool.name, server = server.name(), status = status.as_u16(),
         duration_ms = started.elapsed().as_millis() as u64, client = %peer, "http");
     let (mut parts, body) = resp.into_parts();
-    for h in HOP_BY_HOP.iter().take(6) {
-        parts.headers.remove(*h);
+    for h in HOP_BY_HOP {
+        parts.headers.remove(h);
     }
     if pool.balance == Balance::Cookie
         && sticky.as_deref() != Some(server.cookie_id.as_str())

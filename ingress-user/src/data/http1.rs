@@ -248,7 +248,17 @@ pub fn websocket_upgrade_error(head: &RequestHead) -> Option<&'static str> {
 }
 
 /// Headers the ingress sets itself and never forwards from the client.
-const OWN_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-port"];
+pub const OWN_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-port"];
+
+/// The forwarding headers the fleet gets (names as in [`OWN_HEADERS`]),
+/// for both the upgrade path and the `http` routes.
+pub fn forwarded_headers(client_ip: std::net::IpAddr, proto: &str, port: u16) -> [(&'static str, String); 3] {
+    [
+        ("X-Forwarded-For", client_ip.to_string()),
+        ("X-Forwarded-Proto", proto.to_owned()),
+        ("X-Forwarded-Port", port.to_string()),
+    ]
+}
 
 /// The request head sent to a fleet: the client's, minus spoofable
 /// forwarding headers, plus ours.
@@ -271,10 +281,10 @@ pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: 
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(
-        format!("X-Forwarded-For: {client_ip}\r\nX-Forwarded-Proto: {proto}\r\nX-Forwarded-Port: {port}\r\n\r\n")
-            .as_bytes(),
-    );
+    for (name, value) in forwarded_headers(client_ip, proto, port) {
+        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
     out
 }
 

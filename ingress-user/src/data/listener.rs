@@ -19,7 +19,10 @@ use super::{
     http1::{self, HeadError, HeadLimits},
     tunnel, upgrade,
 };
-use crate::model::{RouteKind, route::Target};
+use crate::model::{
+    RouteKind,
+    route::{CallKeys, Target},
+};
 
 /// Accepts until `stop` turns true. `tls` false serves the plain HTTP front.
 pub async fn serve(listener: TcpListener, shared: Arc<DataCtx>, tls: bool, mut stop: watch::Receiver<bool>) {
@@ -162,20 +165,14 @@ async fn handle_https(
                 http1::respond(&mut tls, 400, why, &[]).await;
                 return;
             }
-            let bot_id = params.iter().find(|(k, _)| k == "bot_id").map(|(_, v)| (*v).to_owned());
+            let keys = CallKeys::of(&head.target, &params, &rt.pools[pool].hash_key);
             let route_path = rt.routes.routes[route].path.clone();
-            let key_name = rt.pools[pool].hash_key.as_str();
-            let hash_key = if key_name == "path" {
-                Some(head.target.split(['?', '#']).next().unwrap_or("").to_owned())
-            } else {
-                params.iter().find(|(k, _)| k == key_name).map(|(_, v)| (*v).to_owned())
-            };
             let call = upgrade::Call {
                 peer,
                 local_port,
                 route: &route_path,
-                bot_id: bot_id.as_deref(),
-                hash_key: hash_key.as_deref(),
+                bot_id: keys.bot_id.as_deref(),
+                hash_key: keys.hash_key.as_deref(),
                 started,
             };
             upgrade::forward(Arc::clone(&shared), Arc::clone(&rt), pool, tls, head, call, permit).await;

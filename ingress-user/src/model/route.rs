@@ -103,6 +103,32 @@ pub enum Target<'p> {
     NotFound,
 }
 
+/// What a matched route tells the pick and the call log.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CallKeys {
+    /// For `balance = "uri-hash"`: `hash_key = "path"` hashes the path
+    /// without its query; any other name, that route parameter.
+    pub hash_key: Option<String>,
+    /// The `{bot_id}` parameter, for the call log.
+    pub bot_id: Option<String>,
+}
+
+impl CallKeys {
+    /// The keys of a request for `target` whose route captured `params`,
+    /// towards a pool hashing on `key_name`.
+    pub fn of(target: &str, params: &[(String, &str)], key_name: &str) -> Self {
+        let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| (*v).to_owned());
+        Self {
+            hash_key: if key_name == "path" {
+                Some(target.split(['?', '#']).next().unwrap_or("").to_owned())
+            } else {
+                param(key_name)
+            },
+            bot_id: param("bot_id"),
+        }
+    }
+}
+
 /// Routes in configured order plus the local health path.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
