@@ -25,37 +25,28 @@ pub struct Hints<'a> {
     pub demand: Demand,
 }
 
-/// A reserved slot on a server; dropping it releases the slot.
+/// A reserved slot on a server; dropping it releases the slot. A call
+/// holds a worker from its reservation to its end, 101 or not, so every
+/// drop gives back what the reservation took (see [`Server::release`]).
 #[derive(Debug)]
 pub struct Lease {
     pub server: Arc<Server>,
-    /// Set once the fleet accepted the call (101): from then on dropping
-    /// releases `active` only; before, it gives the capacity back too.
-    accepted: bool,
-    demand: Demand,
+    /// The report window the call was counted in (None: not counted).
+    window: Option<u32>,
 }
 
 impl Lease {
     /// Reserves a slot on `server` for `demand`; None when it has none left.
     pub(super) fn take(server: &Arc<Server>, demand: Demand) -> Option<Self> {
-        server.try_reserve(demand).then(|| Self {
+        server.try_reserve(demand).map(|window| Self {
             server: Arc::clone(server),
-            accepted: false,
-            demand,
+            window,
         })
-    }
-
-    pub fn accepted(&mut self) {
-        self.accepted = true;
     }
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if self.accepted || self.demand == Demand::Request {
-            self.server.release();
-        } else {
-            self.server.unreserve();
-        }
+        self.server.release(self.window);
     }
 }

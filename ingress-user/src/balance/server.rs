@@ -65,8 +65,10 @@ pub struct Server {
 pub struct Live {
     /// Tunnels held (and upgrade attempts in flight).
     active: AtomicU32,
-    /// Calls routed since the last capacity report.
-    routed_since_report: AtomicU32,
+    /// Calls routed since the last capacity report that are still open:
+    /// the report's epoch in the high 32 bits, the count in the low ones,
+    /// so that a call ending after the next report never touches its count.
+    routed: AtomicU64,
     /// Last reported spare capacity, or `NONE`.
     reported: AtomicU32,
     healthy: AtomicU8,
@@ -124,7 +126,7 @@ impl Server {
             capacity_aware,
             live: Arc::new(Live {
                 active: AtomicU32::new(0),
-                routed_since_report: AtomicU32::new(0),
+                routed: AtomicU64::new(0),
                 reported: AtomicU32::new(NONE),
                 healthy: AtomicU8::new(0),
                 admin: AtomicU8::new(AdminState::Ready as u8),
@@ -232,7 +234,7 @@ impl Server {
         }
         match self.live.reported.load(Relaxed) {
             NONE => 0,
-            r => free.min(r.saturating_sub(self.live.routed_since_report.load(Relaxed))),
+            r => free.min(r.saturating_sub(self.routed_since_report())),
         }
     }
 
@@ -246,10 +248,23 @@ impl Server {
         }
     }
 
+    /// Calls routed since the last report that are still open.
+    pub fn routed_since_report(&self) -> u32 {
+        self.live.routed.load(Relaxed) as u32
+    }
+
+    /// A new report window: the count starts again at 0.
+    fn new_window(&self) {
+        let _ = self
+            .live
+            .routed
+            .fetch_update(Relaxed, Relaxed, |r| Some(((r >> 32) + 1) << 32));
+    }
+
     /// A fresh capacity report from the health checker.
     pub fn report_capacity(&self, available: u32) {
         self.live.reported.store(available.min(NONE - 1), Relaxed);
-        self.live.routed_since_report.store(0, Relaxed);
+        self.new_window();
         *self.live.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
@@ -258,7 +273,7 @@ impl Server {
         self.live.answered_429.fetch_add(1, Relaxed);
         if self.capacity_aware {
             self.live.reported.store(0, Relaxed);
-            self.live.routed_since_report.store(0, Relaxed);
+            self.new_window();
         }
     }
 
@@ -283,44 +298,46 @@ impl Server {
     }
 
     /// Takes one `maxconn` slot, and for a call one unit of reported
-    /// capacity; false when there is none left.
-    pub(super) fn try_reserve(&self, demand: Demand) -> bool {
+    /// capacity; None when there is none left, else the report window the
+    /// call was counted in (None inside for no window: a plain request, or
+    /// a liveness-only pool).
+    pub(super) fn try_reserve(&self, demand: Demand) -> Option<Option<u32>> {
         let took_active = self
             .live
             .active
             .fetch_update(Relaxed, Relaxed, |a| (a < self.maxconn).then_some(a + 1))
             .is_ok();
         if !took_active {
-            return false;
+            return None;
         }
+        let mut window = None;
         if self.capacity_aware && demand == Demand::Call {
-            let took_capacity = self
-                .live
-                .routed_since_report
-                .fetch_update(Relaxed, Relaxed, |r| match self.live.reported.load(Relaxed) {
-                    NONE => None,
-                    rep => (r < rep).then_some(r + 1),
-                })
-                .is_ok();
-            if !took_capacity {
-                self.live.active.fetch_sub(1, Relaxed);
-                return false;
+            let took = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
+                let rep = self.live.reported.load(Relaxed);
+                (rep != NONE && (r as u32) < rep).then_some(r + 1)
+            });
+            match took {
+                Ok(before) => window = Some((before >> 32) as u32),
+                Err(_) => {
+                    self.live.active.fetch_sub(1, Relaxed);
+                    return None;
+                }
             }
         }
         self.live.sessions_total.fetch_add(1, Relaxed);
-        true
+        Some(window)
     }
 
-    /// Gives back a reservation whose call never reached the fleet's worker.
-    pub(super) fn unreserve(&self) {
-        let _ = self
-            .live
-            .routed_since_report
-            .fetch_update(Relaxed, Relaxed, |r| r.checked_sub(1));
-        let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
-    }
-
-    pub(super) fn release(&self) {
+    /// Gives back a slot: the call (or request) ended, or never reached the
+    /// fleet. A call counted in the current report window leaves that count
+    /// (it holds no worker any more); one counted before the last report
+    /// does not (that report already saw it).
+    pub(super) fn release(&self, window: Option<u32>) {
+        if let Some(w) = window {
+            let _ = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
+                ((r >> 32) as u32 == w && r as u32 > 0).then_some(r - 1)
+            });
+        }
         let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
     }
 

@@ -75,10 +75,47 @@ fn routing_uses_up_reported_capacity_before_the_next_report() {
     assert_eq!(s.state(), ServerState::Full);
     drop(b); // never accepted: capacity comes back
     assert_eq!(s.effective(), 1);
-    let mut a = a;
-    a.accepted();
-    drop(a);
+    drop(a); // a call that ended holds no worker either
     assert_eq!(s.active(), 0);
+    assert_eq!(s.effective(), 2);
+}
+
+#[test]
+fn short_calls_never_use_up_a_report() {
+    // 16 workers reported free; 100 calls open and end in a row before the
+    // next report: each one finds the fleet UP (it never held more than one).
+    let s = server(1, 16);
+    s.report_capacity(16);
+    let p = pool(vec![Arc::clone(&s)]);
+    for i in 0..100 {
+        let call = p
+            .pick(&Hints::default(), &[])
+            .unwrap_or_else(|| panic!("call {i} refused"));
+        drop(call);
+    }
+    assert_eq!(s.routed_since_report(), 0);
+    assert_eq!(s.effective(), 16);
+}
+
+#[test]
+fn a_call_from_before_the_report_does_not_free_capacity_when_it_ends() {
+    let s = server(1, 16);
+    s.report_capacity(4);
+    let p = pool(vec![Arc::clone(&s)]);
+    let old = p.pick(&Hints::default(), &[]).unwrap();
+    // The fleet's next report already counts that call as busy.
+    s.report_capacity(3);
+    let new = p.pick(&Hints::default(), &[]).unwrap();
+    assert_eq!(s.routed_since_report(), 1);
+    drop(old);
+    assert_eq!(s.routed_since_report(), 1, "only calls of this window leave its count");
+    drop(new);
+    assert_eq!(s.routed_since_report(), 0);
+    // A 429 is a report of 0: what was routed before it does not count against it later.
+    let c = p.pick(&Hints::default(), &[]).unwrap();
+    s.saw_429();
+    drop(c);
+    assert_eq!((s.routed_since_report(), s.effective()), (0, 0));
 }
 
 #[test]
@@ -121,8 +158,7 @@ fn roundrobin_is_exact() {
     let servers: Vec<_> = (1..=3).map(up).collect();
     let p = pool_with("roundrobin", servers.clone());
     for _ in 0..300 {
-        let mut l = p.pick(&Hints::default(), &[]).unwrap();
-        l.accepted();
+        drop(p.pick(&Hints::default(), &[]).unwrap());
     }
     assert!(servers.iter().all(|s| s.live().sessions_total.load(Relaxed) == 100));
 }
@@ -147,8 +183,7 @@ fn plain_requests_hold_a_slot_but_take_no_reported_capacity() {
     assert!(p.pick(&request, &[]).is_none(), "maxconn bounds requests in flight");
     assert!(p.pick(&Hints::default(), &[]).is_none(), "and calls");
     drop(held);
-    let mut call = p.pick(&Hints::default(), &[]).unwrap();
-    call.accepted();
+    let _call = p.pick(&Hints::default(), &[]).unwrap();
     assert_eq!(a.state(), ServerState::Full);
     assert!(
         p.pick(&Hints::default(), &[]).is_none(),
@@ -230,8 +265,7 @@ fn slowstart_ramps_a_recovered_server() {
     let share = |p: &Pool| {
         let mut n = 0;
         for _ in 0..1000 {
-            let mut l = p.pick(&Hints::default(), &[]).unwrap();
-            l.accepted();
+            let l = p.pick(&Hints::default(), &[]).unwrap();
             n += usize::from(l.server.id == 2);
         }
         n

@@ -257,7 +257,6 @@ async fn handle(
             return local(StatusCode::GATEWAY_TIMEOUT, "server did not answer in time");
         }
     };
-    lease.accepted();
     shared.idle.put(&server, sender);
     let status = resp.status();
     shared.metrics.response(status.as_u16());

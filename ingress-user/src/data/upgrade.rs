@@ -170,7 +170,6 @@ pub async fn forward<C, H>(
         // Boxed: its read buffer is not kept in the call's task for the whole call.
         match Box::pin(attempt(&lease, &pool, &rt, &request, &head.rest)).await {
             Attempt::Upgraded(up, resp) => {
-                lease.accepted();
                 shared.changed.signal();
                 let pinned =
                     pool.balance == Balance::Cookie && sticky.as_deref() != Some(lease.server.cookie_id.as_str());
