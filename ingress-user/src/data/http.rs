@@ -208,7 +208,7 @@ async fn handle(
         sticky: sticky.as_deref(),
         demand: Demand::Request,
     };
-    let Some(mut lease) = pool.pick(&hints, &[]) else {
+    let Some(lease) = pool.pick(&hints, &[]) else {
         pool.no_capacity_total
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         shared.metrics.response(503);

@@ -158,7 +158,7 @@ pub async fn forward<C, H>(
         if attempts > pool.retries {
             break;
         }
-        let Some(mut lease) = pool.pick(&hints, &tried) else {
+        let Some(lease) = pool.pick(&hints, &tried) else {
             break;
         };
         attempts += 1;
