@@ -29,6 +29,12 @@ impl Admin {
         }
     }
 
+    /// Bounds each request by `limit` instead of 30 s.
+    pub fn with_timeout(mut self, limit: Duration) -> Self {
+        self.timeout = limit;
+        self
+    }
+
     pub fn socket(&self) -> &Path {
         &self.socket
     }
