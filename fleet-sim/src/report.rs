@@ -165,3 +165,62 @@ pub struct Soak {
     pub all_full_s: f64,
     pub elapsed_s: f64,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_carries_its_mode_and_parses_as_the_modes_struct() {
+        let line = serde_json::to_string(&Report::Setups(Setups {
+            attempts: 2,
+            ok: 1,
+            outcomes: Outcomes::from([("101".to_owned(), 1), ("429".to_owned(), 1)]),
+            elapsed_s: 0.5,
+            ok_per_s: 2.0,
+            attempts_per_s: 4.0,
+            ok_ms: Percentiles::of(vec![3.0]),
+            fail_ms: Percentiles::of(Vec::new()),
+        }))
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["mode"], "setups", "{line}");
+        assert_eq!(v["fail_ms"]["p50"], serde_json::Value::Null, "{line}");
+        let back: Setups = serde_json::from_str(&line).unwrap();
+        assert_eq!((back.ok, back.outcomes["429"], back.ok_ms.p50), (1, 1, Some(3.0)));
+        let idle = serde_json::to_string(&Report::IdleClosed { closed: true }).unwrap();
+        assert_eq!(idle, r#"{"mode":"idle","closed":true}"#);
+    }
+
+    #[test]
+    fn percentiles_take_the_nearest_rank() {
+        let p = Percentiles::of((1..=100).rev().map(f64::from).collect());
+        assert_eq!(
+            (p.n, p.p50, p.p99, p.p999, p.max),
+            (100, Some(50.0), Some(99.0), Some(100.0), Some(100.0))
+        );
+    }
+
+    #[test]
+    fn soak_examples_keep_their_two_shapes() {
+        let ex = vec![
+            SoakExample::Broken {
+                broken_after_ms: 5,
+                why: "closed".into(),
+            },
+            SoakExample::Failed {
+                failed: "503".into(),
+                at_s: 1.5,
+                took_ms: 2,
+                full_mask: Some(3),
+            },
+        ];
+        let text = serde_json::to_string(&ex).unwrap();
+        assert_eq!(
+            text,
+            r#"[{"broken_after_ms":5,"why":"closed"},{"failed":"503","at_s":1.5,"took_ms":2,"full_mask":3}]"#
+        );
+        let back: Vec<SoakExample> = serde_json::from_str(&text).unwrap();
+        assert!(matches!(back[1], SoakExample::Failed { took_ms: 2, .. }));
+    }
+}
