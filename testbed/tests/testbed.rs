@@ -1,6 +1,7 @@
 //! The scaffolding itself: processes are stopped on drop and refused when
 //! their ready line is not JSON; namespace pairs exist while held and are
-//! gone after drop.
+//! gone after drop; the config builder writes each table once, quoted; the
+//! launcher puts its wrappers in order.
 
 use std::{process::Command, time::Duration};
 
