@@ -170,6 +170,20 @@ pub fn run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'stati
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// [`run_in`] for callers that report rather than panic: an error when the
+/// namespace cannot be entered (or `f` panics).
+pub fn try_run_in<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> anyhow::Result<T> {
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || -> anyhow::Result<T> {
+        let file = std::fs::File::open(&path).with_context(|| path.clone())?;
+        nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("setns {path}"))?;
+        Ok(f())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("a thread in namespace {ns} panicked"))?
+}
+
 /// `Tcp: InSegs` of namespace `ns` (segments that reached its TCP stack).
 pub fn tcp_in_segs(ns: &str) -> u64 {
     let out = nsenter(ns, "cat").arg("/proc/net/snmp").output().map(|o| o.stdout);

@@ -126,6 +126,23 @@ impl Proc {
     }
 }
 
+/// A command for `program`, with `taskset -c CORE` in front when `core` is
+/// given and `nsenter --net=` before that when `netns` is (both exec, so the
+/// child's PID is the program's and bpffs stays visible).
+pub fn launcher(program: &Path, netns: Option<&str>, core: Option<u32>) -> Command {
+    let mut words: Vec<std::ffi::OsString> = Vec::new();
+    if let Some(ns) = netns {
+        words.extend(["nsenter".into(), format!("--net=/run/netns/{ns}").into()]);
+    }
+    if let Some(core) = core {
+        words.extend(["taskset".into(), "-c".into(), core.to_string().into()]);
+    }
+    words.push(program.into());
+    let mut cmd = Command::new(&words[0]);
+    cmd.args(&words[1..]);
+    cmd
+}
+
 /// A `kB` field of `/proc/{pid}/status` (`VmRSS`, `VmHWM`, …); 0 when the
 /// process or the field is gone.
 pub fn status_kib(pid: i32, field: &str) -> u64 {

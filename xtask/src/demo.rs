@@ -11,9 +11,15 @@ use std::{
 
 use anyhow::bail;
 use fleet_sim::pki::TestCa;
-use testbed::Proc;
+use testbed::{
+    Fleet, FleetSpec, IngressConfig, Proc,
+    config::{Check, Pool, Server, Xdp},
+};
 
 use crate::root;
+
+/// How long a demo process gets to print its ready line.
+const READY: Duration = Duration::from_secs(60);
 
 static STOP: AtomicBool = AtomicBool::new(false);
 
@@ -37,7 +43,7 @@ impl Drop for Procs {
 /// Starts a process that prints one JSON line when ready (its log goes to
 /// our stderr); returns that line.
 fn start(procs: &mut Procs, name: &str, cmd: &mut Command) -> anyhow::Result<serde_json::Value> {
-    let p = Proc::start(name, cmd, None, Some(Duration::from_secs(60)))?;
+    let p = Proc::start(name, cmd, None, Some(READY))?;
     let ready = p.ready.clone();
     procs.0.push(p);
     Ok(ready)
@@ -59,70 +65,42 @@ pub fn run() -> anyhow::Result<()> {
     let mut procs = Procs(Vec::new());
     let mut fleets = Vec::new();
     for i in 1..=2 {
-        let ready = start(
-            &mut procs,
-            &format!("fleet{i}"),
-            Command::new(release.join("fleet-sim"))
-                .arg("--cert")
-                .arg(dir.join("fleet.pem"))
-                .args(["--workers", "16"]),
-        )?;
-        fleets.push(ready);
+        let spec = FleetSpec {
+            bin: &release.join("fleet-sim"),
+            cert: &dir.join("fleet.pem"),
+            workers: 16,
+            threads: None,
+            netns: None,
+            core: None,
+            log: None,
+            ready: READY,
+        };
+        let Fleet { proc, https, control } = Fleet::start(&format!("fleet{i}"), &spec)?;
+        procs.0.push(proc);
+        fleets.push((https, control.addr));
     }
-    let is_root = nix::unistd::geteuid().is_root();
-    let xdp = if is_root {
-        "[xdp]\ninterface = \"lo\"\nmode = \"skb\"\npin_path = \"/sys/fs/bpf/ingress-demo\"\n"
+    let xdp = if nix::unistd::geteuid().is_root() {
+        Xdp::on("lo").mode("skb").pin_path("/sys/fs/bpf/ingress-demo")
     } else {
-        "[xdp]\nmode = \"off\"\n"
+        Xdp::off()
     };
-    let servers: Vec<String> = fleets
+    let pool = fleets
         .iter()
         .enumerate()
-        .map(|(i, f)| {
-            format!(
-                "  {{ addr = \"{}\", name = \"fleet{}\" }},",
-                f["https"].as_str().unwrap_or_default(),
-                i + 1
-            )
+        .fold(Pool::new("fleets").maxconn(16), |p, (i, (https, _))| {
+            p.server(Server::new(&format!("fleet{}", i + 1), https))
         })
-        .collect();
-    let config = format!(
-        r#"# Written by `cargo xtask run` (demo).
-[listen]
-https = "127.0.0.1:8443"
-http = "127.0.0.1:8080"
-certs = "certs"
-default_cert = "localhost"
-
-[admin]
-socket = "admin.sock"
-listen = "127.0.0.1:9090"
-
-[[routes]]
-path = "/ws/{{bot_id}}"
-pool = "fleets"
-
-[[routes]]
-path = "/exotel/{{bot_id}}"
-pool = "fleets"
-
-[pools.fleets]
-maxconn = 16
-servers = [
-{servers}
-]
-
-[pools.fleets.tls]
-ca = "ca.pem"
-
-[pools.fleets.check]
-interval = "1s"
-
-{xdp}"#,
-        servers = servers.join("\n"),
-    );
+        .tls_ca("ca.pem")
+        .check(Check::default().interval("1s"));
     let config_path = dir.join("ingress.toml");
-    std::fs::write(&config_path, config)?;
+    IngressConfig::new("127.0.0.1:8443", "certs", "admin.sock")
+        .comment("Written by `cargo xtask run` (demo).")
+        .http("127.0.0.1:8080")
+        .admin_listen("127.0.0.1:9090")
+        .call_routes("fleets")
+        .pool(pool)
+        .xdp(xdp)
+        .write(&config_path)?;
     let ready = start(
         &mut procs,
         "ingress",
@@ -143,11 +121,10 @@ interval = "1s"
     );
     println!("  stats page:    http://127.0.0.1:9090/stats   (JSON: /stats.json, admin: /api/servers)");
     println!("  metrics:       http://127.0.0.1:9090/metrics");
-    for (i, f) in fleets.iter().enumerate() {
+    for (i, (_, control)) in fleets.iter().enumerate() {
         println!(
-            "  fleet{} control: curl 'http://{}/occupy?n=16'   (free: /free?n=16, state: /state)",
-            i + 1,
-            f["control"].as_str().unwrap_or_default()
+            "  fleet{} control: curl 'http://{control}/occupy?n=16'   (free: /free?n=16, state: /state)",
+            i + 1
         );
     }
     println!("  Ctrl-C stops everything.");

@@ -17,7 +17,9 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::{Value, json};
+use fleet_sim::report::Soak;
+use serde::Serialize;
+use testbed::Fleet;
 
 use crate::{
     bench::{self, procs::rss_kb, proxies::Kind},
@@ -37,7 +39,7 @@ fn fds(pid: i32) -> u64 {
     fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize)]
 struct Sample {
     label: String,
     rss_kb: u64,
@@ -54,6 +56,18 @@ impl Sample {
     }
 }
 
+/// `target/soak/results.json`.
+#[derive(Debug, Serialize)]
+struct Results<'a> {
+    minutes: u64,
+    warmup: &'a Soak,
+    soak: &'a Soak,
+    baseline: &'a Sample,
+    per_minute: &'a [Sample],
+    end: &'a Sample,
+    max: &'a Sample,
+}
+
 /// Runs `loadgen soak` for `seconds` (bounded), sampling the ingress every 10 s
 /// (`every_minute` gets one sample a minute).
 fn load(
@@ -64,7 +78,7 @@ fn load(
     pid: i32,
     every_minute: &mut Vec<Sample>,
     peak: &mut Sample,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Soak> {
     let mut cmd = ctx.loadgen(None);
     cmd.arg("soak");
     ctx.target_args(
@@ -131,7 +145,7 @@ pub fn run_soak(minutes: u64) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "-p", "ingress-user", "-p", "fleet-sim"]))?;
     let ctx = bench::prepare_in(root().join("target/soak"), true)?;
     let fleets = ctx.start_fleets(FLEETS, WORKERS, None, "soak")?;
-    let control: Vec<String> = fleets.iter().map(|f| f.control.to_string()).collect();
+    let control: Vec<String> = fleets.iter().map(|f| f.control.addr.to_string()).collect();
     let spec = ctx.spec(Kind::Ingress, "soak", PORT, &fleets, WORKERS);
     let ingress = ctx.start(&spec, spec.listen)?;
     let pid = ingress.pid();
@@ -160,13 +174,11 @@ pub fn run_soak(minutes: u64) -> anyhow::Result<()> {
     peak.rss_kb = peak.rss_kb.max(end.rss_kb);
     peak.fds = peak.fds.max(end.fds);
 
-    let n = |k: &str| r[k].as_u64().unwrap_or(0);
     println!();
     println!(
         "soak: {minutes} min, {FLEETS} fleets × {WORKERS} workers, {RATE} calls/s held 2–10 s echoing every 500 ms, \
          one fleet toggled full/free every {FLAP_S} s ({} flips, all full for {:.0} s)",
-        n("flips"),
-        r["all_full_s"].as_f64().unwrap_or(0.0)
+        r.flips, r.all_full_s
     );
     println!(
         "{:<12} {:>8} {:>8} {:>14} {:>8} {:>8}",
@@ -174,19 +186,15 @@ pub fn run_soak(minutes: u64) -> anyhow::Result<()> {
     );
     println!(
         "{:<12} {:>8} {:>8} {:>14} {:>8} {:>8}",
-        "",
-        n("attempts"),
-        n("ok"),
-        n("expected"),
-        n("lost"),
-        n("broken")
+        "", r.attempts, r.ok, r.expected, r.lost, r.broken
     );
     println!(
         "  expected by kind: {}   lost by kind: {}",
-        r["expected_by_kind"], r["lost_by_kind"]
+        serde_json::to_string(&r.expected_by_kind)?,
+        serde_json::to_string(&r.lost_by_kind)?
     );
-    if n("lost") + n("broken") > 0 {
-        println!("  examples: {}", r["examples"]);
+    if r.lost + r.broken > 0 {
+        println!("  examples: {}", serde_json::to_string(&r.examples)?);
     }
     println!();
     println!("{:<32} {:>10} {:>6}", "ingress", "RSS KiB", "fds");
@@ -198,32 +206,29 @@ pub fn run_soak(minutes: u64) -> anyhow::Result<()> {
         end.rss_kb as i64 - baseline.rss_kb as i64,
         end.fds as i64 - baseline.fds as i64
     );
-    let row = |s: &Sample| json!({"label": s.label, "rss_kb": s.rss_kb, "fds": s.fds});
-    let results = json!({
-        "minutes": minutes,
-        "warmup": warm,
-        "soak": r,
-        "baseline": row(&baseline),
-        "per_minute": minutes_samples.iter().map(row).collect::<Vec<_>>(),
-        "end": row(&end),
-        "max": row(&peak),
-    });
+    let results = Results {
+        minutes,
+        warmup: &warm,
+        soak: &r,
+        baseline: &baseline,
+        per_minute: &minutes_samples,
+        end: &end,
+        max: &peak,
+    };
     let path = ctx.dir.join("results.json");
     fs::write(&path, serde_json::to_string_pretty(&results)?)?;
     println!("(results: {})", path.display());
     drop(ingress);
     drop(fleets);
-    if n("lost") + n("broken") > 0 {
-        bail!("{} lost and {} broken calls", n("lost"), n("broken"));
+    if r.lost + r.broken > 0 {
+        bail!("{} lost and {} broken calls", r.lost, r.broken);
     }
     Ok(())
 }
 
 /// Waits (bounded) until no call holds a fleet worker, then for the ingress to close what is left.
-fn drain(fleets: &[bench::Fleet]) -> anyhow::Result<()> {
-    for f in fleets {
-        f.wait_idle()?;
-    }
+fn drain(fleets: &[Fleet]) -> anyhow::Result<()> {
+    bench::wait_idle(fleets)?;
     std::thread::sleep(Duration::from_secs(3));
     Ok(())
 }

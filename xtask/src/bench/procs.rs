@@ -1,35 +1,18 @@
-//! Running the bench's programs (pinned to a core, bounded in time), what
-//! `/proc` says about them, and small bounded HTTP helpers (TCP, unix socket,
-//! inside a namespace). Long-lived processes are `testbed::Proc`s.
+//! Running the bench's short-lived programs to their end (bounded in time),
+//! what `/proc` says about processes, and waiting for a port. Long-lived
+//! processes are `testbed::Proc`s; HTTP to the daemon and the fleets goes
+//! through `testbed`'s clients.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Read as _,
     net::SocketAddr,
-    os::fd::AsFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, bail};
-use serde_json::Value;
-
-pub use testbed::Proc;
-
-/// `taskset -c CORE` in front of a program; with `netns`, `nsenter --net=` first
-/// (both exec, so the child's PID is the program's).
-pub fn pinned(core: u32, netns: Option<&str>, program: &Path) -> Command {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}")).arg("taskset");
-            c
-        }
-        None => Command::new("taskset"),
-    };
-    cmd.arg("-c").arg(core.to_string()).arg(program);
-    cmd
-}
+use testbed::poll::wait_for;
 
 /// Runs a command to its end (bounded by `limit`), returns stdout.
 pub fn output(cmd: &mut Command, limit: Duration) -> anyhow::Result<String> {
@@ -79,8 +62,8 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> anyhow::Result<(std::p
     Ok((status, stdout, stderr))
 }
 
-/// Runs the load generator (bounded) and parses its JSON line.
-pub fn loadgen(cmd: &mut Command, limit: Duration) -> anyhow::Result<Value> {
+/// Runs the load generator (bounded) and parses its JSON line as the mode's report.
+pub fn loadgen<T: serde::de::DeserializeOwned>(cmd: &mut Command, limit: Duration) -> anyhow::Result<T> {
     let out = output(cmd, limit)?;
     let line = out.lines().last().unwrap_or_default();
     serde_json::from_str(line).with_context(|| format!("loadgen printed {out:?}"))
@@ -156,86 +139,18 @@ pub fn softirq_ms() -> f64 {
     f.get(6).copied().unwrap_or(0) as f64 * 1000.0 / clk_tck()
 }
 
-fn parse_response(raw: &[u8]) -> (u16, String) {
-    let text = String::from_utf8_lossy(raw);
-    let status = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
-
-fn request(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-}
-
-/// GET over plain TCP (5 s bound); in `netns` when given (a thread that setns's).
-pub fn http_get(netns: Option<&str>, addr: SocketAddr, path: &str) -> anyhow::Result<(u16, String)> {
-    let path = path.to_owned();
-    let ns = netns.map(|n| format!("/run/netns/{n}"));
-    std::thread::spawn(move || -> anyhow::Result<(u16, String)> {
-        if let Some(ns) = ns {
-            let f = std::fs::File::open(&ns).with_context(|| ns.clone())?;
-            nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
-                .with_context(|| format!("setns {ns}"))?;
-        }
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(request(&path).as_bytes())?;
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        Ok(parse_response(&out))
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("http thread panicked"))?
-}
-
-/// GET on the ingress admin API over its unix socket, as JSON.
-pub fn admin_get(socket: &Path, path: &str) -> anyhow::Result<Value> {
-    let mut s = std::os::unix::net::UnixStream::connect(socket).with_context(|| format!("{}", socket.display()))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.write_all(request(path).as_bytes())?;
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let (status, body) = parse_response(&out);
-    if status != 200 {
-        bail!("admin {path}: {status} {body}");
-    }
-    serde_json::from_str(&body).with_context(|| format!("admin {path}: {body}"))
-}
-
-/// Polls `f` every 50 ms until it returns true, at most `limit`.
-pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if f() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("timed out after {limit:?} waiting for {what}")
-}
-
 /// Waits until a TCP port accepts (bounded), in `netns` when given.
 pub fn wait_port(netns: Option<&str>, addr: SocketAddr, limit: Duration) -> anyhow::Result<()> {
-    let ns = netns.map(str::to_owned);
-    wait_for(&format!("{addr} to accept"), limit, move || {
-        let ns = ns.clone();
-        std::thread::spawn(move || {
-            if let Some(ns) = ns {
-                let Ok(f) = std::fs::File::open(format!("/run/netns/{ns}")) else {
-                    return false;
-                };
-                if nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
-                    return false;
-                }
-            }
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
-        })
-        .join()
-        .unwrap_or(false)
-    })
+    let accepts = move || std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok();
+    wait_for(
+        &format!("{addr} to accept"),
+        limit,
+        Duration::from_millis(50),
+        || match netns {
+            Some(ns) => testbed::netns::try_run_in(ns, accepts).unwrap_or(false),
+            None => accepts(),
+        },
+    )
 }
 
 /// The median of a list (None when empty).

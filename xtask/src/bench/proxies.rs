@@ -12,8 +12,14 @@ use std::{
 };
 
 use anyhow::Context as _;
+use testbed::{
+    Admin, IngressConfig, Proc,
+    config::{Check, Pool, Server, Xdp as XdpTable},
+    poll::wait_for,
+    proc::launcher,
+};
 
-use super::procs::{Proc, admin_get, pinned, wait_for, wait_port};
+use super::procs::wait_port;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -71,7 +77,8 @@ pub struct Spec {
 
 pub struct Running {
     pub proc: Proc,
-    pub admin_socket: Option<PathBuf>,
+    /// Ours only.
+    pub admin: Option<Admin>,
 }
 
 impl Running {
@@ -80,81 +87,42 @@ impl Running {
     }
 }
 
-fn ingress_config(dir: &Path, pki: &Pki, s: &Spec, socket: &Path) -> String {
-    let servers: Vec<String> = s
+fn ingress_config(pki: &Pki, s: &Spec, socket: &Path) -> IngressConfig {
+    let pool = s
         .fleets
         .iter()
         .enumerate()
-        .map(|(i, a)| {
-            format!(
-                "  {{ addr = \"{a}\", name = \"fleet{}\", sni = \"localhost\" }},",
-                i + 1
-            )
-        })
-        .collect();
+        .fold(
+            Pool::new("fleets").balance("leastconn").maxconn(s.maxconn),
+            |p, (i, a)| p.server(Server::new(&format!("fleet{}", i + 1), a).sni("localhost")),
+        )
+        .retry_on(&["conn-failure", "empty-response", "response-timeout", "429"])
+        .retries(3)
+        .tls_verify(true)
+        .tls_ca(&pki.ca)
+        .check(
+            Check::default()
+                .path("/health/fleet")
+                .interval(&format!("{}ms", s.check_interval_ms))
+                .timeout("800ms")
+                .fall(2)
+                .rise(2)
+                .capacity("/fleet_available"),
+        );
     let xdp = match &s.xdp {
-        None => "[xdp]\nmode = \"off\"\n".to_owned(),
-        Some(x) => format!(
-            "[xdp]\ninterface = \"{}\"\naction = \"{}\"\nlease = \"3s\"\npin_path = \"{}\"\n",
-            x.interface,
-            x.action,
-            x.pin_path.display()
-        ),
+        None => XdpTable::off(),
+        Some(x) => XdpTable::on(&x.interface)
+            .action(x.action)
+            .lease("3s")
+            .pin_path(&x.pin_path),
     };
-    let _ = dir;
-    format!(
-        r#"# Written by `cargo xtask bench` ({tag}).
-[listen]
-https = "{listen}"
-certs = "{certs}"
-default_cert = "localhost"
-tls_min_version = "1.2"
-
-[limits]
-max_connections = 20000
-
-[admin]
-socket = "{socket}"
-
-[[routes]]
-path = "/ws/{{bot_id}}"
-pool = "fleets"
-
-[[routes]]
-path = "/exotel/{{bot_id}}"
-pool = "fleets"
-
-[pools.fleets]
-balance = "leastconn"
-maxconn = {maxconn}
-servers = [
-{servers}
-]
-retry_on = ["conn-failure", "empty-response", "response-timeout", "429"]
-retries = 3
-
-[pools.fleets.tls]
-verify = true
-ca = "{ca}"
-
-[pools.fleets.check]
-path = "/health/fleet"
-interval = "{interval}ms"
-timeout = "800ms"
-fall = 2
-rise = 2
-capacity = "/fleet_available"
-
-{xdp}"#,
-        tag = s.tag,
-        listen = s.listen,
-        certs = pki.certs_dir.display(),
-        socket = socket.display(),
-        maxconn = s.maxconn,
-        servers = servers.join("\n"),
-        ca = pki.ca.display(),
-        interval = s.check_interval_ms,
-    )
+    IngressConfig::new(s.listen, &pki.certs_dir, socket)
+        .comment(format!("Written by `cargo xtask bench` ({}).", s.tag))
+        .tls_min_version("1.2")
+        .max_connections(20000)
+        .call_routes("fleets")
+        .pool(pool)
+        .xdp(xdp)
 }
 
 fn haproxy_config(pki: &Pki, s: &Spec) -> String {
@@ -300,40 +268,37 @@ pub fn start(dir: &Path, bins: &Path, pki: &Pki, spec: &Spec, probe: SocketAddr)
             let socket = dir.join(format!("ingress-{}.sock", spec.tag));
             let _ = std::fs::remove_file(&socket);
             let config = dir.join(format!("ingress-{}.toml", spec.tag));
-            std::fs::write(&config, ingress_config(dir, pki, spec, &socket))?;
-            let mut cmd = pinned(spec.core, ns, &bins.join("ingress"));
+            ingress_config(pki, spec, &socket).write(&config)?;
+            let mut cmd = launcher(&bins.join("ingress"), ns, Some(spec.core));
             cmd.arg("run").arg("--config").arg(&config).env("INGRESS_LOG", "warn");
             let proc = Proc::start("ingress", &mut cmd, Some(&log), Some(Duration::from_secs(30)))?;
             let n = spec.fleets.len();
+            let admin = Admin::new(&socket).with_timeout(Duration::from_secs(5));
             wait_for(
                 "ingress to read every fleet's capacity",
                 Duration::from_secs(15),
+                Duration::from_millis(50),
                 || {
-                    admin_get(&socket, "/api/servers").is_ok_and(|v| {
-                        v["servers"]
-                            .as_array()
-                            .is_some_and(|a| a.len() == n && a.iter().all(|s| !s["reported"].is_null()))
-                    })
+                    admin
+                        .servers()
+                        .is_ok_and(|a| a.len() == n && a.iter().all(|s| !s["reported"].is_null()))
                 },
             )?;
             Ok(Running {
                 proc,
-                admin_socket: Some(socket),
+                admin: Some(admin),
             })
         }
         Kind::Haproxy => {
             let config = dir.join(format!("haproxy-{}.cfg", spec.tag));
             std::fs::write(&config, haproxy_config(pki, spec))?;
-            let mut cmd = pinned(spec.core, ns, Path::new("/usr/sbin/haproxy"));
+            let mut cmd = launcher(Path::new("/usr/sbin/haproxy"), ns, Some(spec.core));
             cmd.arg("-db").arg("-f").arg(&config);
             let proc = Proc::start("haproxy", &mut cmd, Some(&log), None)?;
             wait_port(ns, probe, Duration::from_secs(10)).context("HAProxy did not listen")?;
             // Let the checks run (rise/fall 2).
             std::thread::sleep(Duration::from_millis(2 * spec.check_interval_ms + 500));
-            Ok(Running {
-                proc,
-                admin_socket: None,
-            })
+            Ok(Running { proc, admin: None })
         }
         Kind::Nginx => {
             for d in ["body", "proxy", "fastcgi", "uwsgi", "scgi"] {
@@ -341,7 +306,7 @@ pub fn start(dir: &Path, bins: &Path, pki: &Pki, spec: &Spec, probe: SocketAddr)
             }
             let config = dir.join(format!("nginx-{}.conf", spec.tag));
             std::fs::write(&config, nginx_config(dir, pki, spec))?;
-            let mut cmd = pinned(spec.core, ns, Path::new("/usr/sbin/nginx"));
+            let mut cmd = launcher(Path::new("/usr/sbin/nginx"), ns, Some(spec.core));
             cmd.arg("-p")
                 .arg(dir)
                 .arg("-e")
@@ -350,10 +315,7 @@ pub fn start(dir: &Path, bins: &Path, pki: &Pki, spec: &Spec, probe: SocketAddr)
                 .arg(&config);
             let proc = Proc::start("nginx", &mut cmd, Some(&log), None)?;
             wait_port(ns, probe, Duration::from_secs(10)).context("nginx did not listen")?;
-            Ok(Running {
-                proc,
-                admin_socket: None,
-            })
+            Ok(Running { proc, admin: None })
         }
     }
 }

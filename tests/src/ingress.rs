@@ -1,0 +1,190 @@
+//! A running `ingress` daemon for a test (started from a config, stopped on
+//! drop), its admin API through `testbed::Admin` and `ingress ctl`, and the
+//! standard test config built with `testbed::config`.
+
+use std::{
+    net::SocketAddr,
+    path::PathBuf,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+use testbed::{
+    Admin, IngressConfig,
+    config::{Check, Pool, Server, Xdp},
+};
+
+use crate::{Pki, Proc, TestDir, bin, blocking, start_proc};
+
+/// A running `ingress` daemon.
+pub struct Ingress {
+    pub proc: Proc,
+    pub https: SocketAddr,
+    pub http: Option<SocketAddr>,
+    /// The admin API's unix socket (reachable whatever the network namespace).
+    pub admin: PathBuf,
+    pub config: PathBuf,
+}
+
+impl Ingress {
+    /// Starts `ingress run --config {config}`.
+    pub fn start(dir: &TestDir, config: &str) -> Self {
+        Self::start_with(dir, config, None)
+    }
+
+    pub fn start_with(dir: &TestDir, config: &str, netns: Option<&str>) -> Self {
+        Self::start_full(dir, config, netns, &[])
+    }
+
+    /// Starts with extra environment variables.
+    pub fn start_full(dir: &TestDir, config: &str, netns: Option<&str>, env: &[(&str, &str)]) -> Self {
+        let prefix: Vec<String> = netns
+            .map(|ns| vec!["nsenter".to_owned(), format!("--net=/run/netns/{ns}")])
+            .unwrap_or_default();
+        Self::start_prefixed(dir, config, &prefix, env)
+    }
+
+    /// Starts under a wrapper command (`nsenter …`, `prlimit …`).
+    pub fn start_prefixed(dir: &TestDir, config: &str, prefix: &[String], env: &[(&str, &str)]) -> Self {
+        let path = dir.write("ingress.toml", config);
+        let mut cmd = match prefix.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(bin("ingress"));
+                c
+            }
+            None => Command::new(bin("ingress")),
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env("INGRESS_LOG", "info,ingress_user=debug")
+            .envs(env.iter().copied());
+        let proc = start_proc("ingress", cmd, &dir.path("ingress.log"));
+        let first = |k: &str| {
+            proc.ready[k]
+                .as_array()
+                .and_then(|a| a.first())
+                .and_then(Value::as_str)
+                .and_then(|s| s.parse().ok())
+        };
+        let https = first("https").expect("https address in the ready line");
+        let http = first("http");
+        let admin = PathBuf::from(
+            proc.ready["admin_socket"]
+                .as_str()
+                .expect("admin_socket in the ready line"),
+        );
+        Self {
+            proc,
+            https,
+            http,
+            admin,
+            config: path,
+        }
+    }
+
+    /// The admin API client for this daemon.
+    pub fn admin_client(&self) -> Admin {
+        Admin::new(&self.admin)
+    }
+
+    /// Runs `ingress ctl --socket ADMIN ARGS…`; returns exit code, stdout, stderr.
+    pub async fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = Command::new(bin("ingress"));
+        cmd.arg("ctl").arg("--socket").arg(&self.admin).args(args);
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .expect("ctl task")
+            .expect("ingress ctl");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// GET on the admin API over its unix socket.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        self.admin_request("GET", path, "").await
+    }
+
+    /// Any request on the admin API over its unix socket.
+    pub async fn admin_request(&self, method: &str, path: &str, body: &str) -> (u16, String) {
+        let admin = self.admin_client();
+        let (method, path, body) = (method.to_owned(), path.to_owned(), body.to_owned());
+        blocking(move || admin.request(&method, &path, &body)).await
+    }
+
+    pub async fn servers(&self) -> Vec<Value> {
+        let admin = self.admin_client();
+        blocking(move || admin.servers()).await
+    }
+
+    pub async fn server(&self, name: &str) -> Value {
+        self.servers()
+            .await
+            .into_iter()
+            .find(|s| s["name"] == name)
+            .unwrap_or_else(|| panic!("no server {name}"))
+    }
+
+    pub async fn metrics(&self) -> String {
+        let admin = self.admin_client();
+        blocking(move || admin.metrics()).await
+    }
+
+    /// Polls the admin API until `pred` holds for the server list (or panics after `timeout`).
+    pub async fn wait_servers(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let servers = self.servers().await;
+            if pred(&servers) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; servers: {servers:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Waits until every named server is in `state`.
+    pub async fn wait_state(&self, names: &[&str], state: &str) {
+        let what = format!("{names:?} to be {state}");
+        self.wait_servers(&what, Duration::from_secs(15), |servers| {
+            names
+                .iter()
+                .all(|n| servers.iter().any(|s| s["name"] == *n && s["state"] == state))
+        })
+        .await;
+    }
+}
+
+/// The standard test config: routes for `/ws/{bot_id}` and `/exotel/{bot_id}`
+/// to pool `fleets` with the given servers (`name`, `addr`), admin on
+/// loopback, XDP off unless `extra` has an `[xdp]` table. `pool_extra` goes
+/// into the pool's table, `extra` (more tables) after the pool.
+pub fn config(dir: &TestDir, pki: &Pki, servers: &[(&str, SocketAddr)], pool_extra: &str, extra: &str) -> String {
+    let pool = servers
+        .iter()
+        .fold(Pool::new("fleets").maxconn(16), |p, (name, addr)| {
+            p.server(Server::new(name, addr))
+        })
+        .raw(pool_extra)
+        .tls_ca(&pki.ca_path)
+        .check(Check::default().interval("200ms").timeout("500ms"));
+    let cfg = IngressConfig::new("127.0.0.1:0", &pki.certs_dir, dir.path("admin.sock"))
+        .http("127.0.0.1:0")
+        .call_routes("fleets")
+        .pool(pool)
+        .raw(extra);
+    if extra.contains("[xdp]") {
+        cfg
+    } else {
+        cfg.xdp(Xdp::off())
+    }
+    .render()
+}

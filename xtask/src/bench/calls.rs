@@ -1,0 +1,191 @@
+//! Figures 1–4, measured through each proxy in turn: TLS + upgrade set-ups
+//! (proxy CPU per set-up, set-ups/s), echo round trips at a fixed offered
+//! load, RSS of idle calls, and the seeds' S4 (a fleet fills behind the
+//! proxy's back).
+
+use std::time::Duration;
+
+use anyhow::bail;
+use fleet_sim::report::{Echo, IdleOpen, S4};
+use testbed::{Fleet, Proc, poll::wait_for};
+
+use super::{
+    Ctx, figure, port,
+    procs::{Cpu, loadgen, median, rss_kb},
+    results::{EchoFigure, EchoResult, EchoRun, IdleFigure, IdleResult, PerProxy, SetupsResult, SetupsRun},
+    wait_idle,
+};
+
+/// Figure 1: full TLS handshake + upgrade; proxy CPU per set-up and set-ups/s.
+pub(super) fn setups(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<PerProxy<SetupsResult>> {
+    let s = ctx.sizes;
+    Ok(PerProxy::measure(|kind| {
+        figure(&format!("  set-ups through {}", kind.key()), || {
+            let spec = ctx.spec(kind, "load", port(kind), fleets, s.fleet_workers);
+            let addr = spec.listen;
+            let p = ctx.start(&spec, addr)?;
+            // Warm-up (first allocations, session caches to the fleets).
+            ctx.setups(None, addr, 50, 4, 5000)?;
+            let mut runs = Vec::new();
+            for _ in 0..s.reps {
+                let cpu = Cpu::read(p.pid());
+                let r = ctx.setups(None, addr, s.setups, s.setup_concurrency, 5000)?;
+                let cpu_ms = cpu.since(p.pid());
+                runs.push(SetupsRun {
+                    cpu_ms,
+                    ok: r.ok,
+                    outcomes: r.outcomes,
+                    cpu_ms_per_setup: (r.ok > 0).then(|| cpu_ms / r.ok as f64),
+                    setups_per_s: r.ok_per_s,
+                    setup_ms: r.ok_ms,
+                });
+            }
+            wait_idle(fleets)?;
+            Ok(SetupsResult {
+                cpu_ms_per_setup: median(runs.iter().filter_map(|r| r.cpu_ms_per_setup).collect()),
+                setups_per_s: median(runs.iter().map(|r| r.setups_per_s).collect()),
+                failed: runs.iter().map(|r| u64::from(s.setups) - r.ok).sum(),
+                runs,
+            })
+        })
+    }))
+}
+
+/// Figure 2: echo round trips at a fixed offered load.
+pub(super) fn echo(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<EchoFigure> {
+    let s = ctx.sizes;
+    let proxies = PerProxy::measure(|kind| {
+        figure(&format!("  echo through {}", kind.key()), || {
+            let spec = ctx.spec(kind, "echo", port(kind), fleets, s.fleet_workers);
+            let addr = spec.listen;
+            let p = ctx.start(&spec, addr)?;
+            let mut runs = Vec::new();
+            for _ in 0..s.reps {
+                let cpu = Cpu::read(p.pid());
+                let mut cmd = ctx.loadgen(None);
+                cmd.arg("echo");
+                ctx.target_args(&mut cmd, addr, "/ws/echo-");
+                cmd.args(["--calls", &s.echo_calls.to_string(), "--rate", &s.echo_rate.to_string()])
+                    .args([
+                        "--size",
+                        &s.echo_size.to_string(),
+                        "--seconds",
+                        &s.echo_secs.to_string(),
+                    ]);
+                let load: Echo = loadgen(&mut cmd, Duration::from_secs(s.echo_secs + 120))?;
+                runs.push(EchoRun {
+                    load,
+                    proxy_cpu_ms: cpu.since(p.pid()),
+                });
+                wait_idle(fleets)?;
+            }
+            let ms = |pick: fn(&Echo) -> Option<f64>| median(runs.iter().filter_map(|r| pick(&r.load)).collect());
+            Ok(EchoResult {
+                p50_ms: ms(|e| e.rtt_us.p50.map(|us| us / 1000.0)),
+                p99_ms: ms(|e| e.rtt_us.p99.map(|us| us / 1000.0)),
+                p999_ms: ms(|e| e.rtt_us.p999.map(|us| us / 1000.0)),
+                lost: runs.iter().map(|r| r.load.lost).sum(),
+                sent: runs.iter().map(|r| r.load.sent).sum(),
+                proxy_cpu_ms: median(runs.iter().map(|r| r.proxy_cpu_ms).collect()),
+                runs,
+            })
+        })
+    });
+    Ok(EchoFigure {
+        offered: format!(
+            "{} calls × {} msg/s × {} B for {} s",
+            s.echo_calls, s.echo_rate, s.echo_size, s.echo_secs
+        ),
+        proxies,
+    })
+}
+
+/// Figure 3: RSS with N idle calls held open.
+pub(super) fn idle(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<IdleFigure> {
+    let s = ctx.sizes;
+    let proxies = PerProxy::measure(|kind| {
+        figure(&format!("  idle calls through {}", kind.key()), || {
+            let spec = ctx.spec(kind, "idle", port(kind), fleets, s.fleet_workers);
+            let addr = spec.listen;
+            let p = ctx.start(&spec, addr)?;
+            std::thread::sleep(Duration::from_secs(1));
+            let base = rss_kb(p.pid());
+            let hold = |n: u32, tag: &str| -> anyhow::Result<Proc> {
+                let mut cmd = ctx.loadgen(None);
+                cmd.arg("idle");
+                ctx.target_args(&mut cmd, addr, &format!("/ws/idle-{tag}-"));
+                cmd.args(["--calls", &n.to_string(), "--concurrency", "32", "--hold-max-s", "300"]);
+                let g = Proc::start(
+                    "loadgen idle",
+                    &mut cmd,
+                    Some(&ctx.dir.join(format!("loadgen-idle-{tag}.log"))),
+                    Some(Duration::from_secs(240)),
+                )?;
+                let open = serde_json::from_value::<IdleOpen>(g.ready.clone()).map_or(0, |r| r.open);
+                if open != n as usize {
+                    bail!("only {open} of {n} idle calls opened: {}", g.ready);
+                }
+                Ok(g)
+            };
+            let mut low = hold(s.idle_low, "a")?;
+            std::thread::sleep(Duration::from_secs(1));
+            let rss_low = rss_kb(p.pid());
+            let mut high = hold(s.idle_high - s.idle_low, "b")?;
+            std::thread::sleep(Duration::from_secs(1));
+            let rss_high = rss_kb(p.pid());
+            for g in [&mut low, &mut high] {
+                drop(g.stdin.take());
+            }
+            let _ = wait_for(
+                "idle loadgens to close their calls",
+                Duration::from_secs(30),
+                Duration::from_millis(50),
+                || !low.alive() && !high.alive(),
+            );
+            drop((low, high));
+            drop(p);
+            wait_idle(fleets)?;
+            let per_call = (rss_high as f64 - rss_low as f64) / f64::from(s.idle_high - s.idle_low);
+            Ok(IdleResult {
+                base_kb: base,
+                rss_low_kb: rss_low,
+                rss_high_kb: rss_high,
+                kb_per_call: per_call,
+                kb_per_call_from_base: (rss_low as f64 - base as f64) / f64::from(s.idle_low),
+                mb_per_1000_calls: per_call * 1000.0 / 1024.0,
+            })
+        })
+    });
+    Ok(IdleFigure {
+        low: s.idle_low,
+        high: s.idle_high,
+        proxies,
+    })
+}
+
+/// Figure 4: the seeds' S4 with fleets of 16 and a 1 s check.
+pub(super) fn s4(ctx: &Ctx) -> anyhow::Result<PerProxy<S4>> {
+    let s = ctx.sizes;
+    Ok(PerProxy::measure(|kind| {
+        figure(&format!("  S4 through {}", kind.key()), || {
+            let fleets = ctx.start_fleets(2, 16, None, &format!("s4-{}", kind.key()))?;
+            let spec = ctx.spec(kind, "s4", port(kind), &fleets, 16);
+            let addr = spec.listen;
+            let _p = ctx.start(&spec, addr)?;
+            let mut cmd = ctx.loadgen(None);
+            cmd.arg("s4");
+            ctx.target_args(&mut cmd, addr, "/ws/");
+            for f in &fleets {
+                cmd.arg("--fleet").arg(f.control.addr.to_string());
+            }
+            cmd.args(["--fill", "16", "--calls", "8", "--interval-ms", "100"])
+                .args([
+                    "--probes",
+                    &s.s4_probes.to_string(),
+                    "--recover-s",
+                    &s.s4_recover_s.to_string(),
+                ]);
+            loadgen(&mut cmd, Duration::from_secs(s.s4_recover_s + 120))
+        })
+    }))
+}

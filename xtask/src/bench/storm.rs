@@ -1,0 +1,282 @@
+//! Figure 5: every fleet full. (a) Carriers storm with TLS + upgrade
+//! attempts from a namespace over a veth, against ours with XDP dropping,
+//! answering RST and off, and against HAProxy and nginx; (b) a bounded SYN
+//! flood, XDP vs the kernel stack. Also the carrier-side pass-through XDP
+//! program that RST mode needs.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::bail;
+use serde_json::Value;
+use testbed::{
+    IngressConfig, NetPair, Proc,
+    config::{Pool, Server, Xdp as XdpTable},
+    poll::wait_for,
+    proc::launcher,
+};
+
+use super::{
+    Ctx, LOAD_CORE, figure, net,
+    procs::{self, Cpu, softirq_ms},
+    proxies::{Kind, Running, Xdp},
+    results::{Floods, Storm, StormRun},
+};
+
+/// How often the bench polls a condition.
+const POLL: Duration = Duration::from_millis(50);
+
+/// A bpffs directory for one run's pinned maps, removed on drop.
+struct Pins(PathBuf);
+
+impl Pins {
+    /// `/sys/fs/bpf/ingress-bench-{pid}-{tag}`, emptied first.
+    fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!("/sys/fs/bpf/ingress-bench-{}-{tag}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Self(p)
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The XDP program's counters (`ingress bpf dump`); null when unreadable.
+fn xdp_counters(ctx: &Ctx, pins: &Path) -> Value {
+    procs::output(
+        Command::new(ctx.bins.join("ingress"))
+            .args(["bpf", "dump", "--json", "--pin-path"])
+            .arg(pins),
+        Duration::from_secs(20),
+    )
+    .ok()
+    .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+    .map(|v| v["counters"].clone())
+    .unwrap_or(Value::Null)
+}
+
+fn counter_delta(before: &Value, after: &Value, key: &str) -> u64 {
+    after[key]
+        .as_u64()
+        .unwrap_or(0)
+        .saturating_sub(before[key].as_u64().unwrap_or(0))
+}
+
+pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
+    let s = ctx.sizes;
+    let pair = NetPair::new('b')?;
+    // RST mode answers with XDP_TX from the ingress end.
+    pair.carrier_gro_on()?;
+    let ns = pair.ingress_ns.clone();
+    let fleets = ctx.start_fleets(2, 16, Some(&ns), "storm")?;
+    for f in &fleets {
+        f.control.occupy(16)?;
+    }
+    let configs: [(&str, Kind, Option<&'static str>); 5] = [
+        ("ours, XDP drop", Kind::Ingress, Some("drop")),
+        ("ours, XDP rst", Kind::Ingress, Some("rst")),
+        ("ours, XDP off", Kind::Ingress, None),
+        ("HAProxy", Kind::Haproxy, None),
+        ("nginx", Kind::Nginx, None),
+    ];
+    let port = 18443;
+    let dial = SocketAddr::from((pair.ingress_ip, port));
+    let mut runs = Vec::new();
+    let mut floods = Floods::default();
+    for (name, kind, xdp) in configs {
+        let r = figure(&format!("  storm: {name}"), || -> anyhow::Result<StormRun> {
+            let pins = Pins::new(xdp.unwrap_or("off"));
+            let mut spec = ctx.spec(kind, &format!("storm-{}", name_tag(name)), port, &fleets, 16);
+            spec.listen = SocketAddr::from(([0, 0, 0, 0], port));
+            spec.netns = Some(ns.clone());
+            spec.xdp = xdp.map(|action| Xdp {
+                interface: pair.ingress_if.clone(),
+                action,
+                pin_path: pins.0.clone(),
+            });
+            // XDP_TX on a veth reaches the peer only when the peer runs NAPI: give the
+            // carrier side a pass-through XDP program (a second ingress that sheds nothing).
+            let _peer = if xdp == Some("rst") {
+                Some(xdp_peer(ctx, &pair)?)
+            } else {
+                None
+            };
+            let p = ctx.start(&spec, dial)?;
+            let mut attached = Value::Null;
+            if let Some(admin) = &p.admin {
+                attached = p.proc.ready["xdp"].clone();
+                if xdp.is_some() {
+                    if p.proc.ready["xdp"]["attached"] != true {
+                        bail!("XDP did not attach: {}", p.proc.ready["xdp"]);
+                    }
+                    wait_for("XDP shedding", Duration::from_secs(10), POLL, || {
+                        admin.json("/api/status").is_ok_and(|v| v["xdp"]["shedding"] == true)
+                    })?;
+                } else {
+                    wait_for("every fleet FULL", Duration::from_secs(10), POLL, || {
+                        admin.servers().is_ok_and(|a| a.iter().all(|s| s["state"] == "FULL"))
+                    })?;
+                }
+            } else if kind == Kind::Haproxy {
+                // fall 2 × inter 1s after start: both fleets DOWN.
+                std::thread::sleep(Duration::from_millis(1500));
+            }
+            // What the proxy burns with no load (health checks, lease renewal), per second.
+            let idle_cpu = Cpu::read(p.pid());
+            let idle_soft = softirq_ms();
+            let idle_at = Instant::now();
+            std::thread::sleep(Duration::from_secs(3));
+            let idle_s = idle_at.elapsed().as_secs_f64();
+            let idle_rate = idle_cpu.since(p.pid()) / idle_s;
+            let idle_soft_rate = (softirq_ms() - idle_soft) / idle_s;
+            let before = xdp.map(|_| xdp_counters(ctx, &pins.0));
+            let cpu = Cpu::read(p.pid());
+            let soft = softirq_ms();
+            let at = Instant::now();
+            let r = ctx.setups(Some(&pair.carrier_ns), dial, s.storm, 50, 1000)?;
+            let elapsed = at.elapsed().as_secs_f64();
+            let cpu_ms = cpu.since(p.pid());
+            let soft_ms = softirq_ms() - soft;
+            let attempts = f64::from(s.storm);
+            let net_cpu = (cpu_ms - idle_rate * elapsed).max(0.0);
+            let net_soft = (soft_ms - idle_soft_rate * elapsed).max(0.0);
+            let (shed_drop, shed_rst) = match &before {
+                Some(before) => {
+                    let after = xdp_counters(ctx, &pins.0);
+                    (
+                        Some(counter_delta(before, &after, "shed_drop")),
+                        Some(counter_delta(before, &after, "shed_rst")),
+                    )
+                }
+                None => (None, None),
+            };
+            // 5b: the SYN flood, with XDP dropping and with the kernel stack taking it.
+            if kind == Kind::Ingress && xdp != Some("rst") {
+                let f = figure(&format!("  SYN flood: {name}"), || {
+                    flood(ctx, &pair, &p, &pins.0, xdp.is_some(), port)
+                });
+                if xdp.is_some() {
+                    floods.xdp_drop = Some(f);
+                } else {
+                    floods.kernel_stack = Some(f);
+                }
+            }
+            Ok(StormRun {
+                name: name.to_owned(),
+                attempts: s.storm,
+                proxy_cpu_ms: cpu_ms,
+                proxy_idle_cpu_ms_per_s: idle_rate,
+                cpu_ms_per_attempt: net_cpu / attempts,
+                softirq_ms_per_attempt: net_soft / attempts,
+                carrier_sees: r.outcomes,
+                answer_p50_ms: r.fail_ms.p50,
+                elapsed_s: r.elapsed_s,
+                xdp: attached,
+                xdp_shed_drop: shed_drop,
+                xdp_shed_rst: shed_rst,
+            })
+        });
+        runs.push(r);
+    }
+    drop(fleets);
+    drop(pair);
+    Ok(Storm { runs, flood: floods })
+}
+
+/// An `ingress` in the carrier namespace whose XDP program (native, on the carrier
+/// side of the veth) passes every packet: carriers = a TEST-NET address, port 9.
+fn xdp_peer(ctx: &Ctx, pair: &NetPair) -> anyhow::Result<(Proc, Pins)> {
+    let pins = Pins::new("peer");
+    let socket = ctx.dir.join("xdp-peer.sock");
+    let _ = std::fs::remove_file(&socket);
+    let config = ctx.dir.join("xdp-peer.toml");
+    IngressConfig::new("127.0.0.1:0", &ctx.pki.certs_dir, &socket)
+        .comment("Written by `cargo xtask bench`: a pass-through XDP program on the carrier side (RST mode needs NAPI there).")
+        .route("/ws/{bot_id}", "none")
+        .pool(
+            Pool::new("none")
+                .server(Server::new("none", "127.0.0.1:9"))
+                .tls_ca(&ctx.pki.ca),
+        )
+        .xdp(
+            XdpTable::on(&pair.carrier_if)
+                .mode("native")
+                .carriers(&["192.0.2.1/32"])
+                .ports(&[9])
+                .pin_path(&pins.0),
+        )
+        .write(&config)?;
+    let mut cmd = launcher(&ctx.bins.join("ingress"), Some(&pair.carrier_ns), Some(LOAD_CORE));
+    cmd.arg("run").arg("--config").arg(&config).env("INGRESS_LOG", "warn");
+    let p = Proc::start(
+        "xdp peer",
+        &mut cmd,
+        Some(&ctx.dir.join("xdp-peer.log")),
+        Some(Duration::from_secs(30)),
+    )?;
+    if p.ready["xdp"]["attached"] != true {
+        bail!(
+            "the carrier-side pass-through XDP program did not attach: {}",
+            p.ready["xdp"]
+        );
+    }
+    Ok((p, pins))
+}
+
+fn name_tag(name: &str) -> String {
+    name.chars()
+        .filter_map(|c| match c {
+            'a'..='z' | '0'..='9' => Some(c),
+            'A'..='Z' => Some(c.to_ascii_lowercase()),
+            ' ' => Some('-'),
+            _ => None,
+        })
+        .collect()
+}
+
+fn flood(
+    ctx: &Ctx,
+    pair: &NetPair,
+    p: &Running,
+    pins: &Path,
+    with_xdp: bool,
+    port: u16,
+) -> anyhow::Result<super::results::Flood> {
+    let s = ctx.sizes;
+    let before = with_xdp.then(|| xdp_counters(ctx, pins));
+    let segs = testbed::netns::tcp_in_segs(&pair.ingress_ns);
+    let cpu = Cpu::read(p.pid());
+    let soft = softirq_ms();
+    let r = net::syn_flood(pair, port, s.flood, LOAD_CORE, &ctx.dir)?;
+    let proxy_ms = cpu.since(p.pid());
+    let soft_ms = softirq_ms() - soft;
+    let reached_stack = testbed::netns::tcp_in_segs(&pair.ingress_ns).saturating_sub(segs);
+    let elapsed = r.elapsed_s;
+    let sent = r.sent;
+    let (xdp_dropped, absorbed) = match before {
+        Some(before) => {
+            let dropped = counter_delta(&before, &xdp_counters(ctx, pins), "shed_drop");
+            (Some(dropped), dropped as f64 / elapsed)
+        }
+        // InSegs also counts the carrier's RSTs to our SYN-ACKs: count SYNs up to what was sent.
+        None => (None, reached_stack.min(sent) as f64 / elapsed),
+    };
+    Ok(super::results::Flood {
+        tool: r.tool.to_owned(),
+        sent,
+        elapsed_s: elapsed,
+        syn_per_s: sent as f64 / elapsed,
+        reached_tcp: reached_stack,
+        softirq_ms: soft_ms,
+        proxy_cpu_ms: proxy_ms,
+        xdp_dropped,
+        absorbed_per_s: absorbed,
+    })
+}
