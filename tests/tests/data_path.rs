@@ -203,6 +203,57 @@ async fn a_fleet_filled_directly_hands_no_429_to_carriers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_short_calls_never_makes_fleets_look_full() {
+    // A reconnect storm: 20 carriers each open and close 5 calls in a row,
+    // faster than the 1 s health check reports. Calls that ended hold no
+    // worker, so every one must land (HAProxy answers all 100 with 101).
+    use futures_util::StreamExt as _;
+    let dir = TestDir::new("short-calls");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
+        .replace("interval = \"200ms\"", "interval = \"1s\"");
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let (https, tls) = (ingress.https, pki.client_tls());
+    let carriers: Vec<_> = (0..20)
+        .map(|c| {
+            let tls = Arc::clone(&tls);
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                for i in 0..5 {
+                    match client::connect(https, "localhost", &format!("/ws/burst-{c}-{i}"), Arc::clone(&tls)).await {
+                        Ok(mut ws) => {
+                            statuses.push(101);
+                            let _ = ws.close(None).await;
+                            while let Some(Ok(_)) = ws.next().await {}
+                        }
+                        Err(e) => statuses.push(e.status().unwrap_or(0)),
+                    }
+                }
+                statuses
+            })
+        })
+        .collect();
+    let started = Instant::now();
+    let mut statuses = Vec::new();
+    for c in carriers {
+        statuses.extend(c.await.expect("carrier task"));
+    }
+    eprintln!("100 short calls in {:?}", started.elapsed());
+    let refused: Vec<_> = statuses.iter().filter(|s| **s != 101).collect();
+    assert!(refused.is_empty(), "{} of 100 refused: {refused:?}", refused.len());
+    for f in [&f1, &f2] {
+        assert_eq!(
+            f.state().await["answered_429"],
+            0,
+            "a fleet was sent more calls than it had workers"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_fleet_ends_its_calls_and_new_calls_never_fail() {
     let dir = TestDir::new("kill");
     let pki = Pki::new(&dir);
