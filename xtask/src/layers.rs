@@ -4,7 +4,11 @@
 //! only rooms of lower rank, so the leaves import nothing from the crate and
 //! the data path never reaches the control side. Within a room, the files
 //! may not import each other in a circle (a child naming its parent module
-//! is not counted: that is how Rust modules share their parent's items).
+//! is not counted: that is how Rust modules share their parent's items, and
+//! what a parent re-exports is exempt with it). Naming the crate root itself
+//! (`use crate::*`, `use crate as x`) is refused, since it would hide the
+//! rooms behind it. Inline `mod x { … }` blocks are not modelled: `super`
+//! inside one resolves as if it were the file's.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -131,6 +135,12 @@ fn crate_paths(text: &str, here: &[String], is_dir_module: bool) -> Vec<(usize, 
         } else {
             None
         };
+        if at_word_start && code[i..].starts_with("crate as ") {
+            // `use crate as root;` would hide every path behind the alias.
+            out.push((code[..i].matches('\n').count() + 1, Vec::new()));
+            i += 1;
+            continue;
+        }
         let Some((skip, mut prefix)) = base else {
             i += 1;
             continue;
@@ -227,19 +237,23 @@ fn strip_comments_and_strings(text: &str) -> String {
                 i += 1;
             }
             i += 2;
-        } else if b[i] == b'"' || (b[i] == b'r' && matches!(b.get(i + 1), Some(b'"' | b'#'))) {
+        } else if let Some(n) = char_literal(&b[i..]) {
+            // `'"'`, `b'\''`: a quote inside must not open a string. Lifetimes are not literals.
+            out.push(b' ');
+            i += n;
+        } else if b[i] == b'"' || raw_string_start(b, i).is_some() {
             // Plain or raw string: blank it.
-            let mut hashes = 0;
-            if b[i] == b'r' {
-                i += 1;
-                while i < b.len() && b[i] == b'#' {
-                    hashes += 1;
+            let raw = raw_string_start(b, i);
+            let hashes = raw.unwrap_or(0);
+            if raw.is_some() {
+                // Past `r`/`br` and the hashes, onto the quote.
+                while b[i] != b'"' {
                     i += 1;
                 }
             }
             i += 1;
             while i < b.len() {
-                if hashes == 0 && b[i] == b'\\' {
+                if raw.is_none() && b[i] == b'\\' {
                     i += 2;
                     continue;
                 }
@@ -259,6 +273,51 @@ fn strip_comments_and_strings(text: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The length of a char or byte literal at the start of `b` (`'x'`,
+/// `'\n'`, `'\u{1f600}'`, `b'"'`), None for anything else (a lifetime).
+fn char_literal(b: &[u8]) -> Option<usize> {
+    let start = usize::from(b.first() == Some(&b'b'));
+    if b.get(start) != Some(&b'\'') {
+        return None;
+    }
+    let body = &b[start + 1..];
+    let len = match body.first()? {
+        b'\\' => 1 + body[1..].iter().position(|c| *c == b'\'')?,
+        _ => {
+            // One UTF-8 character, then the closing quote.
+            let ch = std::str::from_utf8(&body[..body.len().min(4)])
+                .or_else(|e| std::str::from_utf8(&body[..e.valid_up_to()]))
+                .ok()?
+                .chars()
+                .next()?;
+            let n = ch.len_utf8();
+            if body.get(n) != Some(&b'\'') {
+                return None;
+            }
+            n
+        }
+    };
+    Some(start + 1 + len + 1)
+}
+
+/// The number of `#`s when a raw string (`r"`, `r#"`, `br"`) starts at `i`
+/// as a token of its own (not the tail of an identifier, not `r#ident`).
+fn raw_string_start(b: &[u8], i: usize) -> Option<usize> {
+    if i > 0 && is_ident(b[i - 1]) {
+        return None;
+    }
+    let mut j = i;
+    if b.get(j) == Some(&b'b') {
+        j += 1;
+    }
+    if b.get(j) != Some(&b'r') {
+        return None;
+    }
+    j += 1;
+    let hashes = b[j..].iter().take_while(|c| **c == b'#').count();
+    (b.get(j + hashes) == Some(&b'"')).then_some(hashes)
 }
 
 fn violations(modules: &[Module]) -> Vec<String> {
@@ -284,7 +343,13 @@ fn violations(modules: &[Module]) -> Vec<String> {
             continue;
         };
         for (line, p) in &m.refs {
-            let Some(target_room) = p.first() else { continue };
+            let Some(target_room) = p.first() else {
+                problems.push(format!(
+                    "{}:{line}: names the crate root itself (`use crate::*` or `crate as`): name the room",
+                    m.file.display()
+                ));
+                continue;
+            };
             if target_room == room {
                 let target = resolve(p);
                 // A child naming an ancestor (its parent's items) is how modules share; not an edge.
@@ -375,6 +440,25 @@ mod tests {
         );
         let paths: Vec<String> = refs.iter().map(|(_, p)| p.join("::")).collect();
         assert_eq!(paths, ["a::b", "a::c::D", "e", "data::f::G", "h::i"]);
+    }
+
+    #[test]
+    fn literals_do_not_hide_paths() {
+        let text = "let q = '\"'; let b = b'\\''; let r#type = 1; let s = r\"a\\\"; x = crate::control::Shared;\nfn f<'a>(x: &'a str) { crate::admin::y(); }";
+        let paths: Vec<String> = crate_paths(text, &["data".to_owned()], true)
+            .iter()
+            .map(|(_, p)| p.join("::"))
+            .collect();
+        assert_eq!(paths, ["control::Shared", "admin::y"]);
+    }
+
+    #[test]
+    fn the_crate_root_cannot_be_globbed_or_aliased() {
+        let modules = [
+            module("data", "data/mod.rs", "use crate::*;"),
+            module("data::http", "data/http.rs", "use crate as root;"),
+        ];
+        assert_eq!(violations(&modules).len(), 2);
     }
 
     #[test]

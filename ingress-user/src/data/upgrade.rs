@@ -45,23 +45,17 @@ enum Attempt<S> {
     BadResponse(String),
 }
 
-async fn attempt(
-    lease: &Lease,
-    pool: &Pool,
-    rt: &Runtime,
-    request: &[u8],
-    early: &[u8],
-) -> Attempt<upstream::UpStream> {
+async fn attempt(lease: &Lease, pool: &Pool, rt: &Runtime, request: &[u8]) -> Attempt<upstream::UpStream> {
     let server = &lease.server;
     let mut up = match upstream::connect(server, pool.client_tls(server), rt.timeouts.connect.0).await {
         Ok(s) => s,
         Err(e) => return Attempt::Failed(RetryOn::ConnFailure, e.to_string()),
     };
+    // Only the head: whatever the client sent behind it waits for the 101
+    // (RFC 6455 §4.1), so a fleet that answers otherwise and keeps the
+    // connection never parses it as a request of its own.
     let write = async {
         up.write_all(request).await?;
-        if !early.is_empty() {
-            up.write_all(early).await?;
-        }
         up.flush().await
     };
     if let Err(e) = write.await {
@@ -168,8 +162,8 @@ pub async fn forward<C, H>(
         tried.push(lease.server.id);
         server_name = lease.server.name().to_owned();
         // Boxed: its read buffer is not kept in the call's task for the whole call.
-        match Box::pin(attempt(&lease, &pool, &rt, &request, &head.rest)).await {
-            Attempt::Upgraded(up, resp) => {
+        match Box::pin(attempt(&lease, &pool, &rt, &request)).await {
+            Attempt::Upgraded(mut up, resp) => {
                 shared.changed.signal();
                 let pinned =
                     pool.balance == Balance::Cookie && sticky.as_deref() != Some(lease.server.cookie_id.as_str());
@@ -188,6 +182,19 @@ pub async fn forward<C, H>(
                 if write.await.is_err() {
                     shared.metrics.tunnel_closed("client_error");
                     log.emit(101, attempts, &server_name, 0, 0, "client_error");
+                    return;
+                }
+                // The client's bytes behind its head, now that the fleet upgraded.
+                let early = async {
+                    if !head.rest.is_empty() {
+                        up.write_all(&head.rest).await?;
+                        up.flush().await?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                if early.await.is_err() {
+                    shared.metrics.tunnel_closed("server_error");
+                    log.emit(101, attempts, &server_name, 0, 0, "server_error");
                     return;
                 }
                 shared.metrics.response(101);

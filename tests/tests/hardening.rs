@@ -1,0 +1,150 @@
+//! Data-path hardening end to end: what a client may smuggle past an upgrade
+//! to a fleet that refuses it.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use ingress_tests::{Ingress, Pki, TestDir, config, https_raw, upgrade_request};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+/// A TLS "fleet" that reports capacity on `/health/fleet`, answers every
+/// other request with `answer` while keeping the connection open, and
+/// records every byte each such connection receives (sent on `seen` when
+/// the connection has been watched for a while after the answer).
+struct RecordingFleet {
+    addr: SocketAddr,
+    seen: tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+}
+
+impl RecordingFleet {
+    async fn start(pki: &Pki, answer: &'static str) -> Self {
+        let pem = std::fs::read(&pki.fleet_bundle).expect("fleet bundle");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem).map(|c| c.unwrap()).collect();
+        let key = PrivateKeyDer::from_pem_slice(&pem).expect("key");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (record, seen) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, record) = (acceptor.clone(), record.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if got.starts_with(b"GET /health/fleet ") {
+                        let body = r#"{"fleet_available":16}"#;
+                        let _ = tls
+                            .write_all(
+                                format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                    body.len()
+                                )
+                                .as_bytes(),
+                            )
+                            .await;
+                        let _ = tls.shutdown().await;
+                        return;
+                    }
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.flush().await;
+                    // Keep the connection and record whatever else arrives on it.
+                    let _ = tokio::time::timeout(Duration::from_millis(700), async {
+                        loop {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                        }
+                    })
+                    .await;
+                    let _ = record.send(got);
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_behind_an_upgrade_never_reach_a_fleet_that_refuses_it() {
+    for answer in [
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Length: 0\r\n\r\n",
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let dir = TestDir::new("smuggle");
+        let pki = Pki::new(&dir);
+        let mut fleet = RecordingFleet::start(&pki, answer).await;
+        let ingress = Ingress::start(&dir, &config(&dir, &pki, &[("rec", fleet.addr)], "", ""));
+        ingress.wait_state(&["rec"], "UP").await;
+        // A valid upgrade and, in the same write, a request of its own.
+        let mut wire = upgrade_request("/ws/x").into_bytes();
+        wire.extend_from_slice(b"GET /internal/secret HTTP/1.1\r\nHost: fleet.internal\r\n\r\n");
+        let raw = https_raw(ingress.https, pki.client_tls(), &wire).await;
+        let text = String::from_utf8_lossy(&raw);
+        let status = &answer[..12];
+        assert!(text.starts_with(status), "the fleet's answer is relayed: {text}");
+        let got = tokio::time::timeout(Duration::from_secs(5), fleet.seen.recv())
+            .await
+            .expect("the upgrade reached the fleet")
+            .expect("recorder running");
+        let text = String::from_utf8_lossy(&got);
+        let end = text.find("\r\n\r\n").expect("a head") + 4;
+        assert!(
+            end == got.len() && !text.contains("/internal"),
+            "after a {status}, the fleet saw bytes past the upgrade head: {text:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_with_the_upgrade_reaches_the_fleet_after_its_101() {
+    let dir = TestDir::new("early-frame");
+    let pki = Pki::new(&dir);
+    let fleet = ingress_tests::Fleet::start(&dir, &pki, "fleet1", 4);
+    let ingress = Ingress::start(&dir, &config(&dir, &pki, &[("fleet1", fleet.https)], "", ""));
+    ingress.wait_state(&["fleet1"], "UP").await;
+    // The upgrade and a masked text frame "hello" in one write.
+    let mask = [0x11u8, 0x22, 0x33, 0x44];
+    let mut wire = upgrade_request("/ws/early").into_bytes();
+    wire.extend_from_slice(&[0x81, 0x80 | 5]);
+    wire.extend_from_slice(&mask);
+    wire.extend(b"hello".iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    let tcp = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(pki.client_tls())
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(&wire).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let echoed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n = tls.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&buf[..n]);
+            if got.windows(7).any(|w| w == b"\x81\x05hello") {
+                break;
+            }
+        }
+    })
+    .await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 101"), "{text}");
+    assert!(echoed.is_ok(), "the early frame was echoed after the 101: {text:?}");
+}
