@@ -50,6 +50,7 @@ fn raise_fd_limit(max_connections: usize) {
 /// `ingress run --config FILE`.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
+    let desired = control::load_desired(&config)?;
     raise_fd_limit(config.limits.max_connections);
     let provider = tls::provider();
     let certs = CertStore::load(
@@ -57,7 +58,6 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         config.listen.default_cert.clone(),
         Arc::clone(&provider),
     )?;
-    let desired = control::load_desired(&config)?;
     let ids = AtomicU32::new(1);
     let rt = build::build(&config, &desired, None, 1, || {
         ids.fetch_add(1, std::sync::atomic::Ordering::Relaxed)

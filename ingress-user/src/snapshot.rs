@@ -70,7 +70,7 @@ pub struct ServerView {
 impl Runtime {
     /// Every server of every pool, in configuration order.
     pub fn server_views(&self) -> Vec<ServerView> {
-        let routed: BTreeSet<usize> = self.routes.routes.iter().map(|r| r.pool).collect();
+        let routed: BTreeSet<usize> = self.routed_pools().map(|p| p.index).collect();
         let mut out = Vec::new();
         for pool in &self.pools {
             for s in pool.servers.load().iter() {

@@ -105,8 +105,9 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Layers => layers::check(&root().join("ingress-user/src")),
         Cmd::Test { no_lint, args } => {
-            setup::setup()?;
+            // Pure and fast: first, so no setup failure hides it.
             layers::check(&root().join("ingress-user/src"))?;
+            setup::setup()?;
             if !no_lint {
                 run(cargo().args(["fmt", "--all", "--", "--check"]))?;
                 // Default members (host crates), then the eBPF crate alone: checked together,

@@ -73,7 +73,7 @@ fn status_of(e: &ControlError) -> StatusCode {
         ControlError::State(_) => StatusCode::CONFLICT,
         ControlError::Invalid(_) => StatusCode::BAD_REQUEST,
         ControlError::Unhealthy(_) => StatusCode::UNPROCESSABLE_ENTITY,
-        ControlError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        ControlError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -5,9 +5,8 @@ use std::sync::Mutex;
 
 use serde::Serialize;
 
-/// What `/metrics`, `/api/status` and `stat` show about XDP.
+/// One reading of the XDP status, as `/metrics`, `/api/status` and `stat` show it.
 #[derive(Debug, Clone, Default, Serialize)]
-/// One reading of the XDP status.
 pub struct XdpView {
     pub attached: bool,
     pub interface: Option<String>,

@@ -6,20 +6,21 @@
 
 use std::{
     collections::BTreeMap,
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
-use serde::{Deserialize, Deserializer, de};
+use serde::Deserialize;
 
 mod servers_file;
 mod validate;
+mod values;
 
 pub use servers_file::{
     FileServers, parse_servers_file, read_all as read_servers_files, render_servers_file, write_atomically,
 };
+pub use values::{Addrs, Dur};
 
 use crate::model::{Balance, OnMarkedDown, RetryOn, RouteKind, TlsVersion, XdpAction, XdpMode};
 
@@ -65,51 +66,6 @@ pub struct Config {
     /// The XDP fast path.
     #[serde(default)]
     pub xdp: XdpConfig,
-}
-
-/// One address or a list of them.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Addrs(pub Vec<SocketAddr>);
-
-impl<'de> Deserialize<'de> for Addrs {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        let list = match OneOrMany::deserialize(d)? {
-            OneOrMany::One(s) => vec![s],
-            OneOrMany::Many(v) => v,
-        };
-        list.iter()
-            .map(|s| {
-                s.parse::<SocketAddr>()
-                    .map_err(|e| de::Error::custom(format!("`{s}` is not an address:port ({e})")))
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Addrs)
-    }
-}
-
-/// A duration written as `800ms`, `1s`, `1h`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s)
-            .map(Dur)
-            .map_err(|e| de::Error::custom(format!("`{s}` is not a duration like 800ms, 1s, 1h ({e})")))
-    }
-}
-
-impl fmt::Display for Dur {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", humantime::format_duration(self.0))
-    }
 }
 
 /// `[listen]`.

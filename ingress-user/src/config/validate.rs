@@ -1,7 +1,7 @@
 //! Configuration: checks of values that parse but cannot work, each naming
 //! the key and the reason. Pure: nothing here reads a file (a pool's
-//! `servers_file` is read by the control side and checked by the desired
-//! state it feeds).
+//! `servers_file` is read by [`super::servers_file::read_all`], which the
+//! control side calls, and checked by the desired state it feeds).
 
 use std::{collections::BTreeSet, time::Duration};
 

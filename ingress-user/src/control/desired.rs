@@ -111,9 +111,10 @@ pub enum StateError {
 }
 
 impl Desired {
-    /// The desired state a config describes.
     /// The desired state a config describes, with the pools' `servers_file`
-    /// contents as read by the caller (`files`, by pool name).
+    /// contents as read by the caller (`files`, by pool name). A pool with a
+    /// `servers_file` missing from `files` is an error, not an empty file
+    /// (which the next persist would write back).
     pub fn from_config(config: &Config, files: &BTreeMap<String, FileServers>) -> Result<Self, ConfigError> {
         let mut pools = BTreeMap::new();
         for (name, pcfg) in &config.pools {
@@ -126,7 +127,16 @@ impl Desired {
                 origin: Origin::Inline,
                 admin: AdminState::Ready,
             });
-            let from_file = files.get(name).into_iter().flatten().map(|(def, admin)| ServerEntry {
+            let file_servers = match (&pcfg.servers_file, files.get(name)) {
+                (Some(path), None) => {
+                    return Err(ConfigError::Invalid {
+                        key: format!("pools.{name}.servers_file"),
+                        reason: format!("{} was not read", path.display()),
+                    });
+                }
+                (_, found) => found,
+            };
+            let from_file = file_servers.into_iter().flatten().map(|(def, admin)| ServerEntry {
                 def: def.clone(),
                 origin: Origin::File,
                 admin: *admin,
@@ -307,6 +317,31 @@ mod tests {
             sni: None,
             maxconn: None,
         }
+    }
+
+    #[test]
+    fn a_servers_file_that_was_not_read_is_an_error_not_an_empty_pool() {
+        let config = Config::parse(
+            r#"
+            [listen]
+            https = "127.0.0.1:8443"
+            certs = "certs"
+            [pools.fleets]
+            servers = ["a.example:443"]
+            servers_file = "fleet-servers.txt"
+            [xdp]
+            mode = "off"
+        "#,
+        )
+        .unwrap();
+        let err = Desired::from_config(&config, &BTreeMap::new()).unwrap_err().to_string();
+        assert!(err.starts_with("pools.fleets.servers_file:"), "{err}");
+        let files = BTreeMap::from([(
+            "fleets".to_owned(),
+            vec![(def("a.example:443", "b.example"), AdminState::Ready)],
+        )]);
+        let err = Desired::from_config(&config, &files).unwrap_err().to_string();
+        assert!(err.contains("server name `a.example:443` is used twice"), "{err}");
     }
 
     fn state() -> Desired {

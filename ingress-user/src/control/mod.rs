@@ -81,9 +81,9 @@ pub enum ControlError {
     /// A candidate server failed its pre-checks, or never came UP.
     #[error("{0}")]
     Unhealthy(String),
-    /// Writing a file failed.
+    /// Writing a file failed, or something that validation rules out did happen.
     #[error("{0}")]
-    Io(String),
+    Internal(String),
 }
 
 impl From<ConfigError> for ControlError {
@@ -272,7 +272,7 @@ impl Control {
         };
         let body = config::render_servers_file(&entry.file_servers());
         config::write_atomically(path, body.as_bytes())
-            .map_err(|e| ControlError::Io(format!("writing {}: {e}", path.display())))?;
+            .map_err(|e| ControlError::Internal(format!("writing {}: {e}", path.display())))?;
         Ok(Some(path.clone()))
     }
 

@@ -93,7 +93,7 @@ async fn precheck(pool: &Pool, server: &Server) -> Result<String, ControlError> 
         .ok_or_else(|| ControlError::Unhealthy(format!("{addr} resolves to nothing")))?;
     let failed = |e: &dyn std::fmt::Display| ControlError::Unhealthy(format!("health check of {addr} failed: {e}"));
     let (status, body) = health::probe(server, pool).await.map_err(|e| failed(&e))?;
-    let expect = regex::Regex::new(&pool.check.expect_status).map_err(|e| ControlError::Invalid(e.to_string()))?;
+    let expect = regex::Regex::new(&pool.check.expect_status).map_err(|e| ControlError::Internal(e.to_string()))?;
     let capacity = health::evaluate(status, &expect, &body, &pool.check.capacity).map_err(|e| failed(&e))?;
     Ok(match capacity {
         Some(n) => format!("{resolved}: TLS ok, status {status}, {} reads {n}", pool.check.capacity),
@@ -180,8 +180,16 @@ pub async fn add_server(control: &Mutex<Control>, pool_name: &str, req: AddReque
     }])?;
     let wait = pool.check.interval.0 * (pool.check.rise + 1) + pool.check.timeout.0 + Duration::from_secs(2);
     let deadline = tokio::time::Instant::now() + wait;
+    // The server as the runtime holds it, found again only when a new
+    // generation may have replaced it: a wake-up costs a few atomic reads,
+    // however often the data path signals.
+    let mut held: Option<(u64, Arc<Server>)> = None;
     let outcome = loop {
-        let server = control.lock().await.find(pool_name, &def.name).map(|(_, s)| s);
+        let generation = ctx.runtime.load().generation;
+        let server = match held.take() {
+            Some((g, s)) if g == generation => Ok(s),
+            _ => control.lock().await.find(pool_name, &def.name).map(|(_, s)| s),
+        };
         match server {
             Ok(s) if matches!(s.state(), ServerState::Up | ServerState::Full) => break Ok(s.state()),
             Ok(s) => {
@@ -193,6 +201,7 @@ pub async fn add_server(control: &Mutex<Control>, pool_name: &str, req: AddReque
                         s.check_status().reason
                     ));
                 }
+                held = Some((generation, s));
             }
             Err(e) => break Err(e.to_string()),
         }
@@ -239,9 +248,10 @@ pub async fn remove_server(
         let (pool_owned, name_owned) = (pool.to_owned(), name.to_owned());
         tokio::spawn(async move {
             let (pool, name) = (pool_owned, name_owned);
-            // A call's end signals a change; the timer only bounds a missed one.
+            // A call's end signals a change; a plain `http` request's does
+            // not, so the wait is also bounded.
             while server.active() > 0 {
-                let _ = tokio::time::timeout(Duration::from_secs(1), changed.changed()).await;
+                let _ = tokio::time::timeout(Duration::from_millis(200), changed.changed()).await;
             }
             let mut c = control.lock().await;
             // Only if it is still the same server (not re-added meanwhile).

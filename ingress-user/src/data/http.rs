@@ -257,7 +257,7 @@ async fn handle(
             return local(StatusCode::GATEWAY_TIMEOUT, "server did not answer in time");
         }
     };
-    shared.idle.put(&server, sender);
+    shared.idle.put(&server, pool.client_tls(&server), sender);
     let status = resp.status();
     shared.metrics.response(status.as_u16());
     tracing::info!(target: "call", route = %route_path, pool = %pool.name, server = server.name(), status = status.as_u16(),
@@ -426,8 +426,9 @@ async fn checkout(
     pool: &Pool,
     rt: &Runtime,
 ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, String> {
+    let tls = pool.client_tls(server);
     loop {
-        let candidate = idle.take(server);
+        let candidate = idle.take(server, tls.as_ref());
         let Some(mut s) = candidate else { break };
         if s.ready().await.is_ok() {
             return Ok(s);

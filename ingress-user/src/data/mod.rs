@@ -26,9 +26,10 @@ use crate::{snapshot::Runtime, telemetry::Metrics};
 pub struct DataCtx {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
-    /// Signalled when a server's state or capacity may have changed (the
-    /// data path signals passive failures and 429s, health checks state
-    /// changes; the BPF sync and the `add` workflow listen).
+    /// Signalled when a server's state or capacity may have changed: the
+    /// data path on every upgrade, tunnel end, 429 and passive failure, the
+    /// health checks on state changes, the control side on every commit;
+    /// the BPF sync and the add/remove workflows listen.
     pub changed: Changes,
     pub conn_limit: Arc<Semaphore>,
     conn_limit_size: AtomicUsize,
@@ -69,8 +70,9 @@ impl DataCtx {
     }
 }
 
-/// A change counter that never loses a wake-up: every listener sees each
-/// signal that came after it last looked (a `watch` of a version number).
+/// A change counter that never loses a wake-up: a listener wakes at least
+/// once after any signals that came since it last looked (a `watch` of a
+/// version number; signals in between merge into one wake-up).
 #[derive(Debug)]
 pub struct Changes(watch::Sender<u64>);
 
