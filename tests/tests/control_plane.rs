@@ -172,6 +172,9 @@ async fn sigkill_during_an_add_leaves_a_valid_file() {
     let before = std::fs::read_to_string(&file).unwrap();
     let mut ingress = Ingress::start(&dir, &servers_file_config(&dir, &pki, &file));
     ingress.wait_state(&["fleet1"], "UP").await;
+    // Every probe of the new fleet takes 300 ms (within the 500 ms timeout):
+    // the add is still waiting for its first check when the daemon dies.
+    f2.control("/health?mode=slow&delay_ms=300").await;
     let socket = ingress.admin.clone();
     let addr = f2.https.to_string();
     let add = tokio::task::spawn_blocking(move || {

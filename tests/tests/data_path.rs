@@ -33,6 +33,17 @@ async fn two_fleets(dir: &TestDir, pki: &Pki, pool_extra: &str, extra: &str) -> 
     (f1, f2, ingress)
 }
 
+/// Two fleets of 16 whose reports come once a second, as the seeds' checks do.
+async fn two_fleets_reporting_every_second(dir: &TestDir, pki: &Pki) -> (Fleet, Fleet, Ingress) {
+    let f1 = Fleet::start(dir, pki, "fleet1", 16);
+    let f2 = Fleet::start(dir, pki, "fleet2", 16);
+    let cfg = config(dir, pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
+        .replace("interval = \"200ms\"", "interval = \"1s\"");
+    let ingress = Ingress::start(dir, &cfg);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    (f1, f2, ingress)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_table_and_local_answers() {
     let dir = TestDir::new("routes");
@@ -168,12 +179,7 @@ async fn a_fleet_filled_directly_hands_no_429_to_carriers() {
     // arrive 100 ms apart, faster than the 1 s health check notices.
     let dir = TestDir::new("s4");
     let pki = Pki::new(&dir);
-    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
-    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
-    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
-        .replace("interval = \"200ms\"", "interval = \"1s\"");
-    let ingress = Ingress::start(&dir, &cfg);
-    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let (f1, f2, ingress) = two_fleets_reporting_every_second(&dir, &pki).await;
     f1.control("/occupy?n=16").await;
     let mut held = Vec::new();
     let mut statuses = Vec::new();
@@ -210,12 +216,7 @@ async fn a_burst_of_short_calls_never_makes_fleets_look_full() {
     use futures_util::StreamExt as _;
     let dir = TestDir::new("short-calls");
     let pki = Pki::new(&dir);
-    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
-    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
-    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
-        .replace("interval = \"200ms\"", "interval = \"1s\"");
-    let ingress = Ingress::start(&dir, &cfg);
-    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let (f1, f2, ingress) = two_fleets_reporting_every_second(&dir, &pki).await;
     let (https, tls) = (ingress.https, pki.client_tls());
     let carriers: Vec<_> = (0..20)
         .map(|c| {

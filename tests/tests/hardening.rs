@@ -148,3 +148,28 @@ async fn a_frame_sent_with_the_upgrade_reaches_the_fleet_after_its_101() {
     assert!(text.starts_with("HTTP/1.1 101"), "{text}");
     assert!(echoed.is_ok(), "the early frame was echoed after the 101: {text:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_forwarding_headers_and_connection_named_ones_never_reach_a_fleet() {
+    let dir = TestDir::new("spoof");
+    let pki = Pki::new(&dir);
+    let mut fleet = RecordingFleet::start(&pki, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+    let ingress = Ingress::start(&dir, &config(&dir, &pki, &[("rec", fleet.addr)], "", ""));
+    ingress.wait_state(&["rec"], "UP").await;
+    let wire = upgrade_request("/ws/x").replace(
+        "Connection: Upgrade\r\n",
+        "Connection: Upgrade, X-Secret\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n",
+    );
+    let raw = https_raw(ingress.https, pki.client_tls(), wire.as_bytes()).await;
+    assert!(raw.starts_with(b"HTTP/1.1 403"), "{}", String::from_utf8_lossy(&raw));
+    let got = tokio::time::timeout(Duration::from_secs(5), fleet.seen.recv())
+        .await
+        .expect("the upgrade reached the fleet")
+        .expect("recorder running");
+    let head = String::from_utf8_lossy(&got);
+    for gone in ["6.6.6.6", "evil.example", "X-Secret: 1"] {
+        assert!(!head.contains(gone), "{gone} reached the fleet:\n{head}");
+    }
+    assert!(head.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{head}");
+    assert!(head.contains("Upgrade: websocket\r\n"), "{head}");
+}

@@ -241,17 +241,28 @@ pub async fn serve_tcp(listener: TcpListener, admin: Admin, mut stop: watch::Rec
 }
 
 /// Binds the unix socket with mode 0600 (replacing a stale socket file).
+///
+/// The socket is bound inside a fresh directory only the daemon's user can
+/// enter, made 0600 there, and then renamed into place: under any umask it
+/// is never reachable by others, not even between bind and chmod.
 pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::PermissionsExt as _;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    if path.exists() {
+    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    if std::fs::symlink_metadata(path).is_ok() {
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
+    let private = dir.join(format!(".ingress-admin.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let staged = private.join("admin.sock");
+    let bound = UnixListener::bind(&staged).and_then(|l| {
+        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::rename(&staged, path)?;
+        Ok(l)
+    });
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Serves the admin API on the unix socket until `stop`.

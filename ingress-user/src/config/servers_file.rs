@@ -99,12 +99,22 @@ pub fn render_servers_file(servers: &[(ServerDef, AdminState)]) -> String {
     out
 }
 /// Writes `path` so that a crash leaves either the old or the new content.
+/// A symlink is followed (the file it names is replaced, the link stays) and
+/// the file keeps its permission bits.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
+    let target = match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
+        _ => path.to_owned(),
+    };
+    let path = target.as_path();
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("servers");
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let mut f = std::fs::File::create(&tmp)?;
+    if let Ok(old) = std::fs::metadata(path) {
+        f.set_permissions(old.permissions())?;
+    }
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
@@ -113,4 +123,31 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn a_rewrite_follows_a_symlink_and_keeps_the_mode() {
+        let dir = std::env::temp_dir().join(format!("ingress-servers-file-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("real")).unwrap();
+        let real = dir.join("real/fleet-servers.txt");
+        std::fs::write(&real, "a.example\n").unwrap();
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let link = dir.join("fleet-servers.txt");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        write_atomically(&link, b"b.example\n").unwrap();
+        let link_meta = std::fs::symlink_metadata(&link).unwrap();
+        let real_meta = std::fs::metadata(&real).unwrap();
+        let content = std::fs::read_to_string(&real).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(link_meta.file_type().is_symlink(), "the link stays a link");
+        assert_eq!(content, "b.example\n");
+        assert_eq!(real_meta.permissions().mode() & 0o777, 0o640);
+    }
 }

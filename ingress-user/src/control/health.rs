@@ -97,7 +97,7 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String>
             .await
             .map_err(|e| format!("HTTP handshake: {e}"))?;
         tokio::spawn(conn);
-        let host = check.host.clone().unwrap_or_else(|| host_header(server));
+        let host = check.host.clone().unwrap_or_else(|| server.def.host_header());
         let req = http::Request::builder()
             .method(check.method.as_str())
             .uri(check.path.as_str())
@@ -121,14 +121,6 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String>
             "timed out after {}",
             humantime::format_duration(check.timeout.0)
         )),
-    }
-}
-
-fn host_header(server: &Server) -> String {
-    if server.def.port == 443 {
-        server.def.host.clone()
-    } else {
-        server.def.addr()
     }
 }
 

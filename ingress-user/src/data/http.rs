@@ -220,14 +220,22 @@ async fn handle(
     };
     // The request as the server sees it.
     let headers = req.headers_mut();
+    for name in http1::connection_named(headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes())) {
+        headers.remove(name.as_str());
+    }
     for h in HOP_BY_HOP {
         headers.remove(h);
     }
+    let spoofed: Vec<_> = headers
+        .keys()
+        .filter(|n| http1::is_spoofable(n.as_str()))
+        .cloned()
+        .collect();
+    for name in spoofed {
+        headers.remove(name);
+    }
     if pool.balance == Balance::Cookie {
         strip_cookie(headers, &pool.cookie);
-    }
-    for h in http1::OWN_HEADERS {
-        headers.remove(h);
     }
     for (name, value) in http1::forwarded_headers(peer.ip(), "https", local_port) {
         if let Ok(v) = HeaderValue::from_str(&value) {

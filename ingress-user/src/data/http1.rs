@@ -210,7 +210,15 @@ pub fn remove_cookie(head: &mut RequestHead, name: &str) {
 
 /// A response head with one more `Set-Cookie` line.
 pub fn with_set_cookie(raw: &[u8], name: &str, value: &str) -> Vec<u8> {
-    let end = raw.len().saturating_sub(2);
+    // Drop the blank line that ends the head, keeping the last header's
+    // line end (CRLF, or a bare LF from a lenient fleet).
+    let end = if raw.ends_with(b"\r\n\r\n") {
+        raw.len() - 2
+    } else if raw.ends_with(b"\n\n") {
+        raw.len() - 1
+    } else {
+        raw.len().saturating_sub(2)
+    };
     let mut out = Vec::with_capacity(raw.len() + 64);
     out.extend_from_slice(&raw[..end]);
     out.extend_from_slice(format!("Set-Cookie: {}\r\n\r\n", cookie::set_cookie(name, value)).as_bytes());
@@ -250,6 +258,32 @@ pub fn websocket_upgrade_error(head: &RequestHead) -> Option<&'static str> {
 /// Headers the ingress sets itself and never forwards from the client.
 pub const OWN_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-port"];
 
+/// Other headers that claim to say who the client is or what it asked for:
+/// a client could only be lying in them, so none reaches a fleet.
+const SPOOFABLE: [&str; 3] = ["forwarded", "x-real-ip", "x-forwarded-host"];
+
+/// Whether a client's header `name` must not reach a fleet: ours, a
+/// spoofable one, or either written with underscores (`X_Forwarded_For`,
+/// which some servers read as the dashed name).
+pub fn is_spoofable(name: &str) -> bool {
+    let dashed = name.replace('_', "-");
+    OWN_HEADERS
+        .iter()
+        .chain(&SPOOFABLE)
+        .any(|h| dashed.eq_ignore_ascii_case(h))
+}
+
+/// The headers a `Connection` header names (RFC 9110 §7.6.1: hop-by-hop,
+/// not to be forwarded), lower-cased, from every `Connection` header.
+pub fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
+    values
+        .filter_map(|v| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect()
+}
+
 /// The forwarding headers the fleet gets (names as in [`OWN_HEADERS`]),
 /// for both the upgrade path and the `http` routes.
 pub fn forwarded_headers(client_ip: std::net::IpAddr, proto: &str, port: u16) -> [(&'static str, String); 3] {
@@ -261,7 +295,8 @@ pub fn forwarded_headers(client_ip: std::net::IpAddr, proto: &str, port: u16) ->
 }
 
 /// The request head sent to a fleet: the client's, minus spoofable
-/// forwarding headers, plus ours.
+/// forwarding headers and the headers its `Connection` names (but
+/// `Upgrade`, which the upgrade is about), plus ours.
 pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: &str, port: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_bytes());
@@ -272,8 +307,15 @@ pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: 
     } else {
         b" HTTP/1.1\r\n"
     });
+    let named = connection_named(
+        head.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+            .map(|(_, v)| v.as_slice()),
+    );
     for (name, value) in &head.headers {
-        if OWN_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+        let lower = name.to_ascii_lowercase();
+        if is_spoofable(name) || (lower != "upgrade" && named.contains(&lower)) {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -363,6 +405,42 @@ mod tests {
         let up = String::from_utf8(upstream_request(&head, "10.1.2.3".parse().unwrap(), "https", 443)).unwrap();
         assert!(up.contains("X-Forwarded-For: 10.1.2.3\r\n"));
         assert!(!up.contains("6.6.6.6"), "client-sent forwarding headers are dropped");
+    }
+
+    #[tokio::test]
+    async fn spoofable_and_connection_named_headers_never_reach_the_fleet() {
+        let text = String::from_utf8_lossy(UPGRADE).replace(
+            "Connection: keep-alive, Upgrade\r\n",
+            "Connection: keep-alive, Upgrade, X-Secret\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX_Forwarded_For: 6.6.6.6\r\nx-real_ip: 6.6.6.6\r\nKeep-Alive: timeout=5\r\n",
+        );
+        let mut io = text.as_bytes();
+        let wide = HeadLimits {
+            max_bytes: 4096,
+            max_headers: 32,
+        };
+        let head = read_request(&mut io, BytesMut::new(), wide, Instant::now() + Duration::from_secs(1))
+            .await
+            .unwrap();
+        let up = String::from_utf8(upstream_request(&head, "10.1.2.3".parse().unwrap(), "https", 443)).unwrap();
+        for gone in ["6.6.6.6", "evil", "X-Secret: 1", "Keep-Alive:"] {
+            assert!(!up.contains(gone), "{gone} reached the fleet:\n{up}");
+        }
+        for kept in [
+            "Upgrade: websocket\r\n",
+            "Connection: keep-alive, Upgrade, X-Secret\r\n",
+            "X-Forwarded-For: 10.1.2.3\r\n",
+        ] {
+            assert!(up.contains(kept), "{kept} is missing:\n{up}");
+        }
+    }
+
+    #[test]
+    fn set_cookie_goes_on_a_line_of_its_own_after_a_bare_lf_head() {
+        let out = with_set_cookie(b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\n\n", "S", "x1");
+        assert_eq!(
+            out,
+            b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\nSet-Cookie: S=x1; Path=/; HttpOnly\r\n\r\n"
+        );
     }
 
     #[tokio::test]

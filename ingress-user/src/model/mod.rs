@@ -219,6 +219,16 @@ impl ServerDef {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    /// The `Host` header for it: the host alone on port 443, else
+    /// `host:port`; an IPv6 literal in brackets either way.
+    pub fn host_header(&self) -> String {
+        match (self.port, self.host.contains(':')) {
+            (443, true) => format!("[{}]", self.host),
+            (443, false) => self.host.clone(),
+            _ => self.addr(),
+        }
+    }
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of `bpf_ktime_get_ns`.
@@ -234,6 +244,21 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn host_headers_bracket_ipv6_literals() {
+        let def = |host: &str, port| ServerDef {
+            name: String::new(),
+            host: host.to_owned(),
+            port,
+            sni: None,
+            maxconn: None,
+        };
+        assert_eq!(def("::1", 443).host_header(), "[::1]");
+        assert_eq!(def("::1", 8443).host_header(), "[::1]:8443");
+        assert_eq!(def("fleet.example", 443).host_header(), "fleet.example");
+        assert_eq!(def("10.0.0.1", 8443).host_header(), "10.0.0.1:8443");
+    }
 
     #[test]
     fn bpf_codes_map_back_to_states() {
