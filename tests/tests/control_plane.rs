@@ -248,6 +248,29 @@ async fn reload_under_live_calls_and_refused_reload() {
         .expect("still serving");
     echo(&mut ws, "ok").await.unwrap();
 
+    // Refused late (the pool's CA cannot be read, which only building the
+    // new snapshot finds): the new listener it asked for is not bound either.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let late = changed
+        .replace(
+            "http = \"127.0.0.1:0\"",
+            &format!("http = [\"127.0.0.1:0\", \"{free}\"]"),
+        )
+        .replace(&pki.ca_path.display().to_string(), "/nonexistent/ca.pem");
+    assert_ne!(late, changed, "the test edits the config");
+    std::fs::write(&ingress.config, &late).unwrap();
+    let (code, _, err) = ingress.ctl(&["reload"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("/nonexistent/ca.pem"), "the reason names the file: {err}");
+    assert!(
+        tokio::net::TcpStream::connect(free).await.is_err(),
+        "a refused reload bound {free}"
+    );
+    all_echo(&mut live).await;
+
     // SIGHUP takes the same path.
     std::fs::write(&ingress.config, &cfg).unwrap();
     ingress.proc.signal(nix::sys::signal::Signal::SIGHUP).unwrap();

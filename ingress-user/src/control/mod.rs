@@ -39,6 +39,7 @@ use crate::{
     config::{self, Config, ConfigError},
     data::DataCtx,
     model::{AdminState, Origin},
+    snapshot::Runtime,
 };
 
 /// What the control side shares with the admin API and the BPF sync: the
@@ -193,18 +194,28 @@ impl Control {
     }
 
     fn commit(&mut self, config: &Config, desired: Desired) -> Result<(), ControlError> {
+        let rt = self.prepare(config, &desired)?;
+        self.install(rt, desired);
+        Ok(())
+    }
+
+    /// The next snapshot, built but not in force: nothing changes yet.
+    fn prepare(&self, config: &Config, desired: &Desired) -> Result<Runtime, ControlError> {
         let shared = Arc::clone(&self.shared);
         let previous = shared.data.runtime.load_full();
         let generation = previous.generation + 1;
-        let rt = build::build(config, &desired, Some(&previous), generation, || {
+        Ok(build::build(config, desired, Some(&previous), generation, || {
             shared.next_server_id()
-        })?;
-        // Servers that left the runtime have their tunnels cut only when asked; here they just stop being picked.
+        })?)
+    }
+
+    /// Puts a prepared snapshot in force. Servers that left it have their
+    /// tunnels cut only when asked; here they just stop being picked.
+    fn install(&mut self, rt: Runtime, desired: Desired) {
         self.shared.data.runtime.store(Arc::new(rt));
         self.desired = desired;
         self.restart_health();
         self.shared.data.changed.signal();
-        Ok(())
     }
 
     /// One health loop per server of the current runtime (loops are cheap;
@@ -347,15 +358,15 @@ impl Control {
         // Everything that can fail is checked before anything changes.
         let server_tls = tls::server_config(Arc::clone(&self.shared.certs), config.listen.tls_min_version)
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
+        let rt = self.prepare(&config, &next)?;
+        // Listeners last of what can fail: binding is the only step with an
+        // effect outside, and nothing after it is refused.
+        self.listeners
+            .sync(&config.listen)
+            .await
+            .map_err(|e| ControlError::Invalid(format!("listeners: {e}")))?;
         let old_config = std::mem::replace(&mut self.config, config.clone());
-        if let Err(e) = self.listeners.sync(&config.listen).await {
-            self.config = old_config;
-            return Err(ControlError::Invalid(format!("listeners: {e}")));
-        }
-        if let Err(e) = self.commit(&config, next) {
-            self.config = old_config;
-            return Err(e);
-        }
+        self.install(rt, next);
         self.shared.data.tls.store(server_tls);
         if config.listen.certs != old_config.listen.certs
             || config.listen.default_cert != old_config.listen.default_cert
