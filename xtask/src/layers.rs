@@ -7,8 +7,8 @@
 //! is not counted: that is how Rust modules share their parent's items, and
 //! what a parent re-exports is exempt with it). Naming the crate root itself
 //! (`use crate::*`, `use crate as x`) is refused, since it would hide the
-//! rooms behind it. Inline `mod x { … }` blocks are not modelled: `super`
-//! inside one resolves as if it were the file's.
+//! rooms behind it. `super` and `self` inside inline `mod x { … }` blocks
+//! resolve through them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -88,8 +88,7 @@ fn load(src: &Path) -> anyhow::Result<Vec<Module>> {
             path.clear();
         }
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
-        let is_dir_module = file.file_name().is_some_and(|n| n == "mod.rs") || path.is_empty();
-        let refs = crate_paths(&text, &path, is_dir_module);
+        let refs = crate_paths(&text, &path);
         modules.push(Module { file, path, refs });
     }
     Ok(modules)
@@ -114,24 +113,36 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 
 /// Every `crate::`, `super::` and `self::` path in `text` (comments and
 /// string literals skipped), as absolute module paths, with its line.
-fn crate_paths(text: &str, here: &[String], is_dir_module: bool) -> Vec<(usize, Vec<String>)> {
+/// `here` is the module the file's top level is in (a mod.rs names its directory).
+fn crate_paths(text: &str, here: &[String]) -> Vec<(usize, Vec<String>)> {
     let code = strip_comments_and_strings(text);
     let bytes = code.as_bytes();
+    let inline = inline_modules(bytes);
     let mut out = Vec::new();
     let mut i = 0;
     while i < bytes.len() {
         let at_word_start = i == 0 || !is_ident(bytes[i - 1]) && bytes[i - 1] != b':';
+        // The module this text is in: the file's, plus any inline `mod x { … }` around it.
+        let local = || {
+            let mut p = here.to_vec();
+            p.extend(
+                inline
+                    .iter()
+                    .filter(|m| m.start < i && i < m.end)
+                    .map(|m| m.name.clone()),
+            );
+            p
+        };
         let base: Option<(usize, Vec<String>)> = if !at_word_start {
             None
         } else if code[i..].starts_with("crate::") {
             Some((7, Vec::new()))
         } else if code[i..].starts_with("super::") {
-            // `super` of a file module is its directory's module; of a mod.rs, the one above.
-            let mut p = here.to_vec();
+            let mut p = local();
             p.pop();
             Some((7, p))
-        } else if code[i..].starts_with("self::") && is_dir_module {
-            Some((6, here.to_vec()))
+        } else if code[i..].starts_with("self::") {
+            Some((6, local()))
         } else {
             None
         };
@@ -156,6 +167,56 @@ fn crate_paths(text: &str, here: &[String], is_dir_module: bool) -> Vec<(usize, 
         j = parse_tree(bytes, j, &prefix, &mut paths);
         out.extend(paths.into_iter().map(|p| (line, p)));
         i = j.max(i + 1);
+    }
+    out
+}
+
+/// An inline `mod name { … }` block: its name and byte range.
+#[derive(Debug)]
+struct Inline {
+    name: String,
+    start: usize,
+    end: usize,
+}
+
+/// Every inline module block in (comment- and string-free) code.
+fn inline_modules(b: &[u8]) -> Vec<Inline> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i + 4 < b.len() {
+        let word_start = i == 0 || !is_ident(b[i - 1]);
+        if !(word_start && b[i..].starts_with(b"mod") && b[i + 3].is_ascii_whitespace()) {
+            i += 1;
+            continue;
+        }
+        let mut j = skip_ws(b, i + 3);
+        let name_start = j;
+        while j < b.len() && is_ident(b[j]) {
+            j += 1;
+        }
+        let name = String::from_utf8_lossy(&b[name_start..j]).into_owned();
+        j = skip_ws(b, j);
+        if name.is_empty() || b.get(j) != Some(&b'{') {
+            i += 3;
+            continue;
+        }
+        let (start, mut depth) = (j, 0usize);
+        let mut end = b.len();
+        for (k, c) in b.iter().enumerate().skip(j) {
+            match c {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        end = k;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        out.push(Inline { name, start, end });
+        i = start + 1;
     }
     out
 }
@@ -422,8 +483,7 @@ mod tests {
 
     fn module(path: &str, file: &str, text: &str) -> Module {
         let path: Vec<String> = path.split("::").filter(|s| !s.is_empty()).map(str::to_owned).collect();
-        let dir = file.ends_with("mod.rs");
-        let refs = crate_paths(text, &path, dir);
+        let refs = crate_paths(text, &path);
         Module {
             file: PathBuf::from(file),
             path,
@@ -436,7 +496,6 @@ mod tests {
         let refs = crate_paths(
             "use crate::{a::{b, c::D}, e};\nuse super::f::G;\n// crate::comment::ignored\nlet s = \"crate::string\";\nx = crate::h::i();",
             &["data".to_owned(), "http".to_owned()],
-            false,
         );
         let paths: Vec<String> = refs.iter().map(|(_, p)| p.join("::")).collect();
         assert_eq!(paths, ["a::b", "a::c::D", "e", "data::f::G", "h::i"]);
@@ -445,11 +504,25 @@ mod tests {
     #[test]
     fn literals_do_not_hide_paths() {
         let text = "let q = '\"'; let b = b'\\''; let r#type = 1; let s = r\"a\\\"; x = crate::control::Shared;\nfn f<'a>(x: &'a str) { crate::admin::y(); }";
-        let paths: Vec<String> = crate_paths(text, &["data".to_owned()], true)
+        let paths: Vec<String> = crate_paths(text, &["data".to_owned()])
             .iter()
             .map(|(_, p)| p.join("::"))
             .collect();
         assert_eq!(paths, ["control::Shared", "admin::y"]);
+    }
+
+    #[test]
+    fn super_inside_an_inline_module_is_the_file_module() {
+        let text = "use super::x;\n#[cfg(test)]\nmod tests {\n    use super::*;\n    use super::super::y::Z;\n}\n";
+        let here = ["model".to_owned(), "route".to_owned()];
+        let paths: Vec<String> = crate_paths(text, &here).iter().map(|(_, p)| p.join("::")).collect();
+        assert_eq!(paths, ["model::x", "model::route", "model::y::Z"]);
+        let top = ["model".to_owned()];
+        let paths: Vec<String> = crate_paths("mod tests { use super::*; }", &top)
+            .iter()
+            .map(|(_, p)| p.join("::"))
+            .collect();
+        assert_eq!(paths, ["model"]);
     }
 
     #[test]
