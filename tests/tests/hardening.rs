@@ -158,7 +158,7 @@ async fn spoofed_forwarding_headers_and_connection_named_ones_never_reach_a_flee
     ingress.wait_state(&["rec"], "UP").await;
     let wire = upgrade_request("/ws/x").replace(
         "Connection: Upgrade\r\n",
-        "Connection: Upgrade, X-Secret\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n",
+        "Connection: Upgrade, X-Secret, Host, X-Forwarded-For\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil.example\r\nX_Forwarded_For: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n",
     );
     let raw = https_raw(ingress.https, pki.client_tls(), wire.as_bytes()).await;
     assert!(raw.starts_with(b"HTTP/1.1 403"), "{}", String::from_utf8_lossy(&raw));
@@ -172,4 +172,12 @@ async fn spoofed_forwarding_headers_and_connection_named_ones_never_reach_a_flee
     }
     assert!(head.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{head}");
     assert!(head.contains("Upgrade: websocket\r\n"), "{head}");
+    assert!(
+        head.contains("Host: localhost\r\n"),
+        "Host cannot be named away: {head}"
+    );
+    assert!(
+        head.contains("Connection: Upgrade\r\n") && !head.contains("X-Secret, Host"),
+        "the fleet gets our Connection, not one naming our headers away: {head}"
+    );
 }

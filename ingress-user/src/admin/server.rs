@@ -245,17 +245,37 @@ pub async fn serve_tcp(listener: TcpListener, admin: Admin, mut stop: watch::Rec
 /// The socket is bound inside a fresh directory only the daemon's user can
 /// enter, made 0600 there, and then renamed into place: under any umask it
 /// is never reachable by others, not even between bind and chmod.
+/// A stale socket at `path` is replaced; anything else there is an error.
 pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-    let dir = path.parent().unwrap_or(Path::new("."));
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    if std::fs::symlink_metadata(path).is_ok() {
-        std::fs::remove_file(path)?;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(std::io::Error::other(format!(
+                "{} exists and is not a socket: refusing to replace it",
+                path.display()
+            )));
+        }
+        _ => {}
     }
-    let private = dir.join(format!(".ingress-admin.{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&private);
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    // A fresh name: `create` fails rather than reuse anything already there.
+    let private = dir.join(format!(".ingress-admin.{}.{nanos:09}", std::process::id()));
     let staged = private.join("admin.sock");
+    // sun_path holds 107 bytes and a NUL, and the staged name is the longer one.
+    if staged.as_os_str().len() > 107 || path.as_os_str().len() > 107 {
+        return Err(std::io::Error::other(format!(
+            "{}: too long for a unix socket (its directory's path must stay under about 60 bytes)",
+            path.display()
+        )));
+    }
+    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
     let bound = UnixListener::bind(&staged).and_then(|l| {
         std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
         std::fs::rename(&staged, path)?;

@@ -255,16 +255,17 @@ impl Server {
 
     /// A new report window: the count starts again at 0.
     fn new_window(&self) {
-        let _ = self
-            .live
-            .routed
-            .fetch_update(Relaxed, Relaxed, |r| Some(((r >> 32) + 1) << 32));
+        let _ = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
+            Some(u64::from(((r >> 32) as u32).wrapping_add(1)) << 32)
+        });
     }
 
     /// A fresh capacity report from the health checker.
     pub fn report_capacity(&self, available: u32) {
-        self.live.reported.store(available.min(NONE - 1), Relaxed);
+        // Window first: a call reserved in between counts against the new
+        // report (conservative), never in a window about to be dropped.
         self.new_window();
+        self.live.reported.store(available.min(NONE - 1), Relaxed);
         *self.live.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
 
@@ -272,8 +273,8 @@ impl Server {
     pub fn saw_429(&self) {
         self.live.answered_429.fetch_add(1, Relaxed);
         if self.capacity_aware {
-            self.live.reported.store(0, Relaxed);
             self.new_window();
+            self.live.reported.store(0, Relaxed);
         }
     }
 

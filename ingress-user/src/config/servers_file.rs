@@ -99,30 +99,66 @@ pub fn render_servers_file(servers: &[(ServerDef, AdminState)]) -> String {
     out
 }
 /// Writes `path` so that a crash leaves either the old or the new content.
-/// A symlink is followed (the file it names is replaced, the link stays) and
-/// the file keeps its permission bits.
+/// A symlink is followed (the file it names is replaced, the link stays)
+/// only when the link's directory is the daemon's own (owned by it or root,
+/// writable by nobody else); in a directory others may write, a link could
+/// point anywhere, so the link itself is replaced. The file keeps its
+/// permission bits and, where the daemon may set them, owner and group. The
+/// temporary file is created exclusively, never through a link.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
+    use std::{
+        io::Write as _,
+        os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    };
+    let link_dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let target = match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_symlink() => std::fs::canonicalize(path)?,
+        Ok(m) if m.file_type().is_symlink() && is_private_dir(link_dir) => std::fs::canonicalize(path)?,
         _ => path.to_owned(),
     };
     let path = target.as_path();
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("servers");
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    if let Ok(old) = std::fs::metadata(path) {
-        f.set_permissions(old.permissions())?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{name}.tmp.{}.{nanos:09}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    let written = (|| {
+        if let Ok(old) = std::fs::metadata(path) {
+            // Owner and group only where allowed (root, or already ours).
+            let _ = std::os::unix::fs::fchown(&f, Some(old.uid()), Some(old.gid()));
+            f.set_permissions(old.permissions())?;
+        }
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)?;
+    written?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Whether only the daemon (or root) can change what is in `dir`.
+fn is_private_dir(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let euid = nix::unistd::geteuid().as_raw();
+    std::fs::metadata(dir).is_ok_and(|m| (m.uid() == 0 || m.uid() == euid) && m.mode() & 0o022 == 0)
 }
 
 #[cfg(test)]
@@ -130,6 +166,25 @@ mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
     use super::*;
+
+    #[test]
+    fn a_link_in_a_directory_others_can_write_is_replaced_not_followed() {
+        let dir = std::env::temp_dir().join(format!("ingress-servers-open-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let victim = std::env::temp_dir().join(format!("ingress-servers-victim-{}", std::process::id()));
+        std::fs::write(&victim, "precious\n").unwrap();
+        let link = dir.join("fleet-servers.txt");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        write_atomically(&link, b"b.example\n").unwrap();
+        let victim_now = std::fs::read_to_string(&victim).unwrap();
+        let link_meta = std::fs::symlink_metadata(&link).unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_file(&victim);
+        assert_eq!(victim_now, "precious\n", "the file the link named is untouched");
+        assert!(link_meta.file_type().is_file(), "the link was replaced by the file");
+    }
 
     #[test]
     fn a_rewrite_follows_a_symlink_and_keeps_the_mode() {

@@ -221,7 +221,9 @@ async fn handle(
     // The request as the server sees it.
     let headers = req.headers_mut();
     for name in http1::connection_named(headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes())) {
-        headers.remove(name.as_str());
+        if http1::may_be_connection_named(&name) {
+            headers.remove(name.as_str());
+        }
     }
     for h in HOP_BY_HOP {
         headers.remove(h);

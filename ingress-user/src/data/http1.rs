@@ -260,7 +260,27 @@ pub const OWN_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-f
 
 /// Other headers that claim to say who the client is or what it asked for:
 /// a client could only be lying in them, so none reaches a fleet.
-const SPOOFABLE: [&str; 3] = ["forwarded", "x-real-ip", "x-forwarded-host"];
+const SPOOFABLE: [&str; 12] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-host",
+    "x-forwarded-server",
+    "x-forwarded-scheme",
+    "x-forwarded-ssl",
+    "x-forwarded-prefix",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// Whether `Connection` may name `name` away: never `Host` (the route was
+/// chosen by it) nor what the upgrade itself needs.
+pub fn may_be_connection_named(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    !(lower == "host" || lower == "upgrade" || lower.starts_with("sec-websocket-"))
+}
 
 /// Whether a client's header `name` must not reach a fleet: ours, a
 /// spoofable one, or either written with underscores (`X_Forwarded_For`,
@@ -295,8 +315,10 @@ pub fn forwarded_headers(client_ip: std::net::IpAddr, proto: &str, port: u16) ->
 }
 
 /// The request head sent to a fleet: the client's, minus spoofable
-/// forwarding headers and the headers its `Connection` names (but
-/// `Upgrade`, which the upgrade is about), plus ours.
+/// forwarding headers and the headers its `Connection` names (but `Host`,
+/// `Upgrade` and `Sec-WebSocket-*`), with our own `Connection: Upgrade`
+/// (the client's could name our forwarding headers away further on), plus
+/// our forwarding headers.
 pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: &str, port: u16) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_bytes());
@@ -315,7 +337,11 @@ pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: 
     );
     for (name, value) in &head.headers {
         let lower = name.to_ascii_lowercase();
-        if is_spoofable(name) || (lower != "upgrade" && named.contains(&lower)) {
+        if is_spoofable(name)
+            || lower == "connection"
+            || lower == "keep-alive"
+            || (may_be_connection_named(name) && named.contains(&lower))
+        {
             continue;
         }
         out.extend_from_slice(name.as_bytes());
@@ -323,6 +349,7 @@ pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: 
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     }
+    out.extend_from_slice(b"Connection: Upgrade\r\n");
     for (name, value) in forwarded_headers(client_ip, proto, port) {
         out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
     }
@@ -411,7 +438,7 @@ mod tests {
     async fn spoofable_and_connection_named_headers_never_reach_the_fleet() {
         let text = String::from_utf8_lossy(UPGRADE).replace(
             "Connection: keep-alive, Upgrade\r\n",
-            "Connection: keep-alive, Upgrade, X-Secret\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX_Forwarded_For: 6.6.6.6\r\nx-real_ip: 6.6.6.6\r\nKeep-Alive: timeout=5\r\n",
+            "Connection: keep-alive, Upgrade, X-Secret, Host, Sec-WebSocket-Key, X-Forwarded-For\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX_Forwarded_For: 6.6.6.6\r\nx-real_ip: 6.6.6.6\r\nKeep-Alive: timeout=5\r\n",
         );
         let mut io = text.as_bytes();
         let wide = HeadLimits {
@@ -425,9 +452,15 @@ mod tests {
         for gone in ["6.6.6.6", "evil", "X-Secret: 1", "Keep-Alive:"] {
             assert!(!up.contains(gone), "{gone} reached the fleet:\n{up}");
         }
+        assert!(
+            !up.contains("Connection: keep-alive"),
+            "the client's Connection is replaced:\n{up}"
+        );
         for kept in [
+            "Host: x\r\n",
+            "Sec-WebSocket-Key: ",
             "Upgrade: websocket\r\n",
-            "Connection: keep-alive, Upgrade, X-Secret\r\n",
+            "Connection: Upgrade\r\n",
             "X-Forwarded-For: 10.1.2.3\r\n",
         ] {
             assert!(up.contains(kept), "{kept} is missing:\n{up}");

@@ -179,7 +179,10 @@ pub async fn forward<C, H>(
                     }
                     client.flush().await
                 };
-                if write.await.is_err() {
+                // Bounded like the tunnel: a client that never reads holds nothing for long.
+                let idle = rt.timeouts.tunnel_idle.0;
+                shared.metrics.response(101);
+                if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
                     shared.metrics.tunnel_closed("client_error");
                     log.emit(101, attempts, &server_name, 0, 0, "client_error");
                     return;
@@ -192,12 +195,11 @@ pub async fn forward<C, H>(
                     }
                     Ok::<_, std::io::Error>(())
                 };
-                if early.await.is_err() {
+                if !matches!(tokio::time::timeout(idle, early).await, Ok(Ok(()))) {
                     shared.metrics.tunnel_closed("server_error");
                     log.emit(101, attempts, &server_name, 0, 0, "server_error");
                     return;
                 }
-                shared.metrics.response(101);
                 let call = Established {
                     idle: rt.timeouts.tunnel_idle.0,
                     shared,
