@@ -151,6 +151,28 @@ impl Ingress {
         }
     }
 
+    /// Polls `/metrics` until `pred` holds for the sample `name{labels}` (or panics after `timeout`).
+    pub async fn wait_metric(
+        &self,
+        name: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+        pred: impl Fn(f64) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let text = self.metrics().await;
+            if crate::metric(&text, name, labels).is_some_and(&pred) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {name}{labels:?}:\n{text}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     /// Waits until every named server is in `state`.
     pub async fn wait_state(&self, names: &[&str], state: &str) {
         let what = format!("{names:?} to be {state}");

@@ -448,3 +448,49 @@ async fn systemd_is_told_ready_reloading_and_stopping() {
     ingress.proc.stop();
     assert_eq!(recv(), "STOPPING=1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_max_connections_under_load_takes_effect_as_calls_end() {
+    use futures_util::StreamExt as _;
+    let dir = TestDir::new("maxconn-lower");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let limits = |n: u32| format!("[limits]\nmax_connections = {n}\n");
+    let cfg = |n| config(&dir, &pki, &[("fleet1", f1.https)], "", &limits(n));
+    let ingress = Ingress::start(&dir, &cfg(10));
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let mut live = calls(&ingress, &pki, 8, "held").await;
+    std::fs::write(&ingress.config, cfg(4)).unwrap();
+    let (code, out, err) = ingress.ctl(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let try_call = |tag: &'static str| {
+        let (https, tls) = (ingress.https, pki.client_tls());
+        async move {
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                client::connect(https, "localhost", &format!("/ws/{tag}"), tls),
+            )
+            .await
+            .ok()
+            .and_then(Result::ok)
+        }
+    };
+    assert!(try_call("over-1").await.is_none(), "8 open, limit 4: refused");
+    // Five calls end: three open, one slot free under the new limit.
+    for mut ws in live.drain(..5) {
+        let _ = ws.close(None).await;
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    ingress
+        .wait_metric("ingress_connections_open", &[], Duration::from_secs(5), |v| v == 3.0)
+        .await;
+    let fourth = try_call("fourth").await;
+    let fifth = try_call("over-2").await;
+    assert!(fourth.is_some(), "3 open, limit 4: the fourth is let in");
+    assert!(
+        fifth.is_none(),
+        "4 open, limit 4: the fifth is refused (the old limit of 10 no longer counts)"
+    );
+    live.extend(fourth);
+    all_echo(&mut live).await;
+}

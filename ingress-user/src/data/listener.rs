@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<DataCtx>, tls: bool, mut s
                 continue;
             }
         };
-        let Ok(permit) = Arc::clone(&shared.conn_limit).try_acquire_owned() else {
+        let Some(permit) = shared.connection_slot() else {
             shared.metrics.refuse("max_connections");
             drop(tcp);
             continue;

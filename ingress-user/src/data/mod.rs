@@ -31,8 +31,11 @@ pub struct DataCtx {
     /// health checks on state changes, the control side on every commit;
     /// the BPF sync and the add/remove workflows listen.
     pub changed: Changes,
-    pub conn_limit: Arc<Semaphore>,
+    conn_limit: Arc<Semaphore>,
     conn_limit_size: AtomicUsize,
+    /// Permits a lowered `max_connections` could not take back yet (they
+    /// were held by live connections): taken as they come back.
+    conn_limit_debt: AtomicUsize,
     /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
     pub tls: ArcSwap<rustls::ServerConfig>,
     /// Idle keep-alive connections to fleets, for `http` routes.
@@ -47,25 +50,52 @@ impl DataCtx {
             changed: Changes::default(),
             conn_limit: Arc::new(Semaphore::new(max_connections)),
             conn_limit_size: AtomicUsize::new(max_connections),
+            conn_limit_debt: AtomicUsize::new(0),
             tls: ArcSwap::new(tls),
             idle: upstream::IdleConns::default(),
         }
     }
 
-    /// Applies a new `max_connections` (live connections keep their permits).
+    /// Applies a new `max_connections`. Live connections keep their slots;
+    /// when lowered below what they hold, the slots they free are retired
+    /// as they come back, so no new connection is let in until fewer than
+    /// the new limit are open.
     pub fn resize_conn_limit(&self, size: usize) {
         let old = self.conn_limit_size.swap(size, Relaxed);
         if size > old {
-            self.conn_limit.add_permits(size - old);
+            let mut grow = size - old;
+            // Cancel what is still owed first.
+            let _ = self.conn_limit_debt.fetch_update(Relaxed, Relaxed, |debt| {
+                let paid = debt.min(grow);
+                grow = size - old - paid;
+                Some(debt - paid)
+            });
+            self.conn_limit.add_permits(grow);
         } else if size < old {
-            self.conn_limit.forget_permits(old - size);
+            let want = old - size;
+            let taken = self.conn_limit.forget_permits(want);
+            self.conn_limit_debt.fetch_add(want - taken, Relaxed);
+        }
+    }
+
+    /// A `max_connections` slot for a new connection, or None at the limit.
+    pub fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        loop {
+            let permit = Arc::clone(&self.conn_limit).try_acquire_owned().ok()?;
+            let owed = self
+                .conn_limit_debt
+                .fetch_update(Relaxed, Relaxed, |d| d.checked_sub(1))
+                .is_ok();
+            if !owed {
+                return Some(permit);
+            }
+            permit.forget();
         }
     }
 
     /// Front connections holding a `max_connections` slot (calls included).
     pub fn connections_open(&self) -> usize {
-        self.conn_limit_size
-            .load(Relaxed)
+        (self.conn_limit_size.load(Relaxed) + self.conn_limit_debt.load(Relaxed))
             .saturating_sub(self.conn_limit.available_permits())
     }
 }
