@@ -494,3 +494,29 @@ async fn lowering_max_connections_under_load_takes_effect_as_calls_end() {
     live.extend(fourth);
     all_echo(&mut live).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_neither_restart_health_checks_nor_probe_every_fleet_at_once() {
+    let dir = TestDir::new("health-keep");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let f2 = Fleet::start(&dir, &pki, "fleet2", 16);
+    // One probe every 3 s, 1 failure takes a server out only after 2 in a row.
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
+        .replace("interval = \"200ms\"", "interval = \"3s\"");
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let checks = |v: serde_json::Value| v["health_checks"].as_u64().unwrap();
+    let before = checks(f1.state().await);
+    // Six changes to fleet 2 in a row: each one commits a new snapshot.
+    for state in ["drain", "ready", "maint", "ready", "drain", "ready"] {
+        let (code, out, err) = ingress.ctl(&[state, "fleets/fleet2"]).await;
+        assert_eq!(code, 0, "{out}{err}");
+    }
+    let after = checks(f1.state().await);
+    assert!(
+        after - before <= 1,
+        "fleet 1 was probed {} times by six changes to fleet 2 (its loop restarted on each)",
+        after - before
+    );
+}

@@ -307,7 +307,7 @@ impl Default for PoolTls {
 }
 
 /// `[pools.NAME.check]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CheckConfig {
     /// HTTP method of the probe.

@@ -124,15 +124,28 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String>
     }
 }
 
-/// Runs the check loop for one server until the task is aborted.
-pub async fn run(server: Arc<Server>, pool: Arc<Pool>, ctx: Arc<DataCtx>) {
-    let check: CheckConfig = pool.check.clone();
-    let expect = match Regex::new(&check.expect_status) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(error = %e, "bad expect_status; checks disabled");
-            return;
-        }
+/// The server with `id` and its pool in the snapshot in force, if it is still there.
+fn current(ctx: &DataCtx, id: u32) -> Option<(Arc<Pool>, Arc<Server>)> {
+    let rt = ctx.runtime.load();
+    rt.pools.iter().find_map(|p| {
+        let s = p.servers.load().iter().find(|s| s.id == id).cloned()?;
+        Some((Arc::clone(p), s))
+    })
+}
+
+/// Runs the check loop for the server with `id` while the snapshot in force
+/// has it. Each probe uses the server and pool settings in force at that
+/// moment, so a reload or an admin change neither restarts the loop (its
+/// fall/rise streaks carry on) nor makes every fleet be probed at once; a
+/// changed interval takes effect from the next probe.
+pub async fn run(id: u32, ctx: Arc<DataCtx>) {
+    let Some((pool, server)) = current(&ctx, id) else {
+        return;
+    };
+    let mut check: CheckConfig = pool.check.clone();
+    let Ok(mut expect) = Regex::new(&check.expect_status) else {
+        tracing::error!(pool = %pool.name, "bad expect_status; checks disabled");
+        return;
     };
     let mut machine = FallRise::starting(server.healthy());
     let mut ticker = tokio::time::interval(check.interval.0);
@@ -140,6 +153,23 @@ pub async fn run(server: Arc<Server>, pool: Arc<Pool>, ctx: Arc<DataCtx>) {
     let mut ever_up = server.healthy();
     loop {
         ticker.tick().await;
+        let Some((pool, server)) = current(&ctx, id) else {
+            return;
+        };
+        if pool.check != check {
+            if pool.check.interval != check.interval {
+                ticker = tokio::time::interval_at(
+                    tokio::time::Instant::now() + pool.check.interval.0,
+                    pool.check.interval.0,
+                );
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            }
+            match Regex::new(&pool.check.expect_status) {
+                Ok(r) => expect = r,
+                Err(e) => tracing::error!(error = %e, "bad expect_status; keeping the previous one"),
+            }
+            check = pool.check.clone();
+        }
         let was_healthy = server.healthy();
         let started = Instant::now();
         let result = probe(&server, &pool).await;

@@ -2,7 +2,7 @@
 //! reloads lock it, turn their request into [`Command`]s, apply them to the
 //! desired state (pure, [`desired`]), rebuild the runtime snapshot
 //! ([`build`]: servers carried over by key, so tunnels are untouched),
-//! restart health loops ([`health`]) and persist `servers_file`s atomically.
+//! keep one health loop per server ([`health`]) and persist `servers_file`s atomically.
 //! Listeners ([`listeners`]) and certificates ([`certs`], [`tls`]) follow a
 //! reload; [`servers`] holds the add/remove workflows.
 
@@ -218,22 +218,27 @@ impl Control {
         self.shared.data.changed.signal();
     }
 
-    /// One health loop per server of the current runtime (loops are cheap;
-    /// restarting them keeps each one's pool settings current).
+    /// One health loop per server of the current runtime: loops of servers
+    /// that left it are stopped, new servers get one, the others carry on
+    /// (each reads its settings from the snapshot in force at every probe).
     fn restart_health(&mut self) {
-        for (_, t) in self.health.drain() {
-            t.abort();
-        }
         let rt = self.shared.data.runtime.load();
-        for pool in &rt.pools {
-            for server in pool.servers.load().iter() {
-                let task = tokio::spawn(health::run(
-                    Arc::clone(server),
-                    Arc::clone(pool),
-                    Arc::clone(&self.shared.data),
-                ));
-                self.health.insert(server.id, task);
+        let ids: std::collections::BTreeSet<u32> = rt
+            .pools
+            .iter()
+            .flat_map(|p| p.servers.load().iter().map(|s| s.id).collect::<Vec<_>>())
+            .collect();
+        self.health.retain(|id, task| {
+            let keep = ids.contains(id) && !task.is_finished();
+            if !keep {
+                task.abort();
             }
+            keep
+        });
+        for id in ids {
+            self.health
+                .entry(id)
+                .or_insert_with(|| tokio::spawn(health::run(id, Arc::clone(&self.shared.data))));
         }
     }
 
