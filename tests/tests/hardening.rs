@@ -181,3 +181,46 @@ async fn spoofed_forwarding_headers_and_connection_named_ones_never_reach_a_flee
         "the fleet gets our Connection, not one naming our headers away: {head}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunked_429_is_retried_at_once_and_interim_answers_are_not_final() {
+    // The first fleet answers an interim 103 and then a chunked 429 and keeps
+    // the connection: its answer is complete at the last chunk, so the retry
+    // on the real fleet must not wait for the 5 s upgrade_response timeout.
+    let dir = TestDir::new("chunked-429");
+    let pki = Pki::new(&dir);
+    let refusing = RecordingFleet::start(
+        &pki,
+        "HTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 429 Too Many Requests\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nfull\r\n0\r\n\r\n",
+    )
+    .await;
+    let fleet = ingress_tests::Fleet::start(&dir, &pki, "fleet1", 4);
+    // Round-robin from the refusing fleet: the first call tries it first.
+    let cfg = config(
+        &dir,
+        &pki,
+        &[("refusing", refusing.addr), ("fleet1", fleet.https)],
+        "balance = \"roundrobin\"",
+        "",
+    );
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["refusing", "fleet1"], "UP").await;
+    let started = std::time::Instant::now();
+    let call = ingress_tests::client::connect(ingress.https, "localhost", "/ws/c0", pki.client_tls()).await;
+    let took = started.elapsed();
+    assert!(
+        call.is_ok(),
+        "the 103 is not the answer and the 429 is retried: {:?}",
+        call.err()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the retry waited {took:?} for a body that had ended"
+    );
+    let m = ingress.metrics().await;
+    assert_eq!(
+        ingress_tests::metric(&m, "ingress_pool_retries_total", &[("pool", "fleets")]),
+        Some(1.0),
+        "the refusing fleet was tried first: {m}"
+    );
+}

@@ -143,7 +143,11 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     }
 }
 
-/// Reads a response head within `timeout`.
+/// Interim (1xx) answers skipped before a final one, at most.
+const MAX_INTERIM: usize = 8;
+
+/// Reads a final response head within `timeout`: interim answers (100,
+/// 103, …; never 101, which is final for an upgrade) are skipped.
 pub async fn read_response<S: AsyncRead + Unpin>(
     io: &mut S,
     limits: HeadLimits,
@@ -151,10 +155,21 @@ pub async fn read_response<S: AsyncRead + Unpin>(
 ) -> Result<ResponseHead, HeadError> {
     let deadline = Instant::now() + timeout;
     let mut buf = BytesMut::with_capacity(2048);
+    let mut interim = 0;
     loop {
         let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
         let mut resp = httparse::Response::new(&mut headers);
         match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(len))
+                if (100..200).contains(&resp.code.unwrap_or(0)) && resp.code != Some(101) =>
+            {
+                interim += 1;
+                if interim > MAX_INTERIM {
+                    return Err(HeadError::Malformed(format!("more than {MAX_INTERIM} interim answers")));
+                }
+                let _ = buf.split_to(len);
+                continue;
+            }
             Ok(httparse::Status::Complete(len)) => {
                 let status = resp.code.unwrap_or(0);
                 let mut content_length = None;

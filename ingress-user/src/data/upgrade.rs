@@ -84,11 +84,21 @@ async fn attempt(lease: &Lease, pool: &Pool, rt: &Runtime, request: &[u8]) -> At
     let status = head.status;
     let mut bytes = head.raw.to_vec();
     let mut body = head.rest.to_vec();
-    let want = head.content_length.map(|n| n as usize);
+    // No body after 204 or 304; a chunked one ends with its last chunk;
+    // otherwise Content-Length, or (failing both) the connection's end.
+    let want = if matches!(status, 204 | 304) {
+        Some(0)
+    } else {
+        head.content_length.map(|n| n as usize)
+    };
+    let chunked = head.chunked && head.content_length.is_none();
     let read_body = async {
         let mut buf = [0u8; 4096];
         loop {
-            if want.is_some_and(|w| body.len() >= w) || body.len() >= MAX_ANSWER_BODY {
+            if want.is_some_and(|w| body.len() >= w)
+                || (chunked && body.ends_with(b"0\r\n\r\n"))
+                || body.len() >= MAX_ANSWER_BODY
+            {
                 break;
             }
             match up.read(&mut buf).await {
