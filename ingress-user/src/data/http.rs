@@ -26,7 +26,7 @@ use super::{
     tunnel, upgrade, upstream,
 };
 use crate::{
-    balance::{Demand, Hints, Pool, Server, select::cookie},
+    balance::{Demand, Hints, Server, select::cookie},
     model::{
         Balance, RouteKind,
         route::{CallKeys, Target},
@@ -245,7 +245,9 @@ async fn handle(
         }
     }
     let server = Arc::clone(&lease.server);
-    let mut sender = match checkout(&shared.idle, &server, &pool, &rt).await {
+    // The TLS config the connection is made with is also the key it is parked under.
+    let tls = pool.client_tls(&server);
+    let mut sender = match checkout(&shared.idle, &server, tls.clone(), &rt).await {
         Ok(s) => s,
         Err(e) => {
             server.passive_failure(&e);
@@ -267,7 +269,7 @@ async fn handle(
             return local(StatusCode::GATEWAY_TIMEOUT, "server did not answer in time");
         }
     };
-    shared.idle.put(&server, pool.client_tls(&server), sender);
+    shared.idle.put(&server, tls, sender);
     let status = resp.status();
     shared.metrics.response(status.as_u16());
     tracing::info!(target: "call", route = %route_path, pool = %pool.name, server = server.name(), status = status.as_u16(),
@@ -433,10 +435,9 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
 async fn checkout(
     idle: &upstream::IdleConns,
     server: &Arc<Server>,
-    pool: &Pool,
+    tls: Option<Arc<rustls::ClientConfig>>,
     rt: &Runtime,
 ) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, String> {
-    let tls = pool.client_tls(server);
     loop {
         let candidate = idle.take(server, tls.as_ref());
         let Some(mut s) = candidate else { break };
@@ -444,7 +445,7 @@ async fn checkout(
             return Ok(s);
         }
     }
-    let io = upstream::connect(server, pool.client_tls(server), rt.timeouts.connect.0)
+    let io = upstream::connect(server, tls, rt.timeouts.connect.0)
         .await
         .map_err(|e| e.to_string())?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))

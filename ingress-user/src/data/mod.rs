@@ -63,14 +63,13 @@ impl DataCtx {
     pub fn resize_conn_limit(&self, size: usize) {
         let old = self.conn_limit_size.swap(size, Relaxed);
         if size > old {
-            let mut grow = size - old;
-            // Cancel what is still owed first.
-            let _ = self.conn_limit_debt.fetch_update(Relaxed, Relaxed, |debt| {
-                let paid = debt.min(grow);
-                grow = size - old - paid;
-                Some(debt - paid)
-            });
-            self.conn_limit.add_permits(grow);
+            let grow = size - old;
+            // What is still owed is cancelled first; the rest becomes new slots.
+            let owed = self
+                .conn_limit_debt
+                .fetch_update(Relaxed, Relaxed, |debt| Some(debt.saturating_sub(grow)))
+                .unwrap_or(0);
+            self.conn_limit.add_permits(grow - owed.min(grow));
         } else if size < old {
             let want = old - size;
             let taken = self.conn_limit.forget_permits(want);
@@ -118,7 +117,7 @@ impl Changes {
         self.0.send_modify(|v| *v = v.wrapping_add(1));
     }
 
-    /// A listener that wakes on every later signal (`changed().await`).
+    /// A listener: `changed().await` returns once any signal came since it last looked.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.subscribe()
     }
