@@ -71,7 +71,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
 
-    let unix = admin::bind_unix(&config.admin.socket)
+    let admin_group = match &config.admin.group {
+        Some(g) => Some(admin::access::resolve_group(g).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    let unix = admin::bind_unix(&config.admin.socket, admin_group)
         .with_context(|| format!("admin socket {}", config.admin.socket.display()))?;
     let admin_tcp = match config.admin.listen {
         Some(a) => Some(
@@ -105,7 +109,10 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let admin = admin::Admin {
         shared: Arc::clone(&shared),
         control: Arc::clone(&control),
-        token: config.admin.token.clone(),
+        policy: admin::access::Policy {
+            token: config.admin.token.clone(),
+            group: admin_group,
+        },
     };
     tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
     if let Some(l) = admin_tcp {

@@ -367,6 +367,76 @@ async fn metrics_pass_promtool_and_the_stats_page_renders_in_chromium() {
     );
 }
 
+/// A raw admin request over TCP: the status.
+async fn admin_tcp(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> u16 {
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let body = if method == "POST" { "{\"state\":\"drain\"}" } else { "" };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    ingress_tests::parse_response(&ingress_tests::http_raw(admin, req.as_bytes()).await).0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_changes_need_the_token_over_tcp_and_the_socket_admits_its_group() {
+    let dir = TestDir::new("adminaccess");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    // A dual-stack listen: 127.0.0.1 arrives as ::ffff:127.0.0.1, which is loopback.
+    let cfg = admin_listen(
+        &config(&dir, &pki, &[("fleet1", f1.https)], "", ""),
+        "[::]:0",
+        Some("s3cret"),
+    )
+    .replacen("[admin]\n", "[admin]\ngroup = \"4242\"\n", 1);
+    let ingress = Ingress::start(&dir, &cfg);
+    let port: SocketAddr = ingress.proc.ready["admin"].as_str().unwrap().parse().unwrap();
+    let admin = SocketAddr::from(([127, 0, 0, 1], port.port()));
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let state = "/api/servers/fleets/fleet1/state";
+    assert_eq!(admin_tcp(admin, "GET", "/api/servers", None).await, 200, "loopback reads freely");
+    assert_eq!(
+        admin_tcp(admin, "POST", state, None).await,
+        403,
+        "any local process could otherwise take calls"
+    );
+    assert_ne!(ingress.server("fleet1").await["state"], "DRAIN");
+    assert_eq!(admin_tcp(admin, "POST", state, Some("s3cret")).await, 200);
+    assert_eq!(ingress.server("fleet1").await["state"], "DRAIN");
+
+    // The socket belongs to the group, and a member that is neither root nor
+    // the daemon's user may change through it; anyone else cannot connect.
+    use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
+    let sock = std::fs::metadata(dir.path("admin.sock")).unwrap();
+    assert_eq!((sock.mode() & 0o777, sock.gid()), (0o660, 4242));
+    let ctl = dir.path("ingress-ctl");
+    std::fs::copy(ingress_tests::bin("ingress"), &ctl).unwrap();
+    std::fs::set_permissions(&ctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = dir.path("admin.sock");
+    let as_nobody = move |groups: &'static str, verb: &'static str| {
+        let (ctl, sock) = (ctl.clone(), sock.clone());
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new("setpriv")
+                .args(["--reuid=65534", "--regid=65534", groups])
+                .arg(&ctl)
+                .args(["ctl", "--socket"])
+                .arg(&sock)
+                .args([verb, "fleets/fleet1"])
+                .output()
+                .expect("setpriv (util-linux)");
+            (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
+        })
+    };
+    let (ok, err) = as_nobody("--clear-groups", "ready").await.unwrap();
+    assert!(!ok, "outside the group the socket is closed to nobody");
+    assert!(err.contains("ermission denied"), "{err}");
+    assert_eq!(ingress.server("fleet1").await["state"], "DRAIN");
+    let (ok, err) = as_nobody("--groups=4242", "ready").await.unwrap();
+    assert!(ok, "a member of the admin group may change: {err}");
+    assert_eq!(ingress.server("fleet1").await["state"], "UP");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn changes_are_refused_from_non_loopback_peers() {
     let net = NetPair::new();

@@ -1,11 +1,10 @@
 //! Control path: the admin API server (HTTP + JSON) on a unix socket (0600)
 //! and, optionally, a TCP address that also serves `/metrics` and `/stats`:
-//! path match, peer check, and the mapping of control errors to statuses.
-//! Changes are accepted from the unix socket and loopback peers only; other
-//! peers (a non-loopback `listen`, which needs a `token`) may only read.
+//! path match, the peer's access (see [`super::access`]), connection cap and
+//! head timeout, and the mapping of control errors to statuses.
 //! Answers are JSON, errors `{"error": …}`.
 
-use std::{convert::Infallible, path::Path, sync::Arc};
+use std::{convert::Infallible, sync::Arc};
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -18,7 +17,10 @@ use tokio::{
     sync::{Mutex, watch},
 };
 
-use super::{prometheus, stats};
+use super::{
+    access::{self, Access, Creds, Peer, Policy},
+    prometheus, stats,
+};
 use crate::{
     control::{
         Control, ControlError, Shared,
@@ -48,20 +50,13 @@ fn text(content_type: &str, body: String) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
-/// Who is calling: the unix socket (trusted by its 0600 mode) or a TCP peer.
-#[derive(Debug, Clone, Copy)]
-pub enum Peer {
-    Unix,
-    Tcp(std::net::SocketAddr),
-}
-
 /// What the admin server needs per request.
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub shared: Arc<Shared>,
     pub control: Arc<Mutex<Control>>,
-    /// Bearer token required from non-loopback TCP peers (`[admin] token`).
-    pub token: Option<String>,
+    /// Who may read and who may change.
+    pub policy: Policy,
 }
 
 /// The status a refused change answers with.
@@ -97,31 +92,19 @@ async fn body_json<T: serde::de::DeserializeOwned>(req: Request<Incoming>) -> Re
 async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let loopback = match peer {
-        Peer::Unix => true,
-        Peer::Tcp(a) => a.ip().is_loopback(),
-    };
-    if !loopback {
-        let presented = req
-            .headers()
-            .get(http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match (&admin.token, presented) {
-            (Some(t), Some(p)) if constant_time_eq(t.as_bytes(), p.as_bytes()) => {}
-            _ => {
-                return Ok(error(
-                    StatusCode::UNAUTHORIZED,
-                    "a bearer token is required from this address",
-                ));
-            }
-        }
-        if method != Method::GET {
-            return Ok(error(
-                StatusCode::FORBIDDEN,
-                "changes are accepted from loopback or the unix socket only",
-            ));
-        }
+    let presented = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let access = admin.policy.access(peer, presented);
+    if let Access::Refused(status, why) = access {
+        return Ok(error(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), why));
+    }
+    if method != Method::GET
+        && let Some(why) = access::change_refused(access)
+    {
+        return Ok(error(StatusCode::FORBIDDEN, why));
     }
     let shared = &admin.shared;
     let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
@@ -199,10 +182,6 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {
     let rt = shared.data.runtime.load();
     let Some(p) = rt.pools.iter().find(|p| *p.name == *pool) else {
@@ -220,77 +199,83 @@ fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {
     }
 }
 
+/// Admin connections served at once, per listener; more wait in the backlog.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// A connection that sends no complete head for this long (idle or trickling) is closed.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 async fn serve_conn<I>(io: I, admin: Admin, peer: Peer)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| handle(admin.clone(), peer, req));
     let _ = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .max_header_size(64 * 1024)
         .serve_connection(TokioIo::new(io), svc)
         .await;
 }
 
+/// Accepts until `stop`, at most [`MAX_ADMIN_CONNECTIONS`] at once.
+async fn serve_listener<L, A, F>(mut accept: A, admin: Admin, mut stop: watch::Receiver<bool>)
+where
+    A: FnMut() -> F,
+    F: std::future::Future<Output = std::io::Result<(L, Peer)>>,
+    L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    loop {
+        let slot = tokio::select! {
+            s = Arc::clone(&slots).acquire_owned() => s,
+            _ = stop.changed() => return,
+        };
+        let Ok(slot) = slot else { return };
+        tokio::select! {
+            r = accept() => match r {
+                Ok((s, peer)) => {
+                    let admin = admin.clone();
+                    tokio::spawn(async move {
+                        serve_conn(s, admin, peer).await;
+                        drop(slot);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Serves the admin API on TCP until `stop`.
-pub async fn serve_tcp(listener: TcpListener, admin: Admin, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            r = listener.accept() => if let Ok((s, peer)) = r { tokio::spawn(serve_conn(s, admin.clone(), Peer::Tcp(peer))); },
-            _ = stop.changed() => return,
-        }
-    }
+pub async fn serve_tcp(listener: TcpListener, admin: Admin, stop: watch::Receiver<bool>) {
+    let listener = Arc::new(listener);
+    let accept = move || {
+        let l = Arc::clone(&listener);
+        async move { l.accept().await.map(|(s, a)| (s, Peer::Tcp(a))) }
+    };
+    serve_listener(accept, admin, stop).await;
 }
 
-/// Binds the unix socket with mode 0600 (replacing a stale socket file).
-///
-/// The socket is bound inside a fresh directory only the daemon's user can
-/// enter, made 0600 there, and then renamed into place: under any umask it
-/// is never reachable by others, not even between bind and chmod.
-/// A stale socket at `path` is replaced; anything else there is an error.
-pub fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
-    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _, PermissionsExt as _};
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    match std::fs::symlink_metadata(path) {
-        Ok(m) if !m.file_type().is_socket() => {
-            return Err(std::io::Error::other(format!(
-                "{} exists and is not a socket: refusing to replace it",
-                path.display()
-            )));
+/// Serves the admin API on the unix socket until `stop`; each peer is
+/// known by its credentials.
+pub async fn serve_unix(listener: UnixListener, admin: Admin, stop: watch::Receiver<bool>) {
+    let listener = Arc::new(listener);
+    let accept = move || {
+        let l = Arc::clone(&listener);
+        async move {
+            let (s, _) = l.accept().await?;
+            let creds = s.peer_cred().ok().map(|c| Creds {
+                uid: c.uid(),
+                gid: c.gid(),
+                pid: c.pid(),
+            });
+            Ok((s, Peer::Unix(creds)))
         }
-        _ => {}
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    // A fresh name: `create` fails rather than reuse anything already there.
-    let private = dir.join(format!(".ingress-admin.{}.{nanos:09}", std::process::id()));
-    let staged = private.join("admin.sock");
-    // sun_path holds 107 bytes and a NUL, and the staged name is the longer one.
-    if staged.as_os_str().len() > 107 || path.as_os_str().len() > 107 {
-        return Err(std::io::Error::other(format!(
-            "{}: too long for a unix socket (its directory's path must stay under about 60 bytes)",
-            path.display()
-        )));
-    }
-    std::fs::DirBuilder::new().mode(0o700).create(&private)?;
-    let bound = UnixListener::bind(&staged).and_then(|l| {
-        std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::rename(&staged, path)?;
-        Ok(l)
-    });
-    let _ = std::fs::remove_dir_all(&private);
-    bound
-}
-
-/// Serves the admin API on the unix socket until `stop`.
-pub async fn serve_unix(listener: UnixListener, admin: Admin, mut stop: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            r = listener.accept() => if let Ok((s, _)) = r { tokio::spawn(serve_conn(s, admin.clone(), Peer::Unix)); },
-            _ = stop.changed() => return,
-        }
-    }
+    };
+    serve_listener(accept, admin, stop).await;
 }

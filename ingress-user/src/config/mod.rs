@@ -138,6 +138,9 @@ pub struct Timeouts {
     pub upgrade_response: Dur,
     /// A tunnel with no byte either way for this long is closed.
     pub tunnel_idle: Dur,
+    /// An `http` route's keep-alive connection with no request in flight is
+    /// closed after this long (a later head, once begun, has `header_timeout`).
+    pub keepalive_idle: Dur,
 }
 
 impl Default for Timeouts {
@@ -146,6 +149,7 @@ impl Default for Timeouts {
             connect: Dur(Duration::from_secs(2)),
             upgrade_response: Dur(Duration::from_secs(5)),
             tunnel_idle: Dur(Duration::from_secs(3600)),
+            keepalive_idle: Dur(Duration::from_secs(60)),
         }
     }
 }
@@ -355,8 +359,12 @@ pub struct AdminConfig {
     /// Optional TCP address for the admin API, `/metrics` and `/stats`;
     /// a non-loopback address needs `token`, and there only reads are served.
     pub listen: Option<SocketAddr>,
-    /// Bearer token required from non-loopback peers.
+    /// Bearer token: required for any read from a non-loopback peer, and
+    /// for changes over TCP (from loopback only).
     pub token: Option<String>,
+    /// Group (name or id) whose members may use the unix socket, changes
+    /// included: the socket is then mode 0660 and owned by it.
+    pub group: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -365,6 +373,7 @@ impl Default for AdminConfig {
             socket: PathBuf::from("/run/ingress/admin.sock"),
             listen: None,
             token: None,
+            group: None,
         }
     }
 }

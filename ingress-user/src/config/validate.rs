@@ -36,6 +36,7 @@ impl Config {
             ("timeouts.connect", self.timeouts.connect),
             ("timeouts.upgrade_response", self.timeouts.upgrade_response),
             ("timeouts.tunnel_idle", self.timeouts.tunnel_idle),
+            ("timeouts.keepalive_idle", self.timeouts.keepalive_idle),
         ] {
             if d.0.is_zero() {
                 return Err(invalid(key, "must be more than 0"));

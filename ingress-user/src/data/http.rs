@@ -4,11 +4,7 @@
 //! front has already read the first head; it is replayed into hyper. A
 //! WebSocket upgrade later on the connection becomes a call like any other.
 
-use std::{
-    pin::Pin,
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
@@ -16,14 +12,14 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
+    io::{AsyncRead, AsyncWrite},
     sync::OwnedSemaphorePermit,
 };
 
 use super::{
     DataCtx,
     http1::{self, RequestHead},
-    tunnel, upgrade, upstream,
+    keepalive, tunnel, upgrade, upstream,
 };
 use crate::{
     balance::{Demand, Hints, Server, select::cookie},
@@ -35,36 +31,6 @@ use crate::{
 };
 
 type Body = Either<Incoming, Full<Bytes>>;
-
-/// Replays already-read bytes before the rest of a stream.
-struct Rewind<S> {
-    prefix: Bytes,
-    inner: S,
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
-        if !self.prefix.is_empty() {
-            let n = self.prefix.len().min(buf.remaining());
-            let chunk = self.prefix.split_to(n);
-            buf.put_slice(&chunk);
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
 
 /// Why a request head is refused before proxying (request smuggling guards).
 pub fn smuggling_error(head: &RequestHead) -> Option<&'static str> {
@@ -110,10 +76,10 @@ fn replay(head: &RequestHead) -> Bytes {
     Bytes::from(out)
 }
 
-/// Serves an `http` route's connection until the client closes it.
-/// `permit` is the connection's `max_connections` slot: a later upgrade
-/// outlives this function (hyper hands its connection over) and keeps a
-/// share of it until the call ends.
+/// Serves an `http` route's connection until the client closes it or its
+/// keep-alive clock expires. `permit` is the connection's `max_connections`
+/// slot: a later upgrade outlives this function (hyper hands its connection
+/// over) and keeps a share of it until the call ends.
 pub async fn serve<S>(
     shared: Arc<DataCtx>,
     io: S,
@@ -124,21 +90,23 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let rewind = Rewind {
-        prefix: replay(&head),
-        inner: io,
+    let limits = {
+        let rt = shared.runtime.load();
+        keepalive::ConnLimits {
+            max_header_bytes: rt.limits.max_header_bytes,
+            max_headers: rt.limits.max_headers,
+            header_timeout: rt.limits.header_timeout.0,
+            keepalive_idle: rt.timeouts.keepalive_idle.0,
+        }
     };
     let permit = Arc::new(permit);
-    let svc = hyper::service::service_fn(move |req| {
-        let shared = Arc::clone(&shared);
-        let permit = Arc::clone(&permit);
-        async move { Ok::<_, std::convert::Infallible>(handle(shared, req, peer, local_port, permit).await) }
-    });
-    let _ = hyper::server::conn::http1::Builder::new()
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(rewind), svc)
-        .with_upgrades()
-        .await;
+    let metrics_of = Arc::clone(&shared);
+    let answer = move |req| handle(Arc::clone(&shared), req, peer, local_port, Arc::clone(&permit));
+    match keepalive::serve(io, replay(&head), limits, answer).await {
+        Some(keepalive::Expired::Head) => metrics_of.metrics.bad_request("header_timeout"),
+        Some(keepalive::Expired::Idle) => metrics_of.metrics.bad_request("keepalive_idle"),
+        None => {}
+    }
 }
 
 fn local(status: StatusCode, text: &str) -> Response<Body> {

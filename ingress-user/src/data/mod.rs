@@ -5,6 +5,7 @@
 
 pub mod http;
 pub mod http1;
+pub mod keepalive;
 pub mod listener;
 pub mod tunnel;
 pub mod upgrade;
