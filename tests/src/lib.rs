@@ -28,7 +28,10 @@ pub use self::{
     ingress::{Ingress, config},
     metrics::{metric, metric_sum},
     scratch::{Pki, TestDir},
-    wire::{echo, http_get, http_raw, https_raw, parse_response, set_cookie, upgrade_head, upgrade_request},
+    wire::{
+        echo, http_get, http_raw, https_raw, parse_response, read_answer, set_cookie, tls_connect, upgrade_head,
+        upgrade_request,
+    },
 };
 
 /// A built binary of the workspace (`cargo xtask test` builds them first).

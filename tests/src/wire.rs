@@ -29,21 +29,57 @@ pub async fn http_raw(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     out
 }
 
-/// TLS connect to the ingress and send raw request bytes; returns the raw answer
-/// (read until the server closes, 10 s max).
-pub async fn https_raw(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, request: &[u8]) -> Vec<u8> {
+/// A TLS connection to the ingress (SNI `localhost`).
+pub async fn tls_connect(
+    addr: SocketAddr,
+    tls: Arc<rustls::ClientConfig>,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(addr)
         .await
         .unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-    let mut s = tokio_rustls::TlsConnector::from(tls)
+    tokio_rustls::TlsConnector::from(tls)
         .connect(name, tcp)
         .await
-        .expect("TLS handshake");
+        .expect("TLS handshake")
+}
+
+/// TLS connect to the ingress and send raw request bytes; returns the raw answer
+/// (read until the server closes, 10 s max).
+pub async fn https_raw(addr: SocketAddr, tls: Arc<rustls::ClientConfig>, request: &[u8]) -> Vec<u8> {
+    let mut s = tls_connect(addr, tls).await;
     s.write_all(request).await.expect("write");
     let mut out = Vec::new();
     let _ = tokio::time::timeout(READ, s.read_to_end(&mut out)).await;
     out
+}
+
+/// Reads one answer with a `Content-Length` body off a kept-alive
+/// connection: its status and its bytes (10 s max).
+pub async fn read_answer<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (u16, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        loop {
+            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                if got.len() >= end + 4 + len {
+                    return;
+                }
+            }
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(READ, read).await;
+    (parse_response(&got).0, got)
 }
 
 /// A WebSocket upgrade request for `path`.

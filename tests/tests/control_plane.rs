@@ -369,7 +369,9 @@ async fn metrics_pass_promtool_and_the_stats_page_renders_in_chromium() {
 
 /// A raw admin request over TCP: the status.
 async fn admin_tcp(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> u16 {
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let body = if method == "POST" { "{\"state\":\"drain\"}" } else { "" };
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -395,7 +397,11 @@ async fn admin_changes_need_the_token_over_tcp_and_the_socket_admits_its_group()
     let admin = SocketAddr::from(([127, 0, 0, 1], port.port()));
     ingress.wait_state(&["fleet1"], "UP").await;
     let state = "/api/servers/fleets/fleet1/state";
-    assert_eq!(admin_tcp(admin, "GET", "/api/servers", None).await, 200, "loopback reads freely");
+    assert_eq!(
+        admin_tcp(admin, "GET", "/api/servers", None).await,
+        200,
+        "loopback reads freely"
+    );
     assert_eq!(
         admin_tcp(admin, "POST", state, None).await,
         403,

@@ -2,12 +2,15 @@
 //! spread by the pool's balance mode, sticky by cookie, routed by Host, with
 //! streamed bodies and request-smuggling attempts refused.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, echo, https_raw, parse_response, set_cookie, upgrade_head};
+use ingress_tests::{
+    Fleet, Ingress, Pki, TestDir, config, echo, https_raw, parse_response, read_answer, set_cookie, tls_connect,
+    upgrade_head,
+};
 
 /// A WebSocket over an upgraded keep-alive connection.
 type Upgraded = tokio_tungstenite::WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
@@ -91,6 +94,18 @@ impl Conn {
 }
 
 async fn setup(dir: &TestDir, pki: &Pki, pool_extra: &str, host: Option<&str>, workers: u32) -> (Vec<Fleet>, Ingress) {
+    setup_with(dir, pki, pool_extra, host, workers, "").await
+}
+
+/// [`setup`] with more tables (`extra`) in the config.
+async fn setup_with(
+    dir: &TestDir,
+    pki: &Pki,
+    pool_extra: &str,
+    host: Option<&str>,
+    workers: u32,
+    extra: &str,
+) -> (Vec<Fleet>, Ingress) {
     let fleets: Vec<Fleet> = (1..=3)
         .map(|i| Fleet::start(dir, pki, &format!("fleet{i}"), workers))
         .collect();
@@ -101,7 +116,7 @@ async fn setup(dir: &TestDir, pki: &Pki, pool_extra: &str, host: Option<&str>, w
         .collect();
     let refs: Vec<(&str, std::net::SocketAddr)> = servers.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     let host_line = host.map(|h| format!("host = \"{h}\"\n")).unwrap_or_default();
-    let cfg = config(dir, pki, &refs, pool_extra, "").replacen(
+    let cfg = config(dir, pki, &refs, pool_extra, extra).replacen(
         "[[routes]]\n",
         &format!("[[routes]]\npath = \"/api/*\"\npool = \"fleets\"\nkind = \"http\"\n{host_line}\n[[routes]]\n"),
         1,
@@ -325,4 +340,69 @@ async fn host_routing_and_smuggling_guards() {
         let (status, body) = parse_response(&https_raw(ingress.https, pki.client_tls(), bad.as_bytes()).await);
         assert_eq!(status, 400, "{bad:?} → {body}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_connections_are_closed_when_idle_when_a_later_head_stalls_and_431_when_it_grows() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = TestDir::new("httpidle");
+    let pki = Pki::new(&dir);
+    let extra = "[limits]\nheader_timeout = \"1s\"\n\n[timeouts]\nkeepalive_idle = \"2s\"\n";
+    let (_fleets, ingress) = setup_with(&dir, &pki, "", None, 100, extra).await;
+    const GET: &[u8] = b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let bad = |reason: &'static str| {
+        let ingress = &ingress;
+        async move {
+            ingress
+                .wait_metric(
+                    "ingress_bad_requests_total",
+                    &[("reason", reason)],
+                    Duration::from_secs(10),
+                    |v| v >= 1.0,
+                )
+                .await;
+        }
+    };
+    let closed = |mut s: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
+        assert!(r.is_ok(), "the connection is still open after 10 s");
+        rest
+    };
+
+    // One request, then silence: a connection slot is not held forever.
+    let mut idle = tls_connect(ingress.https, pki.client_tls()).await;
+    idle.write_all(GET).await.unwrap();
+    assert_eq!(read_answer(&mut idle).await.0, 200);
+    assert_eq!(closed(idle).await, b"", "closed without another word");
+    bad("keepalive_idle").await;
+
+    // A later head begun and never finished: closed after header_timeout.
+    let mut stalled = tls_connect(ingress.https, pki.client_tls()).await;
+    stalled.write_all(GET).await.unwrap();
+    assert_eq!(read_answer(&mut stalled).await.0, 200);
+    stalled.write_all(b"GET /api/x HTTP/1.1\r\nHost: loc").await.unwrap();
+    closed(stalled).await;
+    bad("header_timeout").await;
+
+    // A later head trickled toward 300 KiB: 431 at max_header_bytes.
+    let mut big = tls_connect(ingress.https, pki.client_tls()).await;
+    big.write_all(GET).await.unwrap();
+    assert_eq!(read_answer(&mut big).await.0, 200);
+    let (mut rx, mut tx) = tokio::io::split(big);
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), rx.read_to_end(&mut out)).await;
+        out
+    });
+    let _ = tx.write_all(b"GET /api/x HTTP/1.1\r\nHost: localhost\r\n").await;
+    let pad = format!("X-Pad: {}\r\n", "a".repeat(4090));
+    for _ in 0..75 {
+        if reader.is_finished() || tx.write_all(pad.as_bytes()).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let answer = reader.await.unwrap();
+    assert_eq!(parse_response(&answer).0, 431, "{}", String::from_utf8_lossy(&answer));
 }

@@ -188,7 +188,11 @@ mod tests {
             "IPv4-mapped loopback is loopback"
         );
         assert_eq!(p.access(tcp("[::1]:1"), Some("t0k")), Access::Change);
-        assert_eq!(p.access(tcp("10.0.0.1:1"), Some("t0k")), Access::Read, "never a change from off-box");
+        assert_eq!(
+            p.access(tcp("10.0.0.1:1"), Some("t0k")),
+            Access::Read,
+            "never a change from off-box"
+        );
         assert!(matches!(p.access(tcp("10.0.0.1:1"), None), Access::Refused(401, _)));
         let no_token = Policy::default();
         assert_eq!(no_token.access(tcp("127.0.0.1:1"), Some("")), Access::Read);

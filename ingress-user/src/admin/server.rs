@@ -99,7 +99,10 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
         .and_then(|v| v.strip_prefix("Bearer "));
     let access = admin.policy.access(peer, presented);
     if let Access::Refused(status, why) = access {
-        return Ok(error(StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN), why));
+        return Ok(error(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
+            why,
+        ));
     }
     if method != Method::GET
         && let Some(why) = access::change_refused(access)
