@@ -88,6 +88,10 @@ pub struct Metrics {
     pub bad_requests: Family<ReasonLabel, Counter>,
     /// Tunnels closed, by reason.
     pub tunnels_closed: Family<ReasonLabel, Counter>,
+    /// Connections to fleets the ingress itself could not make (descriptors,
+    /// local ports, memory, the resolver), by what they were for: `call`,
+    /// `http`, `health`. Never counted against a fleet.
+    pub local_errors: Family<ReasonLabel, Counter>,
     pub tunnel_bytes_to_server: Counter,
     pub tunnel_bytes_to_client: Counter,
     pub acme_forwarded: Counter,
@@ -124,6 +128,11 @@ impl Metrics {
             "ingress_bad_requests",
             "Requests refused before routing, by reason",
             self.bad_requests.clone(),
+        );
+        r.register(
+            "ingress_local_errors",
+            "Fleet connections the ingress could not make for lack of its own resources, by use",
+            self.local_errors.clone(),
         );
         r.register(
             "ingress_tunnels_closed",
@@ -179,6 +188,10 @@ impl Metrics {
             })
             .inc();
     }
+    pub fn local_error(&self, what: &str) {
+        self.local_errors.get_or_create(&label(what)).inc();
+    }
+
     pub fn tls_error(&self, reason: &str) {
         self.tls_errors.get_or_create(&label(reason)).inc();
     }

@@ -30,7 +30,7 @@ pub use self::{
     scratch::{Pki, TestDir},
     wire::{
         echo, http_get, http_raw, https_raw, parse_response, read_answer, set_cookie, tls_connect, upgrade_head,
-        upgrade_request,
+        upgrade_on, upgrade_request,
     },
 };
 

@@ -81,6 +81,22 @@ pub fn connect_from(
     })
 }
 
+/// A TCP connection opened from inside `ns` to `dst` (5 s at most), for use
+/// on the caller's runtime: the socket stays in the namespace it was made in.
+pub async fn tcp_from(ns: &str, dst: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let ns = ns.to_owned();
+    let std_stream = tokio::task::spawn_blocking(move || {
+        run_in(&ns, move || {
+            std::net::TcpStream::connect_timeout(&dst, std::time::Duration::from_secs(5))
+        })
+    })
+    .await
+    .expect("connect task")
+    .unwrap_or_else(|e| panic!("connect {dst}: {e}"));
+    std_stream.set_nonblocking(true).expect("nonblocking");
+    tokio::net::TcpStream::from_std(std_stream).expect("tokio stream")
+}
+
 /// A bpffs directory for one test's pinned maps, removed on drop.
 pub struct BpfPins(pub std::path::PathBuf);
 

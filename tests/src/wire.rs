@@ -99,6 +99,17 @@ pub async fn upgrade_head(
     cookie: Option<&str>,
 ) -> String {
     let tcp = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    upgrade_on(tcp, tls, path, cookie).await.0
+}
+
+/// A WebSocket upgrade over `tcp` (TLS, SNI `localhost`): the answer's head
+/// (and whatever came with it) and the stream, still open.
+pub async fn upgrade_on(
+    tcp: tokio::net::TcpStream,
+    tls: Arc<rustls::ClientConfig>,
+    path: &str,
+    cookie: Option<&str>,
+) -> (String, tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     let mut s = tokio_rustls::TlsConnector::from(tls).connect(name, tcp).await.unwrap();
     let cookie = cookie
@@ -116,7 +127,7 @@ pub async fn upgrade_head(
         assert!(n > 0, "closed before the head: {}", String::from_utf8_lossy(&buf));
         buf.extend_from_slice(&chunk[..n]);
     }
-    String::from_utf8_lossy(&buf).into_owned()
+    (String::from_utf8_lossy(&buf).into_owned(), s)
 }
 
 pub fn set_cookie(head: &str) -> Option<String> {

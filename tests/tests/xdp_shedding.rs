@@ -18,6 +18,7 @@ struct Setup {
     _pins: BpfPins,
     pins_path: std::path::PathBuf,
     _dir: TestDir,
+    pki: Pki,
     fleet: Fleet,
     ingress: Ingress,
     https: SocketAddr,
@@ -50,6 +51,7 @@ async fn setup(action: &str) -> Setup {
         _pins: pins,
         pins_path,
         _dir: dir,
+        pki,
         fleet,
         ingress,
         https,
@@ -240,4 +242,97 @@ async fn rst_mode_refuses_carriers_at_once() {
     );
     drop(tx);
     peer.join().unwrap();
+}
+
+/// The lowest descriptor number `pid` has free.
+fn lowest_free_fd(pid: u32) -> u64 {
+    let open: std::collections::BTreeSet<u64> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("the daemon's fds")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|n| !open.contains(n)).expect("a free number")
+}
+
+/// Sets the daemon's soft descriptor limit (`prlimit`, util-linux).
+fn set_nofile(pid: u32, soft: u64) {
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &format!("--nofile={soft}:")])
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(
+        out.status.success(),
+        "prlimit: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn out_of_descriptors_the_ingress_answers_503_itself_and_neither_marks_fleets_down_nor_sheds() {
+    let s = setup("drop").await;
+    let pid = s.ingress.proc.child.id();
+    let log = s._dir.path("ingress.log");
+    let soft_before = std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .expect("soft nofile");
+
+    // Room for one more descriptor: an accepted carrier, and no fleet connection for it.
+    set_nofile(pid, lowest_free_fd(pid) + 1);
+    let mut held = Vec::new();
+    let mut refusal = None;
+    for i in 0..4 {
+        let tcp = ingress_tests::netns::tcp_from(&s.net.carrier_ns, s.https).await;
+        let (head, stream) = ingress_tests::upgrade_on(tcp, s.pki.client_tls(), &format!("/ws/fd-{i}"), None).await;
+        if head.starts_with("HTTP/1.1 101") {
+            held.push(stream); // a probe's descriptor was free when counted
+            continue;
+        }
+        refusal = Some(head);
+        break;
+    }
+    let refusal = refusal.expect("a call refused at the descriptor limit");
+    assert!(
+        refusal.starts_with("HTTP/1.1 503") && refusal.contains("ingress out of resources"),
+        "the ingress says the fault is its own: {refusal}"
+    );
+
+    // No room at all (a limit below every open descriptor): every health
+    // probe fails locally, for longer than `fall` probes.
+    set_nofile(pid, 0);
+    let started = Instant::now();
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("health probe not sent")
+        .count()
+        < 4
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no local probe failures logged"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        from(&s.net, s.net.carrier_ip, s.https, Duration::from_secs(2)).await,
+        Connect::Connected,
+        "the XDP program still passes carrier SYNs"
+    );
+
+    set_nofile(pid, soft_before);
+    assert_eq!(s.ingress.server("fleet1").await["state"], "UP");
+    assert_eq!(status(&s.ingress).await["xdp"]["shedding"], false);
+    let m = s.ingress.metrics().await;
+    assert!(
+        ingress_tests::metric(&m, "ingress_local_errors_total", &[("reason", "call")]) >= Some(1.0),
+        "{m}"
+    );
+    assert!(
+        ingress_tests::metric(&m, "ingress_local_errors_total", &[("reason", "health")]) >= Some(4.0),
+        "{m}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("to=DOWN"), "a fleet was marked DOWN:\n{text}");
+    drop(held);
 }

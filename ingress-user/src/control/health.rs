@@ -86,16 +86,33 @@ pub fn evaluate(status: u16, expect: &Regex, body: &[u8], pointer: &str) -> Resu
     Ok(Some(u32::try_from(n).unwrap_or(u32::MAX - 1)))
 }
 
+/// Why a probe failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    /// The ingress could not open the connection itself (descriptors, ports,
+    /// memory, resolver): says nothing about the server.
+    #[error("ingress out of resources: {0}")]
+    Local(String),
+    #[error("{0}")]
+    Server(String),
+}
+
 /// One probe: status and body, or why it failed.
-pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String> {
+pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), ProbeError> {
     let check = &pool.check;
     let fut = async {
         let tls = upstream::connect(server, pool.client_tls(server), check.timeout.0)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| {
+                if e.is_local() {
+                    ProbeError::Local(e.to_string())
+                } else {
+                    ProbeError::Server(e.to_string())
+                }
+            })?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
-            .map_err(|e| format!("HTTP handshake: {e}"))?;
+            .map_err(|e| ProbeError::Server(format!("HTTP handshake: {e}")))?;
         tokio::spawn(conn);
         let host = check.host.clone().unwrap_or_else(|| server.def.host_header());
         let req = http::Request::builder()
@@ -105,22 +122,25 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), String>
             .header(http::header::USER_AGENT, "ingress-health-check")
             .header(http::header::CONNECTION, "close")
             .body(Empty::<Bytes>::new())
-            .map_err(|e| format!("bad request: {e}"))?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| ProbeError::Server(format!("bad request: {e}")))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| ProbeError::Server(format!("request: {e}")))?;
         let status = resp.status().as_u16();
         let body = Limited::new(resp.into_body(), MAX_BODY)
             .collect()
             .await
-            .map_err(|e| format!("reading body: {e}"))?
+            .map_err(|e| ProbeError::Server(format!("reading body: {e}")))?
             .to_bytes();
         Ok((status, body))
     };
     match tokio::time::timeout(check.timeout.0, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!(
+        Err(_) => Err(ProbeError::Server(format!(
             "timed out after {}",
             humantime::format_duration(check.timeout.0)
-        )),
+        ))),
     }
 }
 
@@ -172,7 +192,16 @@ pub async fn run(id: u32, ctx: Arc<DataCtx>) {
         }
         let was_healthy = server.healthy();
         let started = Instant::now();
-        let result = probe(&server, &pool).await;
+        let result = match probe(&server, &pool).await {
+            Err(ProbeError::Local(reason)) => {
+                // Neither a failure nor a success of the server: its streaks stand.
+                ctx.metrics.local_error("health");
+                tracing::warn!(pool = %server.pool, server = server.name(), %reason, "health probe not sent: the ingress is out of resources");
+                continue;
+            }
+            Err(ProbeError::Server(reason)) => Err(reason),
+            Ok(answer) => Ok(answer),
+        };
         let latency = started.elapsed().as_secs_f64() * 1000.0;
         server.live().check_latency.observe(latency / 1000.0);
         let before = (server.state(), server.reported());

@@ -217,7 +217,15 @@ async fn handle(
     let tls = pool.client_tls(&server);
     let mut sender = match checkout(&shared.idle, &server, tls.clone(), &rt).await {
         Ok(s) => s,
-        Err(e) => {
+        Err(Unreachable::Local(e)) => {
+            shared.metrics.local_error("http");
+            shared.metrics.response(503);
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("ingress out of resources: {e}"),
+            );
+        }
+        Err(Unreachable::Server(e)) => {
             server.passive_failure(&e);
             shared.changed.signal();
             shared.metrics.response(502);
@@ -399,13 +407,20 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     }
 }
 
+/// Why no connection to a server could be had.
+enum Unreachable {
+    /// The ingress's own resources ran out (see `ConnectError::is_local`).
+    Local(String),
+    Server(String),
+}
+
 /// An idle pooled connection to `server`, or a new one.
 async fn checkout(
     idle: &upstream::IdleConns,
     server: &Arc<Server>,
     tls: Option<Arc<rustls::ClientConfig>>,
     rt: &Runtime,
-) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, String> {
+) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Unreachable> {
     loop {
         let candidate = idle.take(server, tls.as_ref());
         let Some(mut s) = candidate else { break };
@@ -415,10 +430,16 @@ async fn checkout(
     }
     let io = upstream::connect(server, tls, rt.timeouts.connect.0)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| {
+            if e.is_local() {
+                Unreachable::Local(e.to_string())
+            } else {
+                Unreachable::Server(e.to_string())
+            }
+        })?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Unreachable::Server(e.to_string()))?;
     tokio::spawn(conn);
     Ok(sender)
 }

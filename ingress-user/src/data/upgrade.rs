@@ -43,12 +43,16 @@ enum Attempt<S> {
     Failed(RetryOn, String),
     /// A response that is not HTTP (not retried).
     BadResponse(String),
+    /// The ingress could not make the connection itself (out of descriptors,
+    /// ports, memory; resolver down): not the server's fault, not retried.
+    Local(String),
 }
 
 async fn attempt(lease: &Lease, pool: &Pool, rt: &Runtime, request: &[u8]) -> Attempt<upstream::UpStream> {
     let server = &lease.server;
     let mut up = match upstream::connect(server, pool.client_tls(server), rt.timeouts.connect.0).await {
         Ok(s) => s,
+        Err(e) if e.is_local() => return Attempt::Local(e.to_string()),
         Err(e) => return Attempt::Failed(RetryOn::ConnFailure, e.to_string()),
     };
     // Only the head: whatever the client sent behind it waits for the 101
@@ -149,6 +153,7 @@ pub async fn forward<C, H>(
     let mut tried: Vec<u32> = Vec::new();
     let mut last_answer: Option<(u16, Vec<u8>)> = None;
     let mut last_failure: Option<(RetryOn, String)> = None;
+    let mut local_failure: Option<String> = None;
     let mut attempts = 0u32;
     let mut server_name = String::from("-");
     let log = CallLog {
@@ -247,6 +252,12 @@ pub async fn forward<C, H>(
                     break;
                 }
             }
+            Attempt::Local(reason) => {
+                tracing::warn!(pool = %pool.name, server = %server_name, %reason, "the ingress is out of resources for a fleet connection");
+                shared.metrics.local_error("call");
+                local_failure = Some(reason);
+                break;
+            }
             Attempt::BadResponse(reason) => {
                 // Junk or a cut head: nothing reached the carrier yet, so it is
                 // retried like an empty response.
@@ -266,6 +277,16 @@ pub async fn forward<C, H>(
         let _ = client.write_all(&bytes).await;
         let _ = client.shutdown().await;
         (status, "answered")
+    } else if let Some(reason) = local_failure {
+        // Ours, not the fleets': say so, and never as "no fleet".
+        http1::respond(
+            &mut client,
+            503,
+            &format!("ingress out of resources: {reason}"),
+            &[("Retry-After", "1".to_owned())],
+        )
+        .await;
+        (503, "local_error")
     } else if let Some((kind, reason)) = last_failure {
         let status = if kind == RetryOn::ResponseTimeout { 504 } else { 502 };
         http1::respond(&mut client, status, &format!("no fleet answered: {reason}"), &[]).await;

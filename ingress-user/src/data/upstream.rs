@@ -68,6 +68,34 @@ pub enum ConnectError {
     Timeout { addr: String, timeout: Duration },
 }
 
+/// `errno`s that say the ingress itself is short of something (descriptors,
+/// local ports, buffers, memory), not that the server is unreachable.
+const LOCAL_ERRNOS: [i32; 6] = [
+    libc::EMFILE,
+    libc::ENFILE,
+    libc::EADDRNOTAVAIL,
+    libc::ENOBUFS,
+    libc::ENOMEM,
+    libc::EADDRINUSE,
+];
+
+impl ConnectError {
+    /// Whether the failure is the ingress's own (out of resources, or the
+    /// resolver failing for a reason other than "no such name"): never
+    /// counted against the server.
+    pub fn is_local(&self) -> bool {
+        match self {
+            ConnectError::Tcp { source, .. } | ConnectError::Tls { source, .. } => {
+                source.raw_os_error().is_some_and(|e| LOCAL_ERRNOS.contains(&e))
+            }
+            ConnectError::Resolve { reason, .. } => {
+                !(reason.contains("not known") || reason.contains("No address") || reason == "no address")
+            }
+            ConnectError::Timeout { .. } => false,
+        }
+    }
+}
+
 /// Connects and completes the TLS handshake (unless `tls` is None) within `timeout`.
 pub async fn connect(
     server: &Server,
