@@ -224,3 +224,69 @@ async fn a_chunked_429_is_retried_at_once_and_interim_answers_are_not_final() {
         "the refusing fleet was tried first: {m}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targets_are_settled_before_routing_and_a_fleet_sees_what_was_routed() {
+    let dir = TestDir::new("targets");
+    let pki = Pki::new(&dir);
+    let mut fleet = RecordingFleet::start(&pki, "HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n").await;
+    let cfg = config(&dir, &pki, &[("rec", fleet.addr)], "", "").replacen(
+        "[[routes]]\n",
+        "[[routes]]\npath = \"/api/*\"\npool = \"fleets\"\nkind = \"http\"\n\n[[routes]]\n",
+        1,
+    );
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["rec"], "UP").await;
+    let (addr, tls) = (ingress.https, pki.client_tls());
+    let send = |wire: String| {
+        let tls = Arc::clone(&tls);
+        async move { https_raw(addr, tls, wire.as_bytes()).await }
+    };
+    let status = |raw: Vec<u8>| ingress_tests::parse_response(&raw).0;
+
+    // Absolute form with dot segments: routed and forwarded as /exotel/x for the URI's host.
+    let wire = upgrade_request("http://localhost/ws/%2e%2e/exotel/x")
+        .replace("Host: localhost\r\n", "Host: other.example\r\n");
+    assert_eq!(status(send(wire).await), 403, "the fleet's answer");
+    let got = tokio::time::timeout(Duration::from_secs(5), fleet.seen.recv())
+        .await
+        .expect("the upgrade reached the fleet")
+        .expect("recorder running");
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("GET /exotel/x HTTP/1.1\r\n"), "{head}");
+    assert!(
+        head.contains("Host: localhost\r\n") && !head.contains("other.example"),
+        "{head}"
+    );
+
+    // Ambiguous Host, and a path that leaves its route: refused by the ingress.
+    let twice = upgrade_request("/ws/x").replace("Host: localhost\r\n", "Host: localhost\r\nHost: evil\r\n");
+    assert_eq!(status(send(twice).await), 400);
+    let none = upgrade_request("/ws/x").replace("Host: localhost\r\n", "");
+    assert_eq!(status(send(none).await), 400);
+    let above = upgrade_request("/ws/../../x");
+    assert_eq!(status(send(above).await), 400);
+    let escape = "GET /api/../internal HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n".to_owned();
+    assert_eq!(
+        status(send(escape).await),
+        404,
+        "/api/../internal is /internal: no route"
+    );
+
+    // A later keep-alive request in absolute form reaches the fleet in origin form.
+    let later = "GET /api/a HTTP/1.1\r\nHost: localhost\r\n\r\nGET http://localhost/api/./b HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let raw = send(later.to_owned()).await;
+    assert!(raw.starts_with(b"HTTP/1.1 403"), "{}", String::from_utf8_lossy(&raw));
+    let mut seen = String::new();
+    while !seen.contains("/api/b") {
+        let got = tokio::time::timeout(Duration::from_secs(5), fleet.seen.recv())
+            .await
+            .unwrap_or_else(|_| panic!("the later request never reached the fleet: {seen}"))
+            .expect("recorder running");
+        seen.push_str(&String::from_utf8_lossy(&got));
+    }
+    assert!(
+        seen.contains("GET /api/b HTTP/1.1\r\n") && !seen.contains("http://"),
+        "{seen}"
+    );
+}

@@ -19,7 +19,7 @@ use tokio::{
 use super::{
     DataCtx,
     http1::{self, RequestHead},
-    keepalive, tunnel, upgrade, upstream,
+    keepalive, target, tunnel, upgrade, upstream,
 };
 use crate::{
     balance::{Demand, Hints, Server, select::cookie},
@@ -136,6 +136,11 @@ async fn handle(
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let rt = shared.runtime.load_full();
+    if let Err(why) = settle(&mut req) {
+        shared.metrics.bad_request("target");
+        shared.metrics.response(400);
+        return local(StatusCode::BAD_REQUEST, why);
+    }
     let host = req
         .headers()
         .get(header::HOST)
@@ -261,6 +266,23 @@ async fn handle(
         parts.headers.append(header::SET_COOKIE, v);
     }
     Response::from_parts(parts, Either::Left(body))
+}
+
+/// A later request made unambiguous as the front does the first
+/// ([`target::settle`]): one Host, origin form, no dot segments.
+fn settle(req: &mut Request<Incoming>) -> Result<(), target::Refusal> {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let minor = u8::from(req.version() != http::Version::HTTP_10);
+    if let Some(why) = target::host_error(hosts, minor) {
+        return Err(why);
+    }
+    let n = target::normalize(&req.uri().to_string())?;
+    *req.uri_mut() = n.origin.parse().map_err(|_| "an unusable request target")?;
+    if let Some(authority) = n.authority {
+        let v = HeaderValue::from_str(&authority).map_err(|_| "an unusable host")?;
+        req.headers_mut().insert(header::HOST, v);
+    }
+    Ok(())
 }
 
 /// Buffer of the in-memory pipe of a later upgrade, each way.

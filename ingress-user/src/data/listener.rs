@@ -17,7 +17,7 @@ use tokio_rustls::TlsAcceptor;
 use super::{
     DataCtx, http,
     http1::{self, HeadError, HeadLimits},
-    tunnel, upgrade,
+    target, tunnel, upgrade,
 };
 use crate::model::{
     RouteKind,
@@ -115,7 +115,7 @@ async fn handle_https(
         }
     };
     shared.metrics.tls_handshakes.inc();
-    let head = match Box::pin(http1::read_request(
+    let mut head = match Box::pin(http1::read_request(
         &mut tls,
         BytesMut::with_capacity(2048),
         limits,
@@ -129,6 +129,12 @@ async fn handle_https(
             return;
         }
     };
+    if let Err(why) = target::settle(&mut head) {
+        shared.metrics.bad_request("target");
+        shared.metrics.response(400);
+        http1::respond(&mut tls, 400, why, &[]).await;
+        return;
+    }
     let rt = shared.runtime.load_full();
     let host = head.header_str("host").map(str::to_owned);
     match rt.routes.lookup(&head.target, host.as_deref()) {

@@ -7,6 +7,7 @@ pub mod http;
 pub mod http1;
 pub mod keepalive;
 pub mod listener;
+pub mod target;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
