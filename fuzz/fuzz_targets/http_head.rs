@@ -10,7 +10,10 @@ use std::{
 };
 
 use bytes::BytesMut;
-use ingress_user::data::http1::{HeadLimits, read_request, upstream_request, websocket_upgrade_error};
+use ingress_user::data::{
+    forward::upstream_request,
+    http1::{HeadLimits, read_request, websocket_upgrade_error},
+};
 use libfuzzer_sys::fuzz_target;
 
 thread_local! {

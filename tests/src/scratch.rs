@@ -73,4 +73,19 @@ impl Pki {
     pub fn client_tls(&self) -> Arc<rustls::ClientConfig> {
         client::tls_config(&self.ca.cert_pem).expect("client TLS config")
     }
+
+    /// A TLS acceptor with the fleets' certificate, for fleets a test plays itself.
+    pub fn fleet_acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let pem = std::fs::read(&self.fleet_bundle).expect("fleet bundle");
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem).map(|c| c.unwrap()).collect();
+        let key = PrivateKeyDer::from_pem_slice(&pem).expect("key");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+    }
 }

@@ -1,10 +1,10 @@
 //! Data-path hardening end to end: what a client may smuggle past an upgrade
-//! to a fleet that refuses it.
+//! to a fleet that refuses it, what a request names, and pooled connections
+//! to a web tier that streams slowly or drops a reused connection.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use ingress_tests::{Ingress, Pki, TestDir, config, https_raw, upgrade_request};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 /// A TLS "fleet" that reports capacity on `/health/fleet`, answers every
@@ -18,16 +18,7 @@ struct RecordingFleet {
 
 impl RecordingFleet {
     async fn start(pki: &Pki, answer: &'static str) -> Self {
-        let pem = std::fs::read(&pki.fleet_bundle).expect("fleet bundle");
-        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem).map(|c| c.unwrap()).collect();
-        let key = PrivateKeyDer::from_pem_slice(&pem).expect("key");
-        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+        let acceptor = pki.fleet_acceptor();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (record, seen) = tokio::sync::mpsc::unbounded_channel();
@@ -289,4 +280,119 @@ async fn targets_are_settled_before_routing_and_a_fleet_sees_what_was_routed() {
         seen.contains("GET /api/b HTTP/1.1\r\n") && !seen.contains("http://"),
         "{seen}"
     );
+}
+
+/// A fleet's web tier played by hand over TLS: `/api/slow` streams a first
+/// chunk and the rest only when `release` is notified; `/api/fast` answers
+/// at once; `/api/flaky` answers on a new connection but drops a reused one
+/// without answering (as a server closing an idle connection does when a
+/// request arrives at that moment). Every connection is kept alive.
+struct WebTier {
+    addr: SocketAddr,
+    release: Arc<tokio::sync::Notify>,
+}
+
+impl WebTier {
+    async fn start(pki: &Pki) -> Self {
+        let acceptor = pki.fleet_acceptor();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let release = Arc::new(tokio::sync::Notify::new());
+        let notified = Arc::clone(&release);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, release) = (acceptor.clone(), Arc::clone(&notified));
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut answered = 0;
+                    let mut got = Vec::new();
+                    let mut buf = [0u8; 4096];
+                    loop {
+                        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            match tls.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => got.extend_from_slice(&buf[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                        got.drain(..end + 4);
+                        let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
+                        let wrote = match path.as_str() {
+                            "/health/fleet" => {
+                                let body = r#"{"fleet_available":16}"#;
+                                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                                tls.write_all(answer.as_bytes()).await
+                            }
+                            "/api/slow" => {
+                                let start = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nstart\r\n";
+                                let _ = tls.write_all(start).await;
+                                let _ = tls.flush().await;
+                                release.notified().await;
+                                tls.write_all(b"3\r\nend\r\n0\r\n\r\n").await
+                            }
+                            "/api/flaky" if answered > 0 => return,
+                            _ => tls.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await,
+                        };
+                        if wrote.is_err() || tls.flush().await.is_err() {
+                            return;
+                        }
+                        answered += 1;
+                    }
+                });
+            }
+        });
+        Self { addr, release }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_body_never_stalls_other_requests_and_a_dropped_reused_connection_is_retried() {
+    let dir = TestDir::new("web-tier");
+    let pki = Pki::new(&dir);
+    let web = WebTier::start(&pki).await;
+    let cfg = config(&dir, &pki, &[("web", web.addr)], "", "").replacen(
+        "[[routes]]\n",
+        "[[routes]]\npath = \"/api/*\"\npool = \"fleets\"\nkind = \"http\"\n\n[[routes]]\n",
+        1,
+    );
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["web"], "UP").await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").into_bytes();
+
+    // A fast answer leaves one pooled connection; a slow download then takes it.
+    let mut downloader = ingress_tests::tls_connect(ingress.https, pki.client_tls()).await;
+    downloader.write_all(&get("/api/fast")).await.unwrap();
+    assert_eq!(ingress_tests::read_answer(&mut downloader).await.0, 200);
+    downloader.write_all(&get("/api/slow")).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(5).any(|w| w == b"start") {
+        let n = downloader.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    // While that body is still streaming, another client is answered.
+    let mut other = ingress_tests::tls_connect(ingress.https, pki.client_tls()).await;
+    other.write_all(&get("/api/fast")).await.unwrap();
+    let answered = tokio::time::timeout(Duration::from_secs(5), ingress_tests::read_answer(&mut other)).await;
+    assert!(
+        matches!(answered, Ok((200, _))),
+        "a request waited behind another's unfinished body: {answered:?}"
+    );
+    web.release.notify_one();
+    while !got.windows(5).any(|w| w == b"0\r\n\r\n") {
+        let n = downloader.read(&mut buf).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).contains("end"));
+
+    // Every pooled connection has answered before: the web tier drops the
+    // one this request is sent on, and it is sent again on a new one.
+    other.write_all(&get("/api/flaky")).await.unwrap();
+    let (status, raw) = ingress_tests::read_answer(&mut other).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
 }

@@ -16,13 +16,9 @@ use tokio::{
     sync::OwnedSemaphorePermit,
 };
 
-use super::{
-    DataCtx,
-    http1::{self, RequestHead},
-    keepalive, target, tunnel, upgrade, upstream,
-};
+use super::{DataCtx, exchange, forward, http1::RequestHead, keepalive, target, tunnel, upgrade};
 use crate::{
-    balance::{Demand, Hints, Server, select::cookie},
+    balance::{Demand, Hints, select::cookie},
     model::{
         Balance, RouteKind,
         route::{CallKeys, Target},
@@ -30,7 +26,7 @@ use crate::{
     snapshot::Runtime,
 };
 
-type Body = Either<Incoming, Full<Bytes>>;
+type Body = Either<exchange::ParkOnEnd, Full<Bytes>>;
 
 /// Why a request head is refused before proxying (request smuggling guards).
 pub fn smuggling_error(head: &RequestHead) -> Option<&'static str> {
@@ -193,8 +189,8 @@ async fn handle(
     };
     // The request as the server sees it.
     let headers = req.headers_mut();
-    for name in http1::connection_named(headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes())) {
-        if http1::may_be_connection_named(&name) {
+    for name in forward::connection_named(headers.get_all(header::CONNECTION).iter().map(|v| v.as_bytes())) {
+        if forward::may_be_connection_named(&name) {
             headers.remove(name.as_str());
         }
     }
@@ -203,7 +199,7 @@ async fn handle(
     }
     let spoofed: Vec<_> = headers
         .keys()
-        .filter(|n| http1::is_spoofable(n.as_str()))
+        .filter(|n| forward::is_spoofable(n.as_str()))
         .cloned()
         .collect();
     for name in spoofed {
@@ -212,17 +208,25 @@ async fn handle(
     if pool.balance == Balance::Cookie {
         strip_cookie(headers, &pool.cookie);
     }
-    for (name, value) in http1::forwarded_headers(peer.ip(), "https", local_port) {
+    for (name, value) in forward::forwarded_headers(peer.ip(), "https", local_port) {
         if let Ok(v) = HeaderValue::from_str(&value) {
             headers.insert(name, v);
         }
     }
     let server = Arc::clone(&lease.server);
-    // The TLS config the connection is made with is also the key it is parked under.
-    let tls = pool.client_tls(&server);
-    let mut sender = match checkout(&shared.idle, &server, tls.clone(), &rt).await {
-        Ok(s) => s,
-        Err(Unreachable::Local(e)) => {
+    let to = exchange::Target {
+        idle: &shared.idle,
+        server: &server,
+        // The TLS config the connection is made with is also the key it is parked under.
+        tls: pool.client_tls(&server),
+        connect: rt.timeouts.connect.0,
+        answer: rt.timeouts.upgrade_response.0,
+    };
+    let route_path = rt.routes.routes[route].path.clone();
+    let started = std::time::Instant::now();
+    let resp = match exchange::send(&to, req.map(Either::Left)).await {
+        Ok(r) => r,
+        Err(exchange::Failure::Local(e)) => {
             shared.metrics.local_error("http");
             shared.metrics.response(503);
             return local(
@@ -230,27 +234,21 @@ async fn handle(
                 &format!("ingress out of resources: {e}"),
             );
         }
-        Err(Unreachable::Server(e)) => {
+        Err(exchange::Failure::Unreachable(e)) => {
             server.passive_failure(&e);
             shared.changed.signal();
             shared.metrics.response(502);
             return local(StatusCode::BAD_GATEWAY, &format!("server unreachable: {e}"));
         }
-    };
-    let route_path = rt.routes.routes[route].path.clone();
-    let started = std::time::Instant::now();
-    let resp = match tokio::time::timeout(rt.timeouts.upgrade_response.0, sender.send_request(req)).await {
-        Ok(Ok(r)) => r,
-        Ok(Err(e)) => {
+        Err(exchange::Failure::Failed(e)) => {
             shared.metrics.response(502);
             return local(StatusCode::BAD_GATEWAY, &format!("server failed: {e}"));
         }
-        Err(_) => {
+        Err(exchange::Failure::Timeout) => {
             shared.metrics.response(504);
             return local(StatusCode::GATEWAY_TIMEOUT, "server did not answer in time");
         }
     };
-    shared.idle.put(&server, tls, sender);
     let status = resp.status();
     shared.metrics.response(status.as_u16());
     tracing::info!(target: "call", route = %route_path, pool = %pool.name, server = server.name(), status = status.as_u16(),
@@ -427,43 +425,6 @@ fn dechunk(mut rest: &[u8]) -> Vec<u8> {
         out.extend_from_slice(chunk);
         rest = rest.get(size + 2..).unwrap_or_default();
     }
-}
-
-/// Why no connection to a server could be had.
-enum Unreachable {
-    /// The ingress's own resources ran out (see `ConnectError::is_local`).
-    Local(String),
-    Server(String),
-}
-
-/// An idle pooled connection to `server`, or a new one.
-async fn checkout(
-    idle: &upstream::IdleConns,
-    server: &Arc<Server>,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    rt: &Runtime,
-) -> Result<hyper::client::conn::http1::SendRequest<Incoming>, Unreachable> {
-    loop {
-        let candidate = idle.take(server, tls.as_ref());
-        let Some(mut s) = candidate else { break };
-        if s.ready().await.is_ok() {
-            return Ok(s);
-        }
-    }
-    let io = upstream::connect(server, tls, rt.timeouts.connect.0)
-        .await
-        .map_err(|e| {
-            if e.is_local() {
-                Unreachable::Local(e.to_string())
-            } else {
-                Unreachable::Server(e.to_string())
-            }
-        })?;
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| Unreachable::Server(e.to_string()))?;
-    tokio::spawn(conn);
-    Ok(sender)
 }
 
 fn cookie_of(req: &Request<Incoming>, name: &str) -> Option<String> {

@@ -87,7 +87,9 @@ pub struct ResponseHead {
 
 async fn read_more<S: AsyncRead + Unpin>(io: &mut S, buf: &mut BytesMut, deadline: Instant) -> Result<(), HeadError> {
     let bytes = buf.len();
-    buf.reserve(2048);
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(4096);
+    }
     match tokio::time::timeout_at(deadline, io.read_buf(buf)).await {
         Err(_) => Err(HeadError::Timeout { bytes }),
         Ok(Ok(0)) => Err(HeadError::Closed { bytes }),
@@ -103,6 +105,52 @@ fn map_parse_error(e: httparse::Error, limits: HeadLimits) -> HeadError {
     }
 }
 
+/// Whether bytes from `from` on may end a head (`\n\n` or `\n\r\n`,
+/// looking 2 bytes back so a terminator split across reads is seen).
+fn may_end_head(buf: &[u8], from: usize) -> bool {
+    let tail = &buf[from.saturating_sub(2)..];
+    #[cfg(test)]
+    EXAMINED.with(|p| p.set(p.get() + tail.len()));
+    tail.windows(2).any(|w| w == b"\n\n") || tail.windows(3).any(|w| w == b"\n\r\n")
+}
+
+/// Reads until `parse` finds a complete head in the buffer. `parse` runs on
+/// the first bytes (to refuse junk at once) and after that only when new
+/// bytes may end the head, so a trickled head costs linear time, not a
+/// re-parse of everything per read. Past `max_bytes` without an end: too large.
+async fn read_head<S, T>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    limits: HeadLimits,
+    deadline: Instant,
+    mut parse: impl FnMut(&mut BytesMut) -> Result<Option<T>, HeadError>,
+) -> Result<T, HeadError>
+where
+    S: AsyncRead + Unpin,
+{
+    // Bytes already looked at for a head's end (None: nothing parsed yet).
+    let mut scanned: Option<usize> = None;
+    loop {
+        if scanned.is_none_or(|from| may_end_head(buf, from))
+            && let Some(head) = parse(buf)?
+        {
+            return Ok(head);
+        }
+        scanned = Some(buf.len());
+        if buf.len() >= limits.max_bytes {
+            return Err(HeadError::TooLarge(limits.max_bytes));
+        }
+        read_more(io, buf, deadline).await?;
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Head bytes this thread has looked at, scanning or parsing (to see
+    /// that a trickled head costs linear time).
+    static EXAMINED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// Reads a request head that must be complete before `deadline`.
 pub async fn read_request<S: AsyncRead + Unpin>(
     io: &mut S,
@@ -110,10 +158,12 @@ pub async fn read_request<S: AsyncRead + Unpin>(
     limits: HeadLimits,
     deadline: Instant,
 ) -> Result<RequestHead, HeadError> {
-    loop {
+    read_head(io, &mut buf, limits, deadline, |buf| {
+        #[cfg(test)]
+        EXAMINED.with(|p| p.set(p.get() + buf.len()));
         let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
         let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
+        match req.parse(buf) {
             Ok(httparse::Status::Complete(len)) => {
                 if len > limits.max_bytes {
                     return Err(HeadError::TooLarge(limits.max_bytes));
@@ -130,17 +180,16 @@ pub async fn read_request<S: AsyncRead + Unpin>(
                     rest: BytesMut::new(),
                 };
                 buf.advance(len);
-                return Ok(RequestHead { rest: buf, ..head });
+                Ok(Some(RequestHead {
+                    rest: std::mem::take(buf),
+                    ..head
+                }))
             }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() >= limits.max_bytes {
-                    return Err(HeadError::TooLarge(limits.max_bytes));
-                }
-            }
-            Err(e) => return Err(map_parse_error(e, limits)),
+            Ok(httparse::Status::Partial) => Ok(None),
+            Err(e) => Err(map_parse_error(e, limits)),
         }
-        read_more(io, &mut buf, deadline).await?;
-    }
+    })
+    .await
 }
 
 /// Interim (1xx) answers skipped before a final one, at most.
@@ -157,49 +206,55 @@ pub async fn read_response<S: AsyncRead + Unpin>(
     let mut buf = BytesMut::with_capacity(2048);
     let mut interim = 0;
     loop {
-        let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(&buf) {
-            Ok(httparse::Status::Complete(len))
-                if (100..200).contains(&resp.code.unwrap_or(0)) && resp.code != Some(101) =>
-            {
-                interim += 1;
-                if interim > MAX_INTERIM {
-                    return Err(HeadError::Malformed(format!("more than {MAX_INTERIM} interim answers")));
+        let mut skipped = false;
+        let head = read_head(io, &mut buf, limits, deadline, |buf| {
+            let mut headers = vec![httparse::EMPTY_HEADER; limits.max_headers];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(buf) {
+                Ok(httparse::Status::Complete(len))
+                    if (100..200).contains(&resp.code.unwrap_or(0)) && resp.code != Some(101) =>
+                {
+                    let _ = buf.split_to(len);
+                    skipped = true;
+                    // Done with this head; the loop reads the next one.
+                    Ok(Some(None))
                 }
-                let _ = buf.split_to(len);
-                continue;
-            }
-            Ok(httparse::Status::Complete(len)) => {
-                let status = resp.code.unwrap_or(0);
-                let mut content_length = None;
-                let mut chunked = false;
-                for h in resp.headers.iter() {
-                    if h.name.eq_ignore_ascii_case("content-length") {
-                        content_length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
-                    } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = String::from_utf8_lossy(h.value)
-                            .to_ascii_lowercase()
-                            .contains("chunked");
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let mut content_length = None;
+                    let mut chunked = false;
+                    for h in resp.headers.iter() {
+                        if h.name.eq_ignore_ascii_case("content-length") {
+                            content_length = std::str::from_utf8(h.value).ok().and_then(|v| v.trim().parse().ok());
+                        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                            chunked = String::from_utf8_lossy(h.value)
+                                .to_ascii_lowercase()
+                                .contains("chunked");
+                        }
                     }
+                    let rest = buf.split_off(len);
+                    Ok(Some(Some(ResponseHead {
+                        status,
+                        raw: std::mem::take(buf),
+                        content_length,
+                        chunked,
+                        rest,
+                    })))
                 }
-                let rest = buf.split_off(len);
-                return Ok(ResponseHead {
-                    status,
-                    raw: buf,
-                    content_length,
-                    chunked,
-                    rest,
-                });
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(e) => Err(map_parse_error(e, limits)),
             }
-            Ok(httparse::Status::Partial) => {
-                if buf.len() >= limits.max_bytes {
-                    return Err(HeadError::TooLarge(limits.max_bytes));
-                }
-            }
-            Err(e) => return Err(map_parse_error(e, limits)),
+        })
+        .await?;
+        if let Some(head) = head {
+            return Ok(head);
         }
-        read_more(io, &mut buf, deadline).await?;
+        if skipped {
+            interim += 1;
+            if interim > MAX_INTERIM {
+                return Err(HeadError::Malformed(format!("more than {MAX_INTERIM} interim answers")));
+            }
+        }
     }
 }
 
@@ -270,108 +325,6 @@ pub fn websocket_upgrade_error(head: &RequestHead) -> Option<&'static str> {
     None
 }
 
-/// Headers the ingress sets itself and never forwards from the client.
-pub const OWN_HEADERS: [&str; 3] = ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-port"];
-
-/// Other headers that claim to say who the client is or what it asked for:
-/// a client could only be lying in them, so none reaches a fleet.
-const SPOOFABLE: [&str; 12] = [
-    "forwarded",
-    "x-real-ip",
-    "x-forwarded-host",
-    "x-forwarded-server",
-    "x-forwarded-scheme",
-    "x-forwarded-ssl",
-    "x-forwarded-prefix",
-    "x-client-ip",
-    "true-client-ip",
-    "cf-connecting-ip",
-    "x-original-url",
-    "x-rewrite-url",
-];
-
-/// Whether `Connection` may name `name` away: never `Host` (the route was
-/// chosen by it) nor what the upgrade itself needs.
-pub fn may_be_connection_named(name: &str) -> bool {
-    let lower = name.to_ascii_lowercase();
-    !(lower == "host" || lower == "upgrade" || lower.starts_with("sec-websocket-"))
-}
-
-/// Whether a client's header `name` must not reach a fleet: ours, a
-/// spoofable one, or either written with underscores (`X_Forwarded_For`,
-/// which some servers read as the dashed name).
-pub fn is_spoofable(name: &str) -> bool {
-    let dashed = name.replace('_', "-");
-    OWN_HEADERS
-        .iter()
-        .chain(&SPOOFABLE)
-        .any(|h| dashed.eq_ignore_ascii_case(h))
-}
-
-/// The headers a `Connection` header names (RFC 9110 §7.6.1: hop-by-hop,
-/// not to be forwarded), lower-cased, from every `Connection` header.
-pub fn connection_named<'a>(values: impl Iterator<Item = &'a [u8]>) -> Vec<String> {
-    values
-        .filter_map(|v| std::str::from_utf8(v).ok())
-        .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
-        .collect()
-}
-
-/// The forwarding headers the fleet gets (names as in [`OWN_HEADERS`]),
-/// for both the upgrade path and the `http` routes.
-pub fn forwarded_headers(client_ip: std::net::IpAddr, proto: &str, port: u16) -> [(&'static str, String); 3] {
-    [
-        ("X-Forwarded-For", client_ip.to_string()),
-        ("X-Forwarded-Proto", proto.to_owned()),
-        ("X-Forwarded-Port", port.to_string()),
-    ]
-}
-
-/// The request head sent to a fleet: the client's, minus spoofable
-/// forwarding headers and the headers its `Connection` names (but `Host`,
-/// `Upgrade` and `Sec-WebSocket-*`), with our own `Connection: Upgrade`
-/// (the client's could name our forwarding headers away further on), plus
-/// our forwarding headers.
-pub fn upstream_request(head: &RequestHead, client_ip: std::net::IpAddr, proto: &str, port: u16) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(head.method.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(head.target.as_bytes());
-    out.extend_from_slice(if head.minor_version == 0 {
-        b" HTTP/1.0\r\n"
-    } else {
-        b" HTTP/1.1\r\n"
-    });
-    let named = connection_named(
-        head.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
-            .map(|(_, v)| v.as_slice()),
-    );
-    for (name, value) in &head.headers {
-        let lower = name.to_ascii_lowercase();
-        if is_spoofable(name)
-            || lower == "connection"
-            || lower == "keep-alive"
-            || (may_be_connection_named(name) && named.contains(&lower))
-        {
-            continue;
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    out.extend_from_slice(b"Connection: Upgrade\r\n");
-    for (name, value) in forwarded_headers(client_ip, proto, port) {
-        out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
-    }
-    out.extend_from_slice(b"\r\n");
-    out
-}
-
 /// Reason phrase for the statuses the ingress answers itself.
 pub fn reason(status: u16) -> &'static str {
     match status {
@@ -438,50 +391,6 @@ mod tests {
 
     const UPGRADE: &[u8] = b"GET /ws/bot1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nX-Forwarded-For: 6.6.6.6\r\n\r\nEXTRA";
 
-    #[tokio::test]
-    async fn valid_upgrade_keeps_bytes_after_the_head() {
-        let head = parse(UPGRADE).await.unwrap();
-        assert_eq!(head.target, "/ws/bot1");
-        assert_eq!(websocket_upgrade_error(&head), None);
-        assert_eq!(&head.rest[..], b"EXTRA");
-        let up = String::from_utf8(upstream_request(&head, "10.1.2.3".parse().unwrap(), "https", 443)).unwrap();
-        assert!(up.contains("X-Forwarded-For: 10.1.2.3\r\n"));
-        assert!(!up.contains("6.6.6.6"), "client-sent forwarding headers are dropped");
-    }
-
-    #[tokio::test]
-    async fn spoofable_and_connection_named_headers_never_reach_the_fleet() {
-        let text = String::from_utf8_lossy(UPGRADE).replace(
-            "Connection: keep-alive, Upgrade\r\n",
-            "Connection: keep-alive, Upgrade, X-Secret, Host, Sec-WebSocket-Key, X-Forwarded-For\r\nX-Secret: 1\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-Host: evil\r\nX_Forwarded_For: 6.6.6.6\r\nx-real_ip: 6.6.6.6\r\nKeep-Alive: timeout=5\r\n",
-        );
-        let mut io = text.as_bytes();
-        let wide = HeadLimits {
-            max_bytes: 4096,
-            max_headers: 32,
-        };
-        let head = read_request(&mut io, BytesMut::new(), wide, Instant::now() + Duration::from_secs(1))
-            .await
-            .unwrap();
-        let up = String::from_utf8(upstream_request(&head, "10.1.2.3".parse().unwrap(), "https", 443)).unwrap();
-        for gone in ["6.6.6.6", "evil", "X-Secret: 1", "Keep-Alive:"] {
-            assert!(!up.contains(gone), "{gone} reached the fleet:\n{up}");
-        }
-        assert!(
-            !up.contains("Connection: keep-alive"),
-            "the client's Connection is replaced:\n{up}"
-        );
-        for kept in [
-            "Host: x\r\n",
-            "Sec-WebSocket-Key: ",
-            "Upgrade: websocket\r\n",
-            "Connection: Upgrade\r\n",
-            "X-Forwarded-For: 10.1.2.3\r\n",
-        ] {
-            assert!(up.contains(kept), "{kept} is missing:\n{up}");
-        }
-    }
-
     #[test]
     fn set_cookie_goes_on_a_line_of_its_own_after_a_bare_lf_head() {
         let out = with_set_cookie(b"HTTP/1.1 101 Switching Protocols\nUpgrade: websocket\n\n", "S", "x1");
@@ -517,6 +426,67 @@ mod tests {
         let http10 = String::from_utf8_lossy(UPGRADE).replace("HTTP/1.1", "HTTP/1.0");
         let head = parse(http10.as_bytes()).await.unwrap();
         assert!(websocket_upgrade_error(&head).unwrap().contains("HTTP/1.1"));
+    }
+
+    /// A reader that yields one byte per read.
+    struct Trickle<'a>(&'a [u8]);
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some((first, rest)) = self.0.split_first() {
+                buf.put_slice(&[*first]);
+                self.0 = rest;
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trickled_head_is_parsed_in_linear_time() {
+        let lines: String = (0..90).map(|i| format!("X-{i}: {}\r\n", "v".repeat(80))).collect();
+        let wire = format!("GET /ws/x HTTP/1.1\r\nHost: x\r\n{lines}\r\n");
+        let limits = HeadLimits {
+            max_bytes: 16_384,
+            max_headers: 100,
+        };
+        EXAMINED.with(|p| p.set(0));
+        let head = read_request(
+            &mut Trickle(wire.as_bytes()),
+            BytesMut::new(),
+            limits,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(head.headers.len(), 91);
+        let examined = EXAMINED.with(std::cell::Cell::get);
+        assert!(
+            examined <= 5 * wire.len(),
+            "{examined} bytes looked at for a {} byte head read a byte at a time",
+            wire.len()
+        );
+        // A terminator split across reads, and a bare-LF head, are still seen.
+        let head = read_request(
+            &mut Trickle(b"GET / HTTP/1.1\nHost: x\n\n"),
+            BytesMut::new(),
+            limits,
+            Instant::now() + Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(head.header_str("host"), Some("x"));
+        let resp = read_response(
+            &mut Trickle(b"HTTP/1.1 103 Early\r\n\r\nHTTP/1.1 101 Switching\r\nUpgrade: websocket\r\n\r\nframe"),
+            limits,
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(resp.status, 101);
     }
 
     #[tokio::test]

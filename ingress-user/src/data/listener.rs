@@ -15,7 +15,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    DataCtx, http,
+    DataCtx, forward, http,
     http1::{self, HeadError, HeadLimits},
     target, tunnel, upgrade,
 };
@@ -232,7 +232,7 @@ async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<DataCtx>,
         }
     };
     shared.metrics.acme_forwarded.inc();
-    let request = http1::upstream_request(&head, peer.ip(), "http", 80);
+    let request = forward::upstream_request(&head, peer.ip(), "http", 80);
     if up.write_all(&request).await.is_err() || up.write_all(&head.rest).await.is_err() {
         shared.metrics.response(502);
         http1::respond(&mut tcp, 502, "ACME responder closed", &[]).await;

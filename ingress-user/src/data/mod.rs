@@ -3,6 +3,8 @@
 //! and never waits on, or imports, the control side (`control`, `bpf`,
 //! `admin`); the control side hands it listeners and swaps snapshots.
 
+pub mod exchange;
+pub mod forward;
 pub mod http;
 pub mod http1;
 pub mod keepalive;
@@ -41,7 +43,7 @@ pub struct DataCtx {
     /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
     pub tls: ArcSwap<rustls::ServerConfig>,
     /// Idle keep-alive connections to fleets, for `http` routes.
-    pub idle: upstream::IdleConns,
+    pub idle: Arc<upstream::IdleConns>,
 }
 
 impl DataCtx {
@@ -54,7 +56,7 @@ impl DataCtx {
             conn_limit_size: AtomicUsize::new(max_connections),
             conn_limit_debt: AtomicUsize::new(0),
             tls: ArcSwap::new(tls),
-            idle: upstream::IdleConns::default(),
+            idle: Arc::default(),
         }
     }
 

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    DataCtx,
+    DataCtx, forward,
     http1::{self, HeadError, HeadLimits, RequestHead},
     tunnel, upstream,
 };
@@ -149,7 +149,7 @@ pub async fn forward<C, H>(
         sticky: sticky.as_deref(),
         demand: Demand::Call,
     };
-    let request = http1::upstream_request(&head, call.peer.ip(), "https", call.local_port);
+    let request = forward::upstream_request(&head, call.peer.ip(), "https", call.local_port);
     let mut tried: Vec<u32> = Vec::new();
     let mut last_answer: Option<(u16, Vec<u8>)> = None;
     let mut last_failure: Option<(RetryOn, String)> = None;

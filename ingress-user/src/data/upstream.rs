@@ -148,7 +148,7 @@ pub async fn connect(
 }
 
 /// A keep-alive connection to a fleet's web tier (`http` routes).
-pub type IdleConn = hyper::client::conn::http1::SendRequest<hyper::body::Incoming>;
+pub type IdleConn = hyper::client::conn::http1::SendRequest<super::exchange::UpBody>;
 
 /// Idle keep-alive connections by server. Each list belongs to one server
 /// object and one TLS configuration: a reload or an admin change that gives
