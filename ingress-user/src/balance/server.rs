@@ -6,7 +6,7 @@ use std::{
     fmt,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed},
     },
     time::{Instant, SystemTime},
 };
@@ -69,6 +69,14 @@ pub struct Live {
     /// the report's epoch in the high 32 bits, the count in the low ones,
     /// so that a call ending after the next report never touches its count.
     routed: AtomicU64,
+    /// While a probe is out: the calls of the window before it was sent
+    /// that are still open (same layout). The answer may have been written
+    /// before or after they reached the fleet, so until it comes they
+    /// count, and once it comes only the calls routed after the probe was
+    /// sent still do (a report never over-states, at worst for one interval).
+    carried: AtomicU64,
+    /// A probe has been sent and its report not yet taken.
+    probe_out: AtomicBool,
     /// Last reported spare capacity, or `NONE`.
     reported: AtomicU32,
     healthy: AtomicU8,
@@ -127,6 +135,8 @@ impl Server {
             live: Arc::new(Live {
                 active: AtomicU32::new(0),
                 routed: AtomicU64::new(0),
+                carried: AtomicU64::new(0),
+                probe_out: AtomicBool::new(false),
                 reported: AtomicU32::new(NONE),
                 healthy: AtomicU8::new(0),
                 admin: AtomicU8::new(AdminState::Ready as u8),
@@ -248,23 +258,53 @@ impl Server {
         }
     }
 
-    /// Calls routed since the last report that are still open.
+    /// Calls routed since the last report that are still open (those of
+    /// the window before an outstanding probe included).
     pub fn routed_since_report(&self) -> u32 {
-        self.live.routed.load(Relaxed) as u32
+        (self.live.routed.load(Relaxed) as u32).saturating_add(self.live.carried.load(Relaxed) as u32)
     }
 
-    /// A new report window: the count starts again at 0.
-    fn new_window(&self) {
-        let _ = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
-            Some(u64::from(((r >> 32) as u32).wrapping_add(1)) << 32)
-        });
+    /// A new report window: the count starts again at 0. Returns the old one.
+    fn new_window(&self) -> u64 {
+        self.live
+            .routed
+            .fetch_update(Relaxed, Relaxed, |r| {
+                Some(u64::from(((r >> 32) as u32).wrapping_add(1)) << 32)
+            })
+            .unwrap_or_default()
     }
 
-    /// A fresh capacity report from the health checker.
+    /// The health checker is sending a capacity probe: calls routed from
+    /// now on count against its answer, those before it until it comes.
+    pub fn probe_sent(&self) {
+        if !self.capacity_aware {
+            return;
+        }
+        // Window first, carried after: a call ending in between is left in
+        // `carried` until the answer (conservative), never lost.
+        let old = self.new_window();
+        let earlier = if self.live.probe_out.swap(true, Relaxed) {
+            // The last probe brought no report: its window stays counted.
+            self.live.carried.load(Relaxed) as u32
+        } else {
+            0
+        };
+        let count = (old as u32).saturating_add(earlier);
+        self.live
+            .carried
+            .store((old & !0xffff_ffff) | u64::from(count), Relaxed);
+    }
+
+    /// A fresh capacity report from the health checker: for the probe sent
+    /// at [`Self::probe_sent`] (or, with none outstanding, as of now).
     pub fn report_capacity(&self, available: u32) {
-        // Window first: a call reserved in between counts against the new
-        // report (conservative), never in a window about to be dropped.
-        self.new_window();
+        if self.live.probe_out.swap(false, Relaxed) {
+            self.live.carried.store(0, Relaxed);
+        } else {
+            // Window first: a call reserved in between counts against the new
+            // report (conservative), never in a window about to be dropped.
+            self.new_window();
+        }
         self.live.reported.store(available.min(NONE - 1), Relaxed);
         *self.live.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
     }
@@ -274,6 +314,8 @@ impl Server {
         self.live.answered_429.fetch_add(1, Relaxed);
         if self.capacity_aware {
             self.new_window();
+            self.live.probe_out.store(false, Relaxed);
+            self.live.carried.store(0, Relaxed);
             self.live.reported.store(0, Relaxed);
         }
     }
@@ -315,7 +357,8 @@ impl Server {
         if self.capacity_aware && demand == Demand::Call {
             let took = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
                 let rep = self.live.reported.load(Relaxed);
-                (rep != NONE && (r as u32) < rep).then_some(r + 1)
+                let counted = (r as u32).saturating_add(self.live.carried.load(Relaxed) as u32);
+                (rep != NONE && counted < rep).then_some(r + 1)
             });
             match took {
                 Ok(before) => window = Some((before >> 32) as u32),
@@ -335,9 +378,10 @@ impl Server {
     /// does not (that report already saw it).
     pub(super) fn release(&self, window: Option<u32>) {
         if let Some(w) = window {
-            let _ = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
-                ((r >> 32) as u32 == w && r as u32 > 0).then_some(r - 1)
-            });
+            let leave = |r: u64| ((r >> 32) as u32 == w && r as u32 > 0).then(|| r - 1);
+            if self.live.routed.fetch_update(Relaxed, Relaxed, leave).is_err() {
+                let _ = self.live.carried.fetch_update(Relaxed, Relaxed, leave);
+            }
         }
         let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
     }

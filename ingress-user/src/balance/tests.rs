@@ -296,3 +296,36 @@ fn a_429_makes_the_server_full() {
     s.saw_429();
     assert_eq!(s.state(), ServerState::Full);
 }
+
+#[test]
+fn calls_routed_while_a_probe_is_out_count_against_its_answer() {
+    let s = server(1, 16);
+    s.report_capacity(4);
+    let before = Lease::take(&s, Demand::Call).unwrap();
+    s.probe_sent();
+    // Routed after the probe left: the fleet may have answered before they arrived.
+    let during: Vec<Lease> = (0..2).map(|_| Lease::take(&s, Demand::Call).unwrap()).collect();
+    assert_eq!(
+        s.effective(),
+        1,
+        "until the answer, every call since the last report counts"
+    );
+    s.report_capacity(4); // written before the two calls reached the fleet, after the first
+    assert_eq!(
+        s.effective(),
+        2,
+        "the answer is short of the calls routed after the probe was sent"
+    );
+    drop(before);
+    assert_eq!(s.effective(), 2, "a call the answer already saw leaves no count behind");
+    drop(during);
+    assert_eq!(s.effective(), 4);
+    // A probe that brings no report leaves its window counted.
+    let held = Lease::take(&s, Demand::Call).unwrap();
+    s.probe_sent();
+    s.probe_sent();
+    assert_eq!(s.effective(), 3);
+    drop(held);
+    s.report_capacity(4);
+    assert_eq!(s.effective(), 4);
+}

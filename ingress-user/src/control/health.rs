@@ -192,6 +192,8 @@ pub async fn run(id: u32, ctx: Arc<DataCtx>) {
         }
         let was_healthy = server.healthy();
         let started = Instant::now();
+        // Calls routed from here on count against this probe's answer.
+        server.probe_sent();
         let result = match probe(&server, &pool).await {
             Err(ProbeError::Local(reason)) => {
                 // Neither a failure nor a success of the server: its streaks stand.
