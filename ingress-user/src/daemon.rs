@@ -93,6 +93,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         stop_rx.clone(),
     );
     let bound = control.listeners.sync(&config.listen).await?;
+    control.listeners.start();
     control.start();
     control.watch_certs();
     let control = Arc::new(Mutex::new(control));

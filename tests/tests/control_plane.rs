@@ -271,6 +271,22 @@ async fn reload_under_live_calls_and_refused_reload() {
     );
     all_echo(&mut live).await;
 
+    // A certificate directory with nothing to serve: refused before the switch.
+    let empty = dir.path("no-certs");
+    std::fs::create_dir_all(&empty).unwrap();
+    let bare = changed.replace(&pki.certs_dir.display().to_string(), &empty.display().to_string());
+    assert_ne!(bare, changed, "the test edits the config");
+    std::fs::write(&ingress.config, &bare).unwrap();
+    let (code, _, err) = ingress.ctl(&["reload"]).await;
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("listen.certs") && err.contains("no-certs"), "{err}");
+    let status: serde_json::Value = serde_json::from_str(&ingress.admin_get("/api/status").await.1).unwrap();
+    assert!(status["certs"].to_string().contains("localhost"), "{status}");
+    assert_eq!(status["last_reload"]["ok"], false, "{status}");
+    client::connect(ingress.https, "localhost", "/ws/after-certs", pki.client_tls())
+        .await
+        .expect("the old certificate still serves");
+
     // SIGHUP takes the same path.
     std::fs::write(&ingress.config, &cfg).unwrap();
     ingress.proc.signal(nix::sys::signal::Signal::SIGHUP).unwrap();

@@ -251,6 +251,43 @@ impl CertStore {
 
     /// Points the store at another directory or default (a reload); bundles
     /// that fail to load there leave the current ones serving.
+    /// What a retarget to `dir` would serve, without serving it: the stems
+    /// of its usable bundles; an error when there is none, or when
+    /// `default_stem` names none of them.
+    pub fn check_dir(&self, dir: &Path, default_stem: Option<&str>) -> Result<Vec<String>, CertError> {
+        let entries = std::fs::read_dir(dir).map_err(|source| CertError::Read {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let mut stems = Vec::new();
+        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
+            let Some(stem) = path
+                .extension()
+                .is_some_and(|e| e == "pem")
+                .then(|| path.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+                .flatten()
+            else {
+                continue;
+            };
+            let Ok(content) = std::fs::read(&path) else { continue };
+            if load_bundle(&path, &stem, content, &self.provider).is_ok() {
+                stems.push(stem);
+            }
+        }
+        if stems.is_empty() {
+            return Err(CertError::Empty { dir: dir.to_owned() });
+        }
+        if let Some(d) = default_stem
+            && !stems.iter().any(|s| s == d)
+        {
+            return Err(CertError::Bundle {
+                path: dir.join(format!("{d}.pem")),
+                reason: "default_cert names no usable bundle in the directory".to_owned(),
+            });
+        }
+        Ok(stems)
+    }
+
     pub fn retarget(&self, dir: &Path, default_stem: Option<String>) -> Vec<CertError> {
         *self.dir.lock().unwrap_or_else(|e| e.into_inner()) = dir.to_owned();
         *self.default_stem.lock().unwrap_or_else(|e| e.into_inner()) = default_stem;

@@ -18,6 +18,8 @@ pub struct Listeners {
     running: HashMap<(bool, SocketAddr), watch::Sender<bool>>,
     /// The daemon's stop switch: every loop ends with it.
     stop: watch::Receiver<bool>,
+    /// Bound by [`Self::sync`], accepting from [`Self::start`] on.
+    pending: Vec<((bool, SocketAddr), tokio::net::TcpListener)>,
 }
 
 impl Listeners {
@@ -26,6 +28,7 @@ impl Listeners {
             ctx,
             running: HashMap::new(),
             stop,
+            pending: Vec::new(),
         }
     }
 
@@ -40,7 +43,7 @@ impl Listeners {
         }
         let mut fresh = Vec::new();
         for key in &wanted {
-            if !self.running.contains_key(key) {
+            if !self.running.contains_key(key) && !fresh.iter().any(|(k, _)| k == key) {
                 let l = listener::bind_all(&[key.1])
                     .await?
                     .pop()
@@ -56,8 +59,18 @@ impl Listeners {
             }
         }
         let mut bound = Vec::new();
-        for ((tls, configured), l) in fresh {
-            let actual = l.local_addr()?;
+        for ((tls, _), l) in &fresh {
+            bound.push((*tls, l.local_addr()?));
+        }
+        self.pending = fresh;
+        Ok(bound)
+    }
+
+    /// Starts accepting on what [`Self::sync`] bound: called once the
+    /// snapshot they are to serve is installed (their SYNs wait in the
+    /// backlog until then).
+    pub fn start(&mut self) {
+        for ((tls, configured), l) in std::mem::take(&mut self.pending) {
             let (stop_tx, mut own) = watch::channel(false);
             let mut global = self.stop.clone();
             let (tx, merged) = watch::channel(false);
@@ -70,8 +83,6 @@ impl Listeners {
             });
             tokio::spawn(listener::serve(l, Arc::clone(&self.ctx), tls, merged));
             self.running.insert((tls, configured), stop_tx);
-            bound.push((tls, actual));
         }
-        Ok(bound)
     }
 }

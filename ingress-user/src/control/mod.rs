@@ -361,6 +361,14 @@ impl Control {
             next.apply(c).map_err(|e| ControlError::Invalid(e.to_string()))?;
         }
         // Everything that can fail is checked before anything changes.
+        let retarget = config.listen.certs != self.config.listen.certs
+            || config.listen.default_cert != self.config.listen.default_cert;
+        if retarget {
+            self.shared
+                .certs
+                .check_dir(&config.listen.certs, config.listen.default_cert.as_deref())
+                .map_err(|e| ControlError::Invalid(format!("listen.certs: {e}")))?;
+        }
         let server_tls = tls::server_config(Arc::clone(&self.shared.certs), config.listen.tls_min_version)
             .map_err(|e| ControlError::Invalid(e.to_string()))?;
         let rt = self.prepare(&config, &next)?;
@@ -370,12 +378,11 @@ impl Control {
             .sync(&config.listen)
             .await
             .map_err(|e| ControlError::Invalid(format!("listeners: {e}")))?;
-        let old_config = std::mem::replace(&mut self.config, config.clone());
+        self.config = config.clone();
         self.install(rt, next);
+        self.listeners.start();
         self.shared.data.tls.store(server_tls);
-        if config.listen.certs != old_config.listen.certs
-            || config.listen.default_cert != old_config.listen.default_cert
-        {
+        if retarget {
             self.shared
                 .certs
                 .retarget(&config.listen.certs, config.listen.default_cert.clone());
