@@ -92,6 +92,8 @@ pub struct Metrics {
     /// local ports, memory, the resolver), by what they were for: `call`,
     /// `http`, `health`. Never counted against a fleet.
     pub local_errors: Family<ReasonLabel, Counter>,
+    /// Keep-alive connections of `http` routes closed by their clock, by reason.
+    pub keepalive_closed: Family<ReasonLabel, Counter>,
     pub tunnel_bytes_to_server: Counter,
     pub tunnel_bytes_to_client: Counter,
     pub acme_forwarded: Counter,
@@ -128,6 +130,11 @@ impl Metrics {
             "ingress_bad_requests",
             "Requests refused before routing, by reason",
             self.bad_requests.clone(),
+        );
+        r.register(
+            "ingress_keepalive_closed",
+            "Keep-alive connections of http routes closed by the ingress (idle, header_timeout, stalled)",
+            self.keepalive_closed.clone(),
         );
         r.register(
             "ingress_local_errors",
@@ -188,6 +195,10 @@ impl Metrics {
             })
             .inc();
     }
+    pub fn keepalive_closed(&self, reason: &str) {
+        self.keepalive_closed.get_or_create(&label(reason)).inc();
+    }
+
     pub fn local_error(&self, what: &str) {
         self.local_errors.get_or_create(&label(what)).inc();
     }

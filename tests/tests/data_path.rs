@@ -127,6 +127,10 @@ async fn acme_challenges_on_port_80_reach_the_acme_upstream() {
     assert!(seen.contains("X-Forwarded-Proto: http"), "{seen}");
     let (status, _) = parse_response(&http_raw(http, b"GET /ws/bot HTTP/1.1\r\nHost: x\r\n\r\n").await);
     assert_eq!(status, 404, "everything else on :80 is 404");
+    // The prefix is checked on the path as the responder reads it.
+    let climb = b"GET /.well-known/acme-challenge/%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (status, _) = parse_response(&http_raw(http, climb).await);
+    assert_eq!(status, 404, "a path out of the challenge directory is not forwarded");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

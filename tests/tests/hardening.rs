@@ -353,7 +353,14 @@ async fn a_slow_body_never_stalls_other_requests_and_a_dropped_reused_connection
     let dir = TestDir::new("web-tier");
     let pki = Pki::new(&dir);
     let web = WebTier::start(&pki).await;
-    let cfg = config(&dir, &pki, &[("web", web.addr)], "", "").replacen(
+    let cfg = config(
+        &dir,
+        &pki,
+        &[("web", web.addr)],
+        "",
+        "[timeouts]\nkeepalive_idle = \"2s\"\n",
+    )
+    .replacen(
         "[[routes]]\n",
         "[[routes]]\npath = \"/api/*\"\npool = \"fleets\"\nkind = \"http\"\n\n[[routes]]\n",
         1,
@@ -395,4 +402,20 @@ async fn a_slow_body_never_stalls_other_requests_and_a_dropped_reused_connection
     other.write_all(&get("/api/flaky")).await.unwrap();
     let (status, raw) = ingress_tests::read_answer(&mut other).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&raw));
+
+    // A body that stops for longer than keepalive_idle: the request is cut,
+    // its slot and the fleet connection freed.
+    downloader.write_all(&get("/api/slow")).await.unwrap();
+    let mut rest = Vec::new();
+    let cut = tokio::time::timeout(Duration::from_secs(10), downloader.read_to_end(&mut rest)).await;
+    assert!(cut.is_ok(), "a stalled request held its connection");
+    assert!(!String::from_utf8_lossy(&rest).contains("end"));
+    ingress
+        .wait_metric(
+            "ingress_keepalive_closed_total",
+            &[("reason", "stalled")],
+            Duration::from_secs(5),
+            |v| v == 1.0,
+        )
+        .await;
 }

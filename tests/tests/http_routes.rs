@@ -355,7 +355,7 @@ async fn keepalive_connections_are_closed_when_idle_when_a_later_head_stalls_and
         async move {
             ingress
                 .wait_metric(
-                    "ingress_bad_requests_total",
+                    "ingress_keepalive_closed_total",
                     &[("reason", reason)],
                     Duration::from_secs(10),
                     |v| v >= 1.0,
@@ -375,7 +375,7 @@ async fn keepalive_connections_are_closed_when_idle_when_a_later_head_stalls_and
     idle.write_all(GET).await.unwrap();
     assert_eq!(read_answer(&mut idle).await.0, 200);
     assert_eq!(closed(idle).await, b"", "closed without another word");
-    bad("keepalive_idle").await;
+    bad("idle").await;
 
     // A later head begun and never finished: closed after header_timeout.
     let mut stalled = tls_connect(ingress.https, pki.client_tls()).await;

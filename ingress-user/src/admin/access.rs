@@ -16,12 +16,26 @@ pub enum Peer {
     Tcp(std::net::SocketAddr),
 }
 
-/// A unix peer's user, primary group and process.
+/// A unix peer's user and whether it is in `[admin] group`, as of its
+/// connect (SO_PEERCRED; supplementary groups read once, at accept).
 #[derive(Debug, Clone, Copy)]
 pub struct Creds {
     pub uid: u32,
-    pub gid: u32,
-    pub pid: Option<i32>,
+    pub in_group: bool,
+}
+
+impl Creds {
+    /// From the peer's credentials: `group` is checked against its primary
+    /// group and, through `/proc/PID/status`, its supplementary ones.
+    pub fn of(uid: u32, gid: u32, pid: Option<i32>, group: Option<u32>) -> Self {
+        let in_group = group.is_some_and(|g| {
+            gid == g
+                || pid
+                    .filter(|p| *p > 0)
+                    .is_some_and(|p| supplementary_groups(p).contains(&g))
+        });
+        Self { uid, in_group }
+    }
 }
 
 /// The access rules in force (from `[admin]`).
@@ -67,11 +81,7 @@ impl Policy {
 
     fn unix_may_change(&self, c: Creds) -> bool {
         let me = nix::unistd::geteuid().as_raw();
-        if c.uid == 0 || c.uid == me {
-            return true;
-        }
-        let Some(group) = self.group else { return false };
-        c.gid == group || c.pid.is_some_and(|pid| supplementary_groups(pid).contains(&group))
+        c.uid == 0 || c.uid == me || (self.group.is_some() && c.in_group)
     }
 }
 
@@ -205,12 +215,20 @@ mod tests {
             token: None,
             group: Some(4242),
         };
-        let creds = |uid, gid| Peer::Unix(Some(Creds { uid, gid, pid: None }));
+        let creds = |uid, gid| Peer::Unix(Some(Creds::of(uid, gid, None, Some(4242))));
         assert_eq!(p.access(creds(me, 1), None), Access::Change);
         assert_eq!(p.access(creds(0, 0), None), Access::Change);
         assert_eq!(p.access(creds(65534, 4242), None), Access::Change);
         assert_eq!(p.access(creds(65534, 65534), None), Access::Read);
         assert_eq!(p.access(Peer::Unix(None), None), Access::Read);
+        let me = std::process::id() as i32;
+        let own = nix::unistd::getgroups().unwrap_or_default();
+        if let Some(g) = own.first() {
+            assert!(
+                Creds::of(65534, 65534, Some(me), Some(g.as_raw())).in_group,
+                "a supplementary group counts"
+            );
+        }
         assert_eq!(resolve_group("4242"), Ok(4242));
         assert!(resolve_group("no-such-group-here").unwrap_err().contains("admin.group"));
     }

@@ -268,15 +268,12 @@ pub async fn serve_tcp(listener: TcpListener, admin: Admin, stop: watch::Receive
 /// known by its credentials.
 pub async fn serve_unix(listener: UnixListener, admin: Admin, stop: watch::Receiver<bool>) {
     let listener = Arc::new(listener);
+    let group = admin.policy.group;
     let accept = move || {
         let l = Arc::clone(&listener);
         async move {
             let (s, _) = l.accept().await?;
-            let creds = s.peer_cred().ok().map(|c| Creds {
-                uid: c.uid(),
-                gid: c.gid(),
-                pid: c.pid(),
-            });
+            let creds = s.peer_cred().ok().map(|c| Creds::of(c.uid(), c.gid(), c.pid(), group));
             Ok((s, Peer::Unix(creds)))
         }
     };

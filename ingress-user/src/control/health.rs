@@ -196,7 +196,9 @@ pub async fn run(id: u32, ctx: Arc<DataCtx>) {
         server.probe_sent();
         let result = match probe(&server, &pool).await {
             Err(ProbeError::Local(reason)) => {
-                // Neither a failure nor a success of the server: its streaks stand.
+                // Neither a failure nor a success of the server: its streaks,
+                // state and last check stand (a server never checked stays
+                // unchecked, so XDP stays open); the metric and log say it.
                 ctx.metrics.local_error("health");
                 tracing::warn!(pool = %server.pool, server = server.name(), %reason, "health probe not sent: the ingress is out of resources");
                 continue;

@@ -86,10 +86,13 @@ pub async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let first = replay(&head);
     let limits = {
         let rt = shared.runtime.load();
         keepalive::ConnLimits {
-            max_header_bytes: rt.limits.max_header_bytes,
+            // The first head as replayed (CRLF line ends, a settled Host)
+            // may be a little longer than the one the front accepted.
+            max_header_bytes: rt.limits.max_header_bytes.max(first.len() - head.rest.len()),
             max_headers: rt.limits.max_headers,
             header_timeout: rt.limits.header_timeout.0,
             keepalive_idle: rt.timeouts.keepalive_idle.0,
@@ -98,10 +101,8 @@ pub async fn serve<S>(
     let permit = Arc::new(permit);
     let metrics_of = Arc::clone(&shared);
     let answer = move |req| handle(Arc::clone(&shared), req, peer, local_port, Arc::clone(&permit));
-    match keepalive::serve(io, replay(&head), limits, answer).await {
-        Some(keepalive::Expired::Head) => metrics_of.metrics.bad_request("header_timeout"),
-        Some(keepalive::Expired::Idle) => metrics_of.metrics.bad_request("keepalive_idle"),
-        None => {}
+    if let Some(why) = keepalive::serve(io, first, limits, answer).await {
+        metrics_of.metrics.keepalive_closed(why.reason());
     }
 }
 

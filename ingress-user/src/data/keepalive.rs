@@ -1,10 +1,13 @@
 //! Data path: the client side of an `http` route's keep-alive connection:
 //! the first head (already read by the front) replayed into hyper, the head
 //! limits for every later request, and the connection's clock: a connection
-//! with no request in flight is closed after `keepalive_idle`, and a later
+//! with no request in flight is closed after `keepalive_idle` without a byte
+//! either way (an answer still draining to the client keeps it), a later
 //! head, once its first byte arrived, must be complete within
-//! `header_timeout`. A request is in flight from its head until hyper drops
-//! its response body (the whole answer written, or the client gone).
+//! `header_timeout`, and a request in flight with no byte either way for
+//! `keepalive_idle` is cut. A request is in flight from its head until
+//! hyper drops its response body (the whole answer handed over, or the
+//! client gone).
 
 use std::{
     future::Future,
@@ -47,68 +50,115 @@ enum Phase {
 /// Why the clock ended a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Expired {
+    /// No request in flight and no byte either way for `keepalive_idle`.
     Idle,
+    /// A later head not complete within `header_timeout` of its first byte.
     Head,
+    /// A request in flight, and no byte either way for `keepalive_idle`
+    /// (a client that stopped reading its answer, or stopped sending).
+    Stalled,
 }
 
-/// The connection's phase, moved by reads, requests and response ends.
+impl Expired {
+    /// The reason label of `ingress_keepalive_closed_total`.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Expired::Idle => "idle",
+            Expired::Head => "header_timeout",
+            Expired::Stalled => "stalled",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    phase: Phase,
+    /// The last byte read from or written to the client.
+    progress: Instant,
+}
+
+/// The connection's phase, moved by reads, writes, requests and response ends.
 #[derive(Debug)]
 pub struct Clock {
-    phase: Mutex<Phase>,
+    state: Mutex<State>,
     moved: Notify,
 }
 
 impl Clock {
     /// A clock whose first head is being read now.
     pub fn new() -> Arc<Self> {
+        let now = Instant::now();
         Arc::new(Self {
-            phase: Mutex::new(Phase::Head(Instant::now())),
+            state: Mutex::new(State {
+                phase: Phase::Head(now),
+                progress: now,
+            }),
             moved: Notify::new(),
         })
     }
 
-    fn set(&self, f: impl FnOnce(Phase) -> Phase) {
-        let mut phase = self.phase.lock().unwrap_or_else(|p| p.into_inner());
-        let next = f(*phase);
-        if next != *phase {
-            *phase = next;
+    fn update(&self, f: impl FnOnce(&mut State)) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = state.phase;
+        f(&mut state);
+        if state.phase != before {
             self.moved.notify_one();
         }
     }
 
     /// Bytes arrived from the client: an idle connection is now reading a head.
     fn read(&self) {
-        self.set(|p| match p {
-            Phase::Idle(_) => Phase::Head(Instant::now()),
-            other => other,
+        self.update(|s| {
+            s.progress = Instant::now();
+            if let Phase::Idle(_) = s.phase {
+                s.phase = Phase::Head(s.progress);
+            }
+        });
+    }
+
+    /// Bytes went out to the client (an answer still draining is progress).
+    fn wrote(&self) {
+        self.update(|s| s.progress = Instant::now());
+    }
+
+    /// A grace period from now (after asking hyper to close).
+    fn touch(&self) {
+        self.update(|s| {
+            s.progress = Instant::now();
+            if let Phase::Idle(_) = s.phase {
+                s.phase = Phase::Idle(s.progress);
+            }
         });
     }
 
     /// A request head is complete: in flight until the guard drops.
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.set(|p| match p {
-            Phase::Busy(n) => Phase::Busy(n + 1),
-            _ => Phase::Busy(1),
+        self.update(|s| {
+            s.phase = match s.phase {
+                Phase::Busy(n) => Phase::Busy(n + 1),
+                _ => Phase::Busy(1),
+            }
         });
         InFlight(Arc::clone(self))
     }
 
-    /// Resolves when the connection has been idle for `limits.keepalive_idle`
-    /// or a head has taken longer than `limits.header_timeout`.
+    /// Resolves when the connection has expired (see [`Expired`]).
     pub async fn expired(&self, limits: ConnLimits) -> Expired {
         loop {
             let moved = self.moved.notified();
-            let phase = *self.phase.lock().unwrap_or_else(|p| p.into_inner());
-            let (deadline, why) = match phase {
-                Phase::Idle(since) => (since + limits.keepalive_idle, Expired::Idle),
+            let state = *self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let (deadline, why) = match state.phase {
+                Phase::Idle(since) => (since.max(state.progress) + limits.keepalive_idle, Expired::Idle),
                 Phase::Head(since) => (since + limits.header_timeout, Expired::Head),
-                Phase::Busy(_) => {
-                    moved.await;
-                    continue;
-                }
+                Phase::Busy(_) => (state.progress + limits.keepalive_idle, Expired::Stalled),
             };
+            if Instant::now() >= deadline {
+                return why;
+            }
+            // Woken by a phase change, or at the deadline to look again
+            // (progress since may have moved it on).
             tokio::select! {
-                () = tokio::time::sleep_until(deadline) => return why,
+                () = tokio::time::sleep_until(deadline) => {}
                 () = moved => {}
             }
         }
@@ -121,9 +171,11 @@ pub struct InFlight(Arc<Clock>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.set(|p| match p {
-            Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
-            _ => Phase::Idle(Instant::now()),
+        self.0.update(|s| {
+            s.phase = match s.phase {
+                Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
+                _ => Phase::Idle(Instant::now()),
+            }
         });
     }
 }
@@ -191,7 +243,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.clock.wrote();
+        }
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -239,18 +295,19 @@ where
         .serve_connection(TokioIo::new(rewind), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    let mut expired = None;
+    let mut closing = None;
     loop {
         tokio::select! {
-            _ = conn.as_mut() => return expired,
+            _ = conn.as_mut() => return closing,
             why = clock.expired(limits) => {
-                if why == Expired::Head || expired.is_some() {
+                if why != Expired::Idle || closing.is_some() {
                     return Some(why);
                 }
                 // Idle: hyper closes at once; a request that slipped in is
-                // answered first, and the clock runs on for its head.
+                // answered first, the clock running on from now.
                 conn.as_mut().graceful_shutdown();
-                expired = Some(why);
+                clock.touch();
+                closing = Some(why);
             }
         }
     }

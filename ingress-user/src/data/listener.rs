@@ -209,13 +209,20 @@ const ACME_PREFIX: &str = "/.well-known/acme-challenge/";
 async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<DataCtx>, _permit: OwnedSemaphorePermit) {
     let (limits, header_timeout) = limits(&shared);
     let deadline = Instant::now() + header_timeout;
-    let head = match http1::read_request(&mut tcp, BytesMut::with_capacity(1024), limits, deadline).await {
+    let mut head = match http1::read_request(&mut tcp, BytesMut::with_capacity(1024), limits, deadline).await {
         Ok(h) => h,
         Err(e) => {
             refuse_head(&mut tcp, &shared, &e).await;
             return;
         }
     };
+    // The prefix is checked on the path the responder will read.
+    if let Err(why) = target::settle(&mut head) {
+        shared.metrics.bad_request("target");
+        shared.metrics.response(400);
+        http1::respond(&mut tcp, 400, why, &[]).await;
+        return;
+    }
     if !head.target.starts_with(ACME_PREFIX) {
         shared.metrics.response(404);
         http1::respond(&mut tcp, 404, "not found", &[]).await;

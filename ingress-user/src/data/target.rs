@@ -42,17 +42,57 @@ pub fn normalize(target: &str) -> Result<Normalized, Refusal> {
         Some(q) => (&rest[..q], Some(&rest[q..])),
         None => (rest, None),
     };
-    let mut origin = remove_dot_segments(if path.is_empty() { "/" } else { path })?;
+    if query.is_some_and(|q| q.contains('#')) {
+        return Err("a fragment is not part of a request target");
+    }
+    let path = decode_unreserved(if path.is_empty() { "/" } else { path })?;
+    let mut origin = remove_dot_segments(&path)?;
     if let Some(q) = query {
         origin.push_str(q);
     }
     Ok(Normalized { authority, origin })
 }
 
-/// Whether a segment is `.` or `..`, also percent-encoded.
+/// The path with percent-encoded unreserved characters decoded (RFC 3986
+/// §6.2.2.2: `%61pi` is `api`, `%2e` is `.`), so that the route table and
+/// any fleet read the same path. Refused: what servers disagree about — an
+/// encoded `/` or `\`, a backslash, a fragment, an encoded NUL or control.
+fn decode_unreserved(path: &str) -> Result<String, Refusal> {
+    if path.contains('\\') || path.contains('#') {
+        return Err("a backslash or a fragment in the request path");
+    }
+    if path.starts_with("//") {
+        return Err("a request path that starts with //");
+    }
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = path.get(i + 1..i + 3).and_then(|h| u8::from_str_radix(h, 16).ok());
+            let Some(b) = hex else {
+                return Err("a malformed percent-encoding in the request path");
+            };
+            match b {
+                b'/' | b'\\' => return Err("an encoded slash or backslash in the request path"),
+                b if b.is_ascii_alphanumeric() || b"-._~".contains(&b) => out.push(char::from(b)),
+                b if b < 0x20 || b == 0x7f => return Err("an encoded control character in the request path"),
+                _ => out.push_str(&path[i..i + 3]),
+            }
+            i += 3;
+            continue;
+        }
+        let len = path[i..].chars().next().map_or(1, char::len_utf8);
+        out.push_str(&path[i..i + len]);
+        i += len;
+    }
+    Ok(out)
+}
+
+/// Whether a segment is `.` or `..` (after decoding; `..;x` counts, as
+/// servers that strip path parameters read it).
 fn dots(segment: &str) -> usize {
-    let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-    match decoded.as_str() {
+    match segment.split(';').next().unwrap_or_default() {
         "." => 1,
         ".." => 2,
         _ => 0,
@@ -144,6 +184,25 @@ mod tests {
             "the request path climbs above the root"
         );
         assert_eq!(origin("/ws/..x").unwrap(), "/ws/..x");
+        assert_eq!(
+            origin("/%61pi/x").unwrap(),
+            "/api/x",
+            "unreserved characters are decoded"
+        );
+        assert_eq!(origin("/api/..;/internal").unwrap(), "/internal");
+        assert_eq!(origin("/api/a%20b").unwrap(), "/api/a%20b", "others stay encoded");
+        for refused in [
+            "/api/..%2finternal",
+            "/api/..%5Cinternal",
+            "/api/..\\internal",
+            "//evil.example/x",
+            "/ws/x/..#",
+            "/ws/x?a#b",
+            "/api/%zz",
+            "/api/%00",
+        ] {
+            assert!(normalize(refused).is_err(), "{refused:?} is accepted");
+        }
     }
 
     #[test]

@@ -253,10 +253,15 @@ pub async fn forward<C, H>(
                 }
             }
             Attempt::Local(reason) => {
+                // Not the fleet's fault: nothing is marked down. Another
+                // fleet may still be reachable (local ports run out per
+                // destination), so the retries go on.
                 tracing::warn!(pool = %pool.name, server = %server_name, %reason, "the ingress is out of resources for a fleet connection");
                 shared.metrics.local_error("call");
                 local_failure = Some(reason);
-                break;
+                if !pool.retries_on(RetryOn::ConnFailure) {
+                    break;
+                }
             }
             Attempt::BadResponse(reason) => {
                 // Junk or a cut head: nothing reached the carrier yet, so it is

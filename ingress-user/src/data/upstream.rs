@@ -59,7 +59,12 @@ use crate::balance::Server;
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     #[error("resolve {addr}: {reason}")]
-    Resolve { addr: String, reason: String },
+    Resolve {
+        addr: String,
+        reason: String,
+        /// The errno behind a resolver's system error (EAI_SYSTEM), if any.
+        errno: Option<i32>,
+    },
     #[error("connect {addr}: {source}")]
     Tcp { addr: String, source: std::io::Error },
     #[error("TLS handshake with {addr}: {source}")]
@@ -80,16 +85,17 @@ const LOCAL_ERRNOS: [i32; 6] = [
 ];
 
 impl ConnectError {
-    /// Whether the failure is the ingress's own (out of resources, or the
-    /// resolver failing for a reason other than "no such name"): never
-    /// counted against the server.
+    /// Whether the failure is the ingress's own: out of descriptors, local
+    /// ports, buffers or memory (also inside the resolver). Never counted
+    /// against the server. Any other resolver failure (no such name, its
+    /// DNS failing) is the server's: it is marked down like an unreachable one.
     pub fn is_local(&self) -> bool {
         match self {
             ConnectError::Tcp { source, .. } | ConnectError::Tls { source, .. } => {
                 source.raw_os_error().is_some_and(|e| LOCAL_ERRNOS.contains(&e))
             }
-            ConnectError::Resolve { reason, .. } => {
-                !(reason.contains("not known") || reason.contains("No address") || reason == "no address")
+            ConnectError::Resolve { errno, reason, .. } => {
+                errno.is_some_and(|e| LOCAL_ERRNOS.contains(&e)) || reason.contains("Memory allocation failure")
             }
             ConnectError::Timeout { .. } => false,
         }
@@ -109,10 +115,12 @@ pub async fn connect(
             .map_err(|e| ConnectError::Resolve {
                 addr: addr.clone(),
                 reason: e.to_string(),
+                errno: e.raw_os_error(),
             })?;
         let sock = addrs.next().ok_or_else(|| ConnectError::Resolve {
             addr: addr.clone(),
             reason: "no address".to_owned(),
+            errno: None,
         })?;
         let tcp = TcpStream::connect(sock).await.map_err(|source| ConnectError::Tcp {
             addr: addr.clone(),
