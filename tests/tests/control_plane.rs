@@ -403,7 +403,13 @@ async fn admin_changes_need_the_token_over_tcp_and_the_socket_admits_its_group()
     let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
     // A dual-stack listen: 127.0.0.1 arrives as ::ffff:127.0.0.1, which is loopback.
     let cfg = admin_listen(
-        &config(&dir, &pki, &[("fleet1", f1.https)], "", ""),
+        &config(
+            &dir,
+            &pki,
+            &[("fleet1", f1.https)],
+            "",
+            "[limits]\nheader_timeout = \"1s\"\n",
+        ),
         "[::]:0",
         Some("s3cret"),
     )
@@ -456,6 +462,16 @@ async fn admin_changes_need_the_token_over_tcp_and_the_socket_admits_its_group()
     assert_eq!(ingress.server("fleet1").await["state"], "DRAIN");
     let (ok, err) = as_nobody("--groups=4242", "ready").await.unwrap();
     assert!(ok, "a member of the admin group may change: {err}");
+
+    // An admin connection that never sends a head is closed at header_timeout.
+    let mut idle = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut rest),
+    )
+    .await;
+    assert!(closed.is_ok(), "an idle admin connection is held");
     assert_eq!(ingress.server("fleet1").await["state"], "UP");
 }
 

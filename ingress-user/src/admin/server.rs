@@ -205,17 +205,17 @@ fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {
 /// Admin connections served at once, per listener; more wait in the backlog.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 
-/// A connection that sends no complete head for this long (idle or trickling) is closed.
-const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 async fn serve_conn<I>(io: I, admin: Admin, peer: Peer)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // `[limits] header_timeout` also bounds an admin connection without a
+    // complete head (idle between requests included).
+    let header_timeout = admin.shared.data.runtime.load().limits.header_timeout.0;
     let svc = service_fn(move |req| handle(admin.clone(), peer, req));
     let _ = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(ADMIN_HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .max_header_size(64 * 1024)
         .serve_connection(TokioIo::new(io), svc)
         .await;
