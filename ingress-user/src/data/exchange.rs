@@ -8,7 +8,10 @@
 
 use std::{
     pin::Pin,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -23,7 +26,43 @@ use super::upstream::{self, IdleConn, IdleConns};
 use crate::balance::Server;
 
 /// What a fleet is sent as a body: the client's, or none (a replay).
-pub type UpBody = Either<Incoming, Empty<Bytes>>;
+pub type UpBody = Either<Uploading, Empty<Bytes>>;
+
+/// The client's request body on its way to the fleet; says when it has
+/// all been handed over (a connection still uploading is never parked,
+/// even when the fleet answered early).
+pub struct Uploading {
+    inner: Incoming,
+    done: Arc<AtomicBool>,
+}
+
+impl Uploading {
+    pub fn new(inner: Incoming) -> Self {
+        let done = Arc::new(AtomicBool::new(inner.is_end_stream()));
+        Self { inner, done }
+    }
+}
+
+impl Body for Uploading {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None)) || self.inner.is_end_stream() {
+            self.done.store(true, Relaxed);
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
 
 /// Why no answer came from the server.
 #[derive(Debug)]
@@ -49,10 +88,13 @@ pub struct Target<'a> {
 }
 
 /// Sends `req` and returns the answer, whose body parks the connection when read to its end.
-pub async fn send(to: &Target<'_>, req: Request<UpBody>) -> Result<Response<ParkOnEnd>, Failure> {
+pub async fn send(to: &Target<'_>, req: Request<Incoming>) -> Result<Response<ParkOnEnd>, Failure> {
+    let req = req.map(Uploading::new);
+    let uploaded = Arc::clone(&req.body().done);
+    let req = req.map(Either::Left);
     let (mut sender, reused) = checkout(to).await?;
     // A bodiless idempotent request can be sent again if a reused connection drops it.
-    let again = (reused && req.body().is_end_stream() && is_idempotent(req.method())).then(|| {
+    let again = (reused && uploaded.load(Relaxed) && is_idempotent(req.method())).then(|| {
         let mut copy = Request::new(Either::Right(Empty::new()));
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
@@ -80,6 +122,7 @@ pub async fn send(to: &Target<'_>, req: Request<UpBody>) -> Result<Response<Park
     let (parts, body) = resp.into_parts();
     let body = ParkOnEnd {
         inner: body,
+        uploaded,
         park: Some(Park {
             idle: Arc::clone(to.idle),
             server: Arc::clone(to.server),
@@ -135,9 +178,12 @@ struct Park {
 }
 
 /// An answer's body that parks its connection once read to the end (and
-/// drops it if the body is dropped before: the client went away mid-body).
+/// drops it if the body is dropped before, the client gone mid-body, or if
+/// the request's own body is still on its way).
 pub struct ParkOnEnd {
     inner: Incoming,
+    /// The request body has all been handed to the connection.
+    uploaded: Arc<AtomicBool>,
     park: Option<Park>,
     ended: bool,
 }
@@ -174,6 +220,7 @@ impl Body for ParkOnEnd {
 impl Drop for ParkOnEnd {
     fn drop(&mut self) {
         if (self.ended || self.inner.is_end_stream())
+            && self.uploaded.load(Relaxed)
             && let Some(p) = self.park.take()
         {
             p.idle.put(&p.server, p.tls, p.conn);

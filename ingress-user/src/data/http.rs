@@ -225,7 +225,7 @@ async fn handle(
     };
     let route_path = rt.routes.routes[route].path.clone();
     let started = std::time::Instant::now();
-    let resp = match exchange::send(&to, req.map(Either::Left)).await {
+    let resp = match exchange::send(&to, req).await {
         Ok(r) => r,
         Err(exchange::Failure::Local(e)) => {
             shared.metrics.local_error("http");
