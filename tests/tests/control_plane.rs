@@ -524,6 +524,42 @@ async fn changes_are_refused_from_non_loopback_peers() {
     // The same change over the unix socket is accepted.
     let (code, out, err) = ingress.ctl(&["drain", "fleets/fleet1"]).await;
     assert_eq!(code, 0, "{out}{err}");
+
+    // Remote peers holding every admin slot lock out neither the box itself
+    // nor anything but the next remote connection.
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(netns::tcp_from(&net.carrier_ns, admin).await);
+    }
+    let mut extra = netns::tcp_from(&net.carrier_ns, admin).await;
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::io::AsyncReadExt::read_to_end(&mut extra, &mut rest),
+    )
+    .await;
+    assert!(
+        matches!(closed, Ok(Ok(0))),
+        "the 65th remote connection is closed at once: {closed:?}"
+    );
+    let local = SocketAddr::from(([127, 0, 0, 1], port.port()));
+    let ns = net.ingress_ns.clone();
+    let status = tokio::task::spawn_blocking(move || {
+        netns::block_on_in(&ns, move || async move {
+            ingress_tests::parse_response(
+                &ingress_tests::http_raw(
+                    local,
+                    b"GET /api/servers HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                )
+                .await,
+            )
+            .0
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "a loopback peer is served from the local reserve");
+    drop(held);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -202,8 +202,13 @@ fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// Admin connections served at once, per listener; more wait in the backlog.
+/// Admin connections served at once, per listener; more are closed at accept.
 const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// Slots on top of those kept for local peers (the unix socket, loopback):
+/// remote peers filling the 64 never lock out the operator or the scraper
+/// on the box.
+const LOCAL_RESERVE: usize = 8;
 
 async fn serve_conn<I>(io: I, admin: Admin, peer: Peer)
 where
@@ -221,7 +226,8 @@ where
         .await;
 }
 
-/// Accepts until `stop`, at most [`MAX_ADMIN_CONNECTIONS`] at once.
+/// Accepts until `stop`: at most [`MAX_ADMIN_CONNECTIONS`] at once, plus
+/// [`LOCAL_RESERVE`] more for local peers; a connection beyond is closed.
 async fn serve_listener<L, A, F>(mut accept: A, admin: Admin, mut stop: watch::Receiver<bool>)
 where
     A: FnMut() -> F,
@@ -229,28 +235,40 @@ where
     L: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let reserve = Arc::new(tokio::sync::Semaphore::new(LOCAL_RESERVE));
     loop {
-        let slot = tokio::select! {
-            s = Arc::clone(&slots).acquire_owned() => s,
+        let accepted = tokio::select! {
+            r = accept() => r,
             _ = stop.changed() => return,
         };
-        let Ok(slot) = slot else { return };
-        tokio::select! {
-            r = accept() => match r {
-                Ok((s, peer)) => {
-                    let admin = admin.clone();
-                    tokio::spawn(async move {
-                        serve_conn(s, admin, peer).await;
-                        drop(slot);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            _ = stop.changed() => return,
-        }
+        let (s, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let local = match peer {
+            Peer::Unix(_) => true,
+            Peer::Tcp(a) => a.ip().to_canonical().is_loopback(),
+        };
+        let slot = Arc::clone(&slots).try_acquire_owned().or_else(|e| {
+            if local {
+                Arc::clone(&reserve).try_acquire_owned()
+            } else {
+                Err(e)
+            }
+        });
+        let Ok(slot) = slot else {
+            tracing::debug!(?peer, "admin connections at their cap; closed");
+            continue;
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            serve_conn(s, admin, peer).await;
+            drop(slot);
+        });
     }
 }
 
