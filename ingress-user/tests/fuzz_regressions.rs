@@ -96,3 +96,15 @@ fn admin_add_refuses_maxconn_zero() {
     let file = render_servers_file(&[(def.clone(), AdminState::Ready)]);
     assert_eq!(parse_servers_file(&file).unwrap(), vec![(def, AdminState::Ready)]);
 }
+
+/// head_rest: `GET http://localhos=/.//b` settled to `//b`, which settles
+/// again to an error (fuzz/artifacts/head_rest/crash-d54336ce…): dot
+/// segments removed can leave a leading `//`, refused like one written so.
+#[test]
+fn head_rest_dot_segment_leaving_a_network_path() {
+    use ingress_user::data::target::normalize;
+    for target in ["http://localhos=/.//b", "/.//b", "/a/..//b", "/a/.././/b"] {
+        assert!(normalize(target).is_err(), "{target} is accepted");
+    }
+    assert_eq!(normalize("/a/./b").unwrap().origin, "/a/b");
+}

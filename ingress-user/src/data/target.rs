@@ -47,6 +47,10 @@ pub fn normalize(target: &str) -> Result<Normalized, Refusal> {
     }
     let path = decode_unreserved(if path.is_empty() { "/" } else { path })?;
     let mut origin = remove_dot_segments(&path)?;
+    if origin.starts_with("//") {
+        // `/.//b` or `/a/..//b`: read by some servers as a network path.
+        return Err("a request path that starts with //");
+    }
     if let Some(q) = query {
         origin.push_str(q);
     }
@@ -200,6 +204,8 @@ mod tests {
             "/ws/x?a#b",
             "/api/%zz",
             "/api/%00",
+            "/.//b",
+            "/a/..//b",
         ] {
             assert!(normalize(refused).is_err(), "{refused:?} is accepted");
         }
