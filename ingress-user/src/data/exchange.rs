@@ -4,12 +4,14 @@
 //! has been read to the end (a connection still streaming a body is never
 //! handed to another request); a reused connection that fails before
 //! answering is retried once on a new one (the request returned unsent, or
-//! an idempotent request without a body).
+//! an idempotent request without a body). Also the idle pool itself
+//! ([`IdleConns`]).
 
 use std::{
+    collections::HashMap,
     pin::Pin,
     sync::{
-        Arc,
+        Arc, Mutex, Weak,
         atomic::{AtomicBool, Ordering::Relaxed},
     },
     task::{Context, Poll},
@@ -22,7 +24,7 @@ use http_body_util::{Either, Empty};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 
-use super::upstream::{self, IdleConn, IdleConns};
+use super::upstream;
 use crate::balance::Server;
 
 /// What a fleet is sent as a body: the client's, or none (a replay).
@@ -225,5 +227,144 @@ impl Drop for ParkOnEnd {
         {
             p.idle.put(&p.server, p.tls, p.conn);
         }
+    }
+}
+
+/// A keep-alive connection to a fleet's web tier (`http` routes).
+pub type IdleConn = hyper::client::conn::http1::SendRequest<UpBody>;
+
+/// Idle keep-alive connections by server. Each list belongs to one server
+/// object and one TLS configuration: a reload or an admin change that gives
+/// a server a new address or SNI makes a new server object, and every
+/// rebuild of a pool makes new TLS configurations, so a parked connection is
+/// never reused under settings other than those it was made with. Lists of
+/// servers that are gone are dropped at the next park.
+#[derive(Debug, Default)]
+pub struct IdleConns(Mutex<HashMap<u32, Parked>>);
+
+/// Whose connections these are, and the connections.
+#[derive(Debug)]
+struct Parked {
+    server: Weak<Server>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    conns: Vec<IdleConn>,
+}
+
+impl Parked {
+    fn belongs_to(&self, server: &Arc<Server>, tls: Option<&Arc<rustls::ClientConfig>>) -> bool {
+        std::ptr::eq(self.server.as_ptr(), Arc::as_ptr(server))
+            && match (&self.tls, tls) {
+                (None, None) => true,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            }
+    }
+}
+
+impl IdleConns {
+    /// The most recently parked connection to `server` made with `tls`, if any.
+    pub fn take(&self, server: &Arc<Server>, tls: Option<&Arc<rustls::ClientConfig>>) -> Option<IdleConn> {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let parked = map.get_mut(&server.id)?;
+        if !parked.belongs_to(server, tls) {
+            map.remove(&server.id);
+            return None;
+        }
+        parked.conns.pop()
+    }
+
+    /// Parks a connection to `server` (made with `tls`) for the next request.
+    pub fn put(&self, server: &Arc<Server>, tls: Option<Arc<rustls::ClientConfig>>, conn: IdleConn) {
+        let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        map.retain(|_, p| p.server.strong_count() > 0);
+        let parked = map.entry(server.id).or_insert_with(|| Parked {
+            server: Arc::downgrade(server),
+            tls: tls.clone(),
+            conns: Vec::new(),
+        });
+        if !parked.belongs_to(server, tls.as_ref()) {
+            *parked = Parked {
+                server: Arc::downgrade(server),
+                tls,
+                conns: Vec::new(),
+            };
+        }
+        parked.conns.push(conn);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyper_util::rt::TokioIo;
+    use rustls::pki_types::ServerName;
+
+    use super::*;
+    use crate::model::ServerDef;
+
+    fn server(id: u32, host: &str) -> Arc<Server> {
+        let def = ServerDef {
+            name: format!("s{id}"),
+            host: host.to_owned(),
+            port: 443,
+            sni: None,
+            maxconn: None,
+        };
+        Arc::new(Server::new(
+            id,
+            "p".into(),
+            def,
+            16,
+            ServerName::try_from("localhost").unwrap(),
+            true,
+        ))
+    }
+
+    fn tls() -> Arc<rustls::ClientConfig> {
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    }
+
+    async fn conn() -> IdleConn {
+        let (near, far) = tokio::io::duplex(64);
+        std::mem::forget(far); // keep the peer open: the connection stays usable
+        let (send, task) = hyper::client::conn::http1::handshake(TokioIo::new(near)).await.unwrap();
+        tokio::spawn(task);
+        send
+    }
+
+    #[tokio::test]
+    async fn parked_connections_serve_only_their_server_object_and_tls_config() {
+        let idle = IdleConns::default();
+        let (s1, t1, t2) = (server(1, "10.0.0.1"), tls(), tls());
+        idle.put(&s1, Some(Arc::clone(&t1)), conn().await);
+        assert!(
+            idle.take(&s1, Some(&t2)).is_none(),
+            "a pool rebuilt with new TLS settings"
+        );
+        assert!(idle.take(&s1, Some(&t1)).is_none(), "and the old list is gone");
+        idle.put(&s1, Some(Arc::clone(&t1)), conn().await);
+        let replaced = server(1, "10.0.0.2"); // same id, new address
+        assert!(idle.take(&replaced, Some(&t1)).is_none());
+        idle.put(&s1, None, conn().await);
+        assert!(
+            idle.take(&s1, None).is_some(),
+            "a plain-TCP pool's connection is reused"
+        );
+    }
+
+    #[tokio::test]
+    async fn lists_of_servers_that_are_gone_are_dropped() {
+        let idle = IdleConns::default();
+        let (s1, s2) = (server(1, "10.0.0.1"), server(2, "10.0.0.2"));
+        idle.put(&s2, None, conn().await);
+        drop(s2);
+        idle.put(&s1, None, conn().await);
+        let held: Vec<u32> = idle.0.lock().unwrap().keys().copied().collect();
+        assert_eq!(held, [1]);
     }
 }

@@ -43,7 +43,7 @@ pub struct DataCtx {
     /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
     pub tls: ArcSwap<rustls::ServerConfig>,
     /// Idle keep-alive connections to fleets, for `http` routes.
-    pub idle: Arc<upstream::IdleConns>,
+    pub idle: Arc<exchange::IdleConns>,
 }
 
 impl DataCtx {
