@@ -5,6 +5,7 @@
 
 pub mod exchange;
 pub mod forward;
+pub mod frames;
 pub mod http;
 pub mod http1;
 pub mod keepalive;
