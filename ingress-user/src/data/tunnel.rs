@@ -59,6 +59,9 @@ pub enum Ending {
 /// How long the sides get to answer a Close 1001 before the connections close.
 const CLOSE_REPLY: Duration = Duration::from_secs(2);
 
+/// From a Close 1001 being asked for to every tunnel having ended, at most.
+pub const CLOSE_WINDOW: Duration = Duration::from_secs(8);
+
 impl CloseReason {
     pub fn as_str(self) -> &'static str {
         match self {

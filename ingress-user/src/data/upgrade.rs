@@ -379,8 +379,10 @@ where
             up,
             idle,
             async {
-                server.live().cut.notified().await;
-                tunnel::Ending::Cut
+                tokio::select! {
+                    () = server.live().cut.notified() => tunnel::Ending::Cut,
+                    how = shared.ending() => how,
+                }
             },
             true,
         )
