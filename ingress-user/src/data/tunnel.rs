@@ -172,8 +172,29 @@ struct Framing {
     /// Our Close has been sent: nothing more is passed on; the source's own
     /// Close (its reply) is awaited.
     closed: bool,
-    /// The Close this direction sends.
-    close: Vec<u8>,
+    /// This direction runs to the fleet: its Close is masked (as a client's
+    /// must be) with this key; to the carrier it is not (None).
+    mask: Option<[u8; 4]>,
+}
+
+impl Framing {
+    fn new(mask: Option<[u8; 4]>) -> Self {
+        Self {
+            cursor: FrameCursor::default(),
+            close_due: false,
+            closed: false,
+            mask,
+        }
+    }
+
+    /// The Close 1001 this direction sends (built only when it is sent).
+    fn close(&self) -> Vec<u8> {
+        const REASON: &str = "ingress going away";
+        match self.mask {
+            Some(k) => frames::close_to_server(frames::GOING_AWAY, REASON, k),
+            None => frames::close_to_client(frames::GOING_AWAY, REASON),
+        }
+    }
 }
 
 /// Copies one direction; returns `Ok(())` on EOF (or, after our Close, on
@@ -240,7 +261,7 @@ async fn send_close<W: AsyncWrite>(
     pending: &mut Vec<u8>,
     f: &mut Framing,
 ) -> std::io::Result<()> {
-    pending.extend_from_slice(&f.close);
+    pending.extend_from_slice(&f.close());
     to.write_all(pending).await?;
     to.flush().await?;
     pending.clear();
@@ -270,14 +291,6 @@ where
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
     let (go, going_away) = watch::channel(false);
-    let framing = |close: Vec<u8>| {
-        websocket.then(|| Framing {
-            cursor: FrameCursor::default(),
-            close_due: false,
-            closed: false,
-            close,
-        })
-    };
     // The carrier gets the server's Close (unmasked), the fleet a client's (masked).
     let mask = (epoch.elapsed().subsec_nanos() ^ 0x5a5a_a5a5).to_be_bytes();
     let to_server = pump(
@@ -286,7 +299,7 @@ where
         &up,
         &last,
         epoch,
-        framing(frames::close_to_server(frames::GOING_AWAY, "ingress going away", mask)),
+        websocket.then(|| Framing::new(Some(mask))),
         going_away.clone(),
     );
     let to_client = pump(
@@ -295,7 +308,7 @@ where
         &down,
         &last,
         epoch,
-        framing(frames::close_to_client(frames::GOING_AWAY, "ingress going away")),
+        websocket.then(|| Framing::new(None)),
         going_away,
     );
     tokio::pin!(to_server, to_client, end);
