@@ -100,6 +100,9 @@ pub struct Fleet {
     /// How this fleet names itself in `/api/` answers (its HTTPS address).
     pub label: std::sync::Mutex<String>,
     pub answered_429: AtomicU64,
+    /// How each call ended, by WebSocket close code (1005: a Close without
+    /// a code, 1006: no Close at all).
+    pub close_codes: std::sync::Mutex<Vec<u16>>,
     pub health_checks: AtomicU64,
     /// Host header of the last health check.
     pub last_health_host: std::sync::Mutex<String>,
@@ -123,6 +126,7 @@ impl Fleet {
             http_requests: AtomicU64::new(0),
             label: std::sync::Mutex::new(String::new()),
             answered_429: AtomicU64::new(0),
+            close_codes: std::sync::Mutex::new(Vec::new()),
             health_checks: AtomicU64::new(0),
             last_health_host: std::sync::Mutex::new(String::new()),
             available_first: AtomicBool::new(false),
@@ -219,6 +223,7 @@ impl Fleet {
             "calls_total": self.calls_total.load(SeqCst),
             "http_requests": self.http_requests.load(SeqCst),
             "answered_429": self.answered_429.load(SeqCst),
+            "close_codes": self.close_codes.lock().map(|c| c.clone()).unwrap_or_default(),
             "health_checks": self.health_checks.load(SeqCst),
             "last_health_host": self.last_health_host.lock().map(|h| h.clone()).unwrap_or_default(),
         })
@@ -282,18 +287,25 @@ async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded, stall: bool
         return;
     }
     let mut ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None).await;
-    loop {
+    let code = loop {
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(m)) if m.is_text() || m.is_binary() => {
-                    if ws.send(m).await.is_err() { break; }
+                    if ws.send(m).await.is_err() { break 1006; }
                 }
-                Some(Ok(m)) if m.is_close() => { let _ = ws.close(None).await; break; }
+                Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
+                    // The library queued its reply: flush it out.
+                    let _ = ws.flush().await;
+                    break frame.map_or(1005, |f| u16::from(f.code));
+                }
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
+                Some(Err(_)) | None => break 1006,
             },
-            _ = close_all.changed() => { let _ = ws.close(None).await; break; }
+            _ = close_all.changed() => { let _ = ws.close(None).await; break 1000; }
         }
+    };
+    if let Ok(mut codes) = fleet.close_codes.lock() {
+        codes.push(code);
     }
     fleet.calls.fetch_sub(1, SeqCst);
 }

@@ -20,7 +20,7 @@ use crate::{
     admin, bpf,
     config::Config,
     control::{self, Control, Shared, build, certs::CertStore, sdnotify, tls},
-    data::DataCtx,
+    data::{DataCtx, tunnel},
     model::monotonic_ns,
 };
 
@@ -182,9 +182,35 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    tracing::info!("stopping");
+    // Graceful stop: no new connection (listeners closed, so a VRRP or ECMP
+    // peer takes new calls), live calls go on for the grace, then each gets
+    // a Close 1001 at its next message boundary. Another signal ends the grace.
+    let grace = config.limits.shutdown_grace.0;
+    tracing::info!(calls = data.connections_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
     sdnotify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut changes = data.changed.subscribe();
+    while data.connections_open() > 0 {
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep_until(deadline) => break,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    let left = data.connections_open();
+    if left > 0 {
+        tracing::info!(calls = left, "closing the calls left with 1001 (going away)");
+        let _ = data.ending.send(Some(tunnel::Ending::GoingAway));
+        let closing = tokio::time::Instant::now() + tunnel::CLOSE_WINDOW;
+        while data.connections_open() > 0 {
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep_until(closing) => break,
+            }
+        }
+    }
     control.lock().await.stop_health();
     if let Some(t) = xdp_task {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

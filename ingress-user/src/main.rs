@@ -124,7 +124,10 @@ fn main() -> anyhow::Result<()> {
         Command::Run { config } => {
             init_tracing();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            rt.block_on(ingress_user::daemon::run(&config))
+            let done = rt.block_on(ingress_user::daemon::run(&config));
+            // Nothing is left to wait for: a blocked helper thread must not hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_millis(500));
+            done
         }
         Command::Check { config, probe } => {
             let c = ingress_user::config::Config::load(&config)?;

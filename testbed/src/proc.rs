@@ -93,16 +93,24 @@ impl Proc {
         kill(Pid::from_raw(self.pid()), sig).with_context(|| format!("signal {sig} to {}", self.name))
     }
 
-    /// SIGTERM, then SIGKILL after the grace period; the exit status.
+    /// SIGTERM; a second one after a moment (a daemon that keeps its calls
+    /// for a grace ends them at once on the second); SIGKILL after the
+    /// grace period; the exit status.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         if let Ok(Some(s)) = self.child.try_wait() {
             return Some(s);
         }
         let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
-        let deadline = Instant::now() + STOP_GRACE;
+        let started = Instant::now();
+        let mut again = Some(started + Duration::from_millis(200));
+        let deadline = started + STOP_GRACE;
         while Instant::now() < deadline {
             if let Ok(Some(s)) = self.child.try_wait() {
                 return Some(s);
+            }
+            if again.is_some_and(|t| Instant::now() >= t) {
+                let _ = kill(Pid::from_raw(self.pid()), Signal::SIGTERM);
+                again = None;
             }
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -115,6 +115,9 @@ pub struct Limits {
     pub max_headers: usize,
     /// From TCP accept through the TLS handshake to the end of the request head.
     pub header_timeout: Dur,
+    /// On SIGTERM: how long live calls may go on (listeners already closed)
+    /// before each gets a WebSocket Close 1001.
+    pub shutdown_grace: Dur,
 }
 
 impl Default for Limits {
@@ -124,6 +127,7 @@ impl Default for Limits {
             max_header_bytes: 16_384,
             max_headers: 100,
             header_timeout: Dur(Duration::from_secs(10)),
+            shutdown_grace: Dur(Duration::from_secs(60)),
         }
     }
 }

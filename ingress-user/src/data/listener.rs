@@ -246,7 +246,7 @@ async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<DataCtx>,
         return;
     }
     let idle = rt.timeouts.upgrade_response.0;
-    let stats = tunnel::run(tcp, up, idle, std::future::pending()).await;
+    let stats = tunnel::run(tcp, up, idle, std::future::pending(), false).await;
     tracing::info!(target: "acme", %peer, path = %head.target, bytes = stats.to_client, "ACME challenge forwarded");
 }
 

@@ -5,6 +5,7 @@
 
 pub mod exchange;
 pub mod forward;
+pub mod frames;
 pub mod http;
 pub mod http1;
 pub mod keepalive;
@@ -42,6 +43,9 @@ pub struct DataCtx {
     conn_limit_debt: AtomicUsize,
     /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
     pub tls: ArcSwap<rustls::ServerConfig>,
+    /// Set when the ingress ends every live call (graceful stop): each
+    /// tunnel ends this way.
+    pub ending: watch::Sender<Option<tunnel::Ending>>,
     /// Idle keep-alive connections to fleets, for `http` routes.
     pub idle: Arc<exchange::IdleConns>,
 }
@@ -56,6 +60,7 @@ impl DataCtx {
             conn_limit_size: AtomicUsize::new(max_connections),
             conn_limit_debt: AtomicUsize::new(0),
             tls: ArcSwap::new(tls),
+            ending: watch::Sender::new(None),
             idle: Arc::default(),
         }
     }
@@ -97,6 +102,13 @@ impl DataCtx {
     }
 
     /// Front connections holding a `max_connections` slot (calls included).
+    /// Resolves with the ending asked of every live call.
+    pub async fn ending(&self) -> tunnel::Ending {
+        let mut rx = self.ending.subscribe();
+        let asked = rx.wait_for(Option::is_some).await.map(|e| *e);
+        asked.ok().flatten().unwrap_or(tunnel::Ending::Cut)
+    }
+
     pub fn connections_open(&self) -> usize {
         (self.conn_limit_size.load(Relaxed) + self.conn_limit_debt.load(Relaxed))
             .saturating_sub(self.conn_limit.available_permits())

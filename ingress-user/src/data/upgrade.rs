@@ -374,7 +374,19 @@ where
             hold,
         } = self;
         let server = Arc::clone(&lease.server);
-        let stats = tunnel::run(client, up, idle, server.live().cut.notified()).await;
+        let stats = tunnel::run(
+            client,
+            up,
+            idle,
+            async {
+                tokio::select! {
+                    () = server.live().cut.notified() => tunnel::Ending::Cut,
+                    how = shared.ending() => how,
+                }
+            },
+            true,
+        )
+        .await;
         shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
         shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
         shared.metrics.tunnel_closed(stats.reason.as_str());
