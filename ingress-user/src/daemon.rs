@@ -166,7 +166,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     sdnotify::notify("READY=1\nSTATUS=serving");
     tracing::info!(config = %config_path.display(), "ingress running");
 
-    loop {
+    // SIGTERM stops gracefully; SIGINT (an operator at a terminal) at once.
+    let graceful = loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration and certificates");
@@ -178,22 +179,29 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 };
                 sdnotify::notify(&format!("READY=1\n{status}"));
             }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
+            _ = term.recv() => break true,
+            _ = int.recv() => break false,
         }
-    }
+    };
     // Graceful stop: no new connection (listeners closed, so a VRRP or ECMP
     // peer takes new calls), live calls go on for the grace, then each gets
     // a Close 1001 at its next message boundary. Another signal ends the grace.
-    let grace = config.limits.shutdown_grace.0;
+    let grace = if graceful {
+        config.limits.shutdown_grace.0
+    } else {
+        Duration::ZERO
+    };
     tracing::info!(calls = data.connections_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
     sdnotify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     let mut changes = data.changed.subscribe();
+    // Woken when a call ends; the tick catches other connections (a
+    // handshake, an http route's) that end without a signal.
     while data.connections_open() > 0 {
         tokio::select! {
             _ = changes.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
             () = tokio::time::sleep_until(deadline) => break,
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -207,6 +215,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         while data.connections_open() > 0 {
             tokio::select! {
                 _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
                 () = tokio::time::sleep_until(closing) => break,
             }
         }

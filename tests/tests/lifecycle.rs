@@ -80,3 +80,44 @@ async fn a_graceful_stop_keeps_calls_for_the_grace_then_closes_both_sides_with_1
         ingress.proc.log_tail(30)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sigterm_ends_the_grace_at_once() {
+    let dir = TestDir::new("stop2");
+    let pki = Pki::new(&dir);
+    let fleet = Fleet::start(&dir, &pki, "fleet1", 16);
+    let cfg = config(
+        &dir,
+        &pki,
+        &[("fleet1", fleet.https)],
+        "",
+        "[limits]\nshutdown_grace = \"60s\"\n",
+    );
+    let mut ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let mut ws = client::connect(ingress.https, "localhost", "/ws/twice", pki.client_tls())
+        .await
+        .unwrap();
+    let stopped = Instant::now();
+    ingress.proc.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    // The grace has begun (two signals before it would be seen as one).
+    while tokio::net::TcpStream::connect(ingress.https).await.is_ok() {
+        assert!(stopped.elapsed() < Duration::from_secs(1), "the listener still accepts");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    echo(&mut ws, "in the grace").await.unwrap();
+    ingress.proc.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    match tokio::time::timeout(Duration::from_secs(5), ws.next()).await {
+        Ok(Some(Ok(Message::Close(Some(frame))))) => assert_eq!(frame.code, CloseCode::Away),
+        other => panic!("no Close 1001 after the second SIGTERM: {other:?}"),
+    }
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    let exited = ingress.proc.stop();
+    assert!(exited.is_some_and(|s| s.success()), "{exited:?}");
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "{:?}\n{}",
+        stopped.elapsed(),
+        ingress.proc.log_tail(8)
+    );
+}

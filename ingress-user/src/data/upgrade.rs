@@ -390,7 +390,10 @@ where
         shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
         shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
         shared.metrics.tunnel_closed(stats.reason.as_str());
+        // The worker and the connection's slot are free before anyone is
+        // told (a graceful stop counts open connections when woken).
         drop(lease);
+        drop(hold);
         shared.changed.signal();
         log.emit(
             101,
@@ -400,6 +403,5 @@ where
             stats.to_client,
             stats.reason.as_str(),
         );
-        drop(hold);
     }
 }
