@@ -88,9 +88,9 @@ impl FrameCursor {
                         have += 1;
                         i += 1;
                     }
-                    if have < need {
-                        self.at = At::Header { have };
-                    } else if have == 2 && header_len(self.head[1]) > 2 {
+                    // Short of the header (or of its extension and mask
+                    // after the first two bytes): read on.
+                    if have < need || (have == 2 && header_len(self.head[1]) > 2) {
                         self.at = At::Header { have };
                     } else {
                         self.header_done();
