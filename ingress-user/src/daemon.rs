@@ -191,14 +191,14 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     } else {
         Duration::ZERO
     };
-    tracing::info!(calls = data.connections_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
+    tracing::info!(calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
     sdnotify::notify("STOPPING=1");
     let _ = stop_tx.send(true);
     let deadline = tokio::time::Instant::now() + grace;
     let mut changes = data.changed.subscribe();
-    // Woken when a call ends; the tick catches other connections (a
-    // handshake, an http route's) that end without a signal.
-    while data.connections_open() > 0 {
+    // Woken when a call ends (the tick is a backstop). Connections that are
+    // not calls (a handshake, an http route's) are not waited for.
+    while data.calls_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
         tokio::select! {
             _ = changes.changed() => {}
             () = tokio::time::sleep(Duration::from_millis(100)) => {}
@@ -207,12 +207,12 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             _ = int.recv() => break,
         }
     }
-    let left = data.connections_open();
+    let left = data.calls_open.load(std::sync::atomic::Ordering::Relaxed);
     if left > 0 {
         tracing::info!(calls = left, "closing the calls left with 1001 (going away)");
         let _ = data.ending.send(Some(tunnel::Ending::GoingAway));
         let closing = tokio::time::Instant::now() + tunnel::CLOSE_WINDOW;
-        while data.connections_open() > 0 {
+        while data.calls_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             tokio::select! {
                 _ = changes.changed() => {}
                 () = tokio::time::sleep(Duration::from_millis(100)) => {}

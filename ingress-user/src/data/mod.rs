@@ -43,6 +43,8 @@ pub struct DataCtx {
     conn_limit_debt: AtomicUsize,
     /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
     pub tls: ArcSwap<rustls::ServerConfig>,
+    /// WebSocket calls past their 101 (tunnels running).
+    pub calls_open: AtomicUsize,
     /// Set when the ingress ends every live call (graceful stop): each
     /// tunnel ends this way.
     pub ending: watch::Sender<Option<tunnel::Ending>>,
@@ -61,6 +63,7 @@ impl DataCtx {
             conn_limit_debt: AtomicUsize::new(0),
             tls: ArcSwap::new(tls),
             ending: watch::Sender::new(None),
+            calls_open: AtomicUsize::new(0),
             idle: Arc::default(),
         }
     }

@@ -56,11 +56,12 @@ pub enum Ending {
     GoingAway,
 }
 
-/// How long the sides get to answer a Close 1001 before the connections close.
+/// From a Close 1001 being asked for: how long a message in flight may take
+/// to finish and the sides to answer, before the connections close.
 const CLOSE_REPLY: Duration = Duration::from_secs(2);
 
 /// From a Close 1001 being asked for to every tunnel having ended, at most.
-pub const CLOSE_WINDOW: Duration = Duration::from_secs(8);
+pub const CLOSE_WINDOW: Duration = Duration::from_secs(3);
 
 impl CloseReason {
     pub fn as_str(self) -> &'static str {
@@ -356,9 +357,9 @@ where
                     ending = true;
                     let _ = go.send(true);
                     // Each side's Close goes at its next message boundary; a
-                    // message that never ends, or a side that never answers,
-                    // is cut after the reply window.
-                    linger.as_mut().reset(Instant::now() + CLOSE_REPLY + LINGER);
+                    // message that does not end, or a side that does not
+                    // answer, within the reply window is cut.
+                    linger.as_mut().reset(Instant::now() + CLOSE_REPLY);
                 }
                 _ => break CloseReason::Cut,
             },

@@ -374,6 +374,7 @@ where
             hold,
         } = self;
         let server = Arc::clone(&lease.server);
+        shared.calls_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats = tunnel::run(
             client,
             up,
@@ -390,10 +391,11 @@ where
         shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
         shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
         shared.metrics.tunnel_closed(stats.reason.as_str());
-        // The worker and the connection's slot are free before anyone is
-        // told (a graceful stop counts open connections when woken).
+        // The worker, the slot and the call count are given back before
+        // anyone is told (a graceful stop counts open calls when woken).
         drop(lease);
         drop(hold);
+        shared.calls_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         shared.changed.signal();
         log.emit(
             101,
