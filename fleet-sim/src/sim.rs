@@ -294,7 +294,8 @@ async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded, stall: bool
                     if ws.send(m).await.is_err() { break 1006; }
                 }
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {
-                    // The library queued its reply: flush it out.
+                    // Answer it (the library may have queued its reply: flush it out).
+                    let _ = ws.close(None).await;
                     let _ = ws.flush().await;
                     break frame.map_or(1005, |f| u16::from(f.code));
                 }
