@@ -103,13 +103,7 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), ProbeEr
     let fut = async {
         let tls = upstream::connect(server, pool.client_tls(server), check.timeout.0)
             .await
-            .map_err(|e| {
-                if e.is_local() {
-                    ProbeError::Local(e.to_string())
-                } else {
-                    ProbeError::Server(e.to_string())
-                }
-            })?;
+            .map_err(|e| e.by_blame(ProbeError::Local, ProbeError::Server))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| ProbeError::Server(format!("HTTP handshake: {e}")))?;

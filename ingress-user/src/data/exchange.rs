@@ -81,7 +81,7 @@ pub enum Failure {
 
 /// Where and how: the server, the TLS config its connections are made
 /// (and parked) with, and the timeouts.
-pub struct Target<'a> {
+pub struct Destination<'a> {
     pub idle: &'a Arc<IdleConns>,
     pub server: &'a Arc<Server>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
@@ -90,7 +90,7 @@ pub struct Target<'a> {
 }
 
 /// Sends `req` and returns the answer, whose body parks the connection when read to its end.
-pub async fn send(to: &Target<'_>, req: Request<Incoming>) -> Result<Response<ParkOnEnd>, Failure> {
+pub async fn send(to: &Destination<'_>, req: Request<Incoming>) -> Result<Response<ParkOnEnd>, Failure> {
     let req = req.map(Uploading::new);
     let uploaded = Arc::clone(&req.body().done);
     let req = req.map(Either::Left);
@@ -144,7 +144,7 @@ fn is_idempotent(m: &Method) -> bool {
 }
 
 /// A ready idle connection (and `true`), or a new one.
-async fn checkout(to: &Target<'_>) -> Result<(IdleConn, bool), Failure> {
+async fn checkout(to: &Destination<'_>) -> Result<(IdleConn, bool), Failure> {
     while let Some(mut conn) = to.idle.take(to.server, to.tls.as_ref()) {
         // Parked only after its last answer was read: ready at once, or closed.
         if matches!(tokio::time::timeout(to.connect, conn.ready()).await, Ok(Ok(()))) {
@@ -154,16 +154,10 @@ async fn checkout(to: &Target<'_>) -> Result<(IdleConn, bool), Failure> {
     Ok((connect(to).await?, false))
 }
 
-async fn connect(to: &Target<'_>) -> Result<IdleConn, Failure> {
+async fn connect(to: &Destination<'_>) -> Result<IdleConn, Failure> {
     let io = upstream::connect(to.server, to.tls.clone(), to.connect)
         .await
-        .map_err(|e| {
-            if e.is_local() {
-                Failure::Local(e.to_string())
-            } else {
-                Failure::Unreachable(e.to_string())
-            }
-        })?;
+        .map_err(|e| e.by_blame(Failure::Local, Failure::Unreachable))?;
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(|e| Failure::Unreachable(e.to_string()))?;

@@ -215,7 +215,7 @@ async fn handle(
         }
     }
     let server = Arc::clone(&lease.server);
-    let to = exchange::Target {
+    let to = exchange::Destination {
         idle: &shared.idle,
         server: &server,
         // The TLS config the connection is made with is also the key it is parked under.
@@ -275,7 +275,11 @@ fn settle(req: &mut Request<Incoming>) -> Result<(), target::Refusal> {
     if let Some(why) = target::host_error(hosts, minor) {
         return Err(why);
     }
-    let n = target::normalize(&req.uri().to_string())?;
+    let written = req.uri().to_string();
+    if target::is_settled(&written) {
+        return Ok(());
+    }
+    let n = target::normalize(&written)?;
     *req.uri_mut() = n.origin.parse().map_err(|_| "an unusable request target")?;
     if let Some(authority) = n.authority {
         let v = HeaderValue::from_str(&authority).map_err(|_| "an unusable host")?;

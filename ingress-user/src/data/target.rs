@@ -18,6 +18,17 @@ pub struct Normalized {
 /// Why a target or its Host is refused (answered 400).
 pub type Refusal = &'static str;
 
+/// Whether `target` is already what [`normalize`] makes of it (the usual
+/// `/ws/{bot_id}`): origin form, no percent sign, backslash, fragment, dot
+/// segment or leading `//`. Checked first, so a plain target costs a scan
+/// and no allocation.
+pub fn is_settled(target: &str) -> bool {
+    target.starts_with('/')
+        && !target.starts_with("//")
+        && !target.contains("/.")
+        && !target.bytes().any(|b| matches!(b, b'%' | b'\\' | b'#'))
+}
+
 /// The target in origin form with its dot segments removed.
 pub fn normalize(target: &str) -> Result<Normalized, Refusal> {
     let (authority, rest) = if target.starts_with('/') {
@@ -146,6 +157,9 @@ pub fn settle(head: &mut RequestHead) -> Result<(), Refusal> {
     if let Some(why) = host_error(hosts, head.minor_version) {
         return Err(why);
     }
+    if is_settled(&head.target) {
+        return Ok(());
+    }
     let n = normalize(&head.target)?;
     head.target = n.origin;
     if let Some(authority) = n.authority {
@@ -208,6 +222,17 @@ mod tests {
             "/a/..//b",
         ] {
             assert!(normalize(refused).is_err(), "{refused:?} is accepted");
+        }
+    }
+
+    #[test]
+    fn a_settled_target_is_what_normalize_makes_of_it() {
+        for t in ["/", "/ws/bot-1", "/exotel/x?a=1&b=/c", "/a//b", "/a/", "/api/x?q=a.b"] {
+            assert!(is_settled(t), "{t}");
+            assert_eq!(origin(t).unwrap(), t);
+        }
+        for t in ["/a/../b", "/%61", "//x", "/a#b", "/a\\b", "http://h/", "/.well-known/x"] {
+            assert!(!is_settled(t), "{t}");
         }
     }
 

@@ -84,6 +84,16 @@ const LOCAL_ERRNOS: [i32; 6] = [
 ];
 
 impl ConnectError {
+    /// The error as `local` (the ingress's own, see [`Self::is_local`]) or
+    /// as `server` (the server's), with its message.
+    pub fn by_blame<T>(self, local: impl FnOnce(String) -> T, server: impl FnOnce(String) -> T) -> T {
+        if self.is_local() {
+            local(self.to_string())
+        } else {
+            server(self.to_string())
+        }
+    }
+
     /// Whether the failure is the ingress's own: out of descriptors, local
     /// ports, buffers or memory (also inside the resolver). Never counted
     /// against the server. Any other resolver failure (no such name, its
