@@ -210,7 +210,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let left = data.calls_open.load(std::sync::atomic::Ordering::Relaxed);
     if left > 0 {
         tracing::info!(calls = left, "closing the calls left with 1001 (going away)");
-        let _ = data.ending.send(Some(tunnel::Ending::GoingAway));
+        data.end_calls();
         let closing = tokio::time::Instant::now() + tunnel::CLOSE_WINDOW;
         while data.calls_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             tokio::select! {

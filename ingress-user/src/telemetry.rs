@@ -14,6 +14,12 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+/// Who ended a call: `carrier`, `fleet`, `ingress_1001`, `cut`, `idle`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedByLabel {
+    pub closed_by: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabel {
     pub listener: String,
@@ -88,6 +94,8 @@ pub struct Metrics {
     pub bad_requests: Family<ReasonLabel, Counter>,
     /// Tunnels closed, by reason.
     pub tunnels_closed: Family<ReasonLabel, Counter>,
+    /// Calls past their 101 ended, by who ended them.
+    pub calls_closed: Family<ClosedByLabel, Counter>,
     /// Connections to fleets the ingress itself could not make (descriptors,
     /// local ports, memory, the resolver), by what they were for: `call`,
     /// `http`, `health`. Never counted against a fleet.
@@ -145,6 +153,11 @@ impl Metrics {
             "ingress_tunnels_closed",
             "Tunnels closed, by reason",
             self.tunnels_closed.clone(),
+        );
+        r.register(
+            "ingress_calls_closed",
+            "Calls past their 101 ended, by who ended them (carrier, fleet, ingress_1001, cut, idle)",
+            self.calls_closed.clone(),
         );
         r.register(
             "ingress_tunnel_bytes_to_server",
@@ -206,7 +219,13 @@ impl Metrics {
     pub fn tls_error(&self, reason: &str) {
         self.tls_errors.get_or_create(&label(reason)).inc();
     }
-    pub fn tunnel_closed(&self, reason: &str) {
+    /// A call past its 101 ended: why, and who ended it.
+    pub fn tunnel_closed(&self, reason: &str, closed_by: &str) {
         self.tunnels_closed.get_or_create(&label(reason)).inc();
+        self.calls_closed
+            .get_or_create(&ClosedByLabel {
+                closed_by: closed_by.to_owned(),
+            })
+            .inc();
     }
 }

@@ -90,8 +90,9 @@ pub struct Live {
     pub tls_resumed: AtomicU64,
     pub check: Mutex<CheckStatus>,
     pub last_report: Mutex<Option<Instant>>,
-    /// Fired to cut this server's tunnels (removal with `--now`, shutdown-sessions).
-    pub cut: tokio::sync::Notify,
+    /// Fired to end this server's calls with a Close 1001 (removal with
+    /// `--now`, shutdown-sessions, `drain --close-after`).
+    pub end_calls: tokio::sync::Notify,
     /// Health-check latency, seconds.
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
     /// When the server last came back UP after being DOWN (slowstart).
@@ -146,7 +147,7 @@ impl Server {
                 tls_resumed: AtomicU64::new(0),
                 check: Mutex::new(CheckStatus::default()),
                 last_report: Mutex::new(None),
-                cut: tokio::sync::Notify::new(),
+                end_calls: tokio::sync::Notify::new(),
                 check_latency: telemetry::check_latency_histogram(),
                 recovered_at: Mutex::new(None),
             }),

@@ -45,9 +45,11 @@ pub struct DataCtx {
     pub tls: ArcSwap<rustls::ServerConfig>,
     /// WebSocket calls past their 101 (tunnels running).
     pub calls_open: AtomicUsize,
-    /// Set when the ingress ends every live call (graceful stop): each
-    /// tunnel ends this way.
-    pub ending: watch::Sender<Option<tunnel::Ending>>,
+    /// Set when the ingress ends every live call (the grace of a stop or
+    /// an upgrade is over): each gets a Close 1001.
+    calls_ending: std::sync::atomic::AtomicBool,
+    /// Wakes the calls when `calls_ending` is set.
+    end_calls: tokio::sync::Notify,
     /// Idle keep-alive connections to fleets, for `http` routes.
     pub idle: Arc<exchange::IdleConns>,
 }
@@ -62,7 +64,8 @@ impl DataCtx {
             conn_limit_size: AtomicUsize::new(max_connections),
             conn_limit_debt: AtomicUsize::new(0),
             tls: ArcSwap::new(tls),
-            ending: watch::Sender::new(None),
+            calls_ending: std::sync::atomic::AtomicBool::new(false),
+            end_calls: tokio::sync::Notify::new(),
             calls_open: AtomicUsize::new(0),
             idle: Arc::default(),
         }
@@ -104,14 +107,23 @@ impl DataCtx {
         }
     }
 
-    /// Front connections holding a `max_connections` slot (calls included).
-    /// Resolves with the ending asked of every live call.
-    pub async fn ending(&self) -> tunnel::Ending {
-        let mut rx = self.ending.subscribe();
-        let asked = rx.wait_for(Option::is_some).await.map(|e| *e);
-        asked.ok().flatten().unwrap_or(tunnel::Ending::Cut)
+    /// Ends every live call, and any that starts from now, with a Close 1001.
+    pub fn end_calls(&self) {
+        self.calls_ending.store(true, std::sync::atomic::Ordering::Release);
+        self.end_calls.notify_waiters();
     }
 
+    /// Resolves once [`Self::end_calls`] has been called.
+    pub async fn ending(&self) -> tunnel::Ending {
+        let mut notified = std::pin::pin!(self.end_calls.notified());
+        notified.as_mut().enable();
+        if !self.calls_ending.load(std::sync::atomic::Ordering::Acquire) {
+            notified.await;
+        }
+        tunnel::Ending::GoingAway
+    }
+
+    /// Front connections holding a `max_connections` slot (calls included).
     pub fn connections_open(&self) -> usize {
         (self.conn_limit_size.load(Relaxed) + self.conn_limit_debt.load(Relaxed))
             .saturating_sub(self.conn_limit.available_permits())

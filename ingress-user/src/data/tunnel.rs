@@ -3,18 +3,21 @@
 //! is followed frame by frame (headers only, see [`super::frames`]), so the
 //! ingress can end it cleanly: a Close 1001 to each side between two
 //! messages, then the replies awaited briefly, then TLS close_notify.
+//!
+//! One call is one future polled by hand: both directions, the idle clock
+//! and the ending asked for live in it as plain fields (no channel, no
+//! future per read), so a quiet call costs its two streams and little else.
 
 use std::{
+    future::Future,
     pin::Pin,
-    sync::atomic::{AtomicU64, Ordering::Relaxed},
     task::{Context, Poll},
     time::Duration,
 };
 
 use tokio::{
-    io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf},
-    sync::watch,
-    time::Instant,
+    io::{AsyncRead, AsyncWrite, ReadBuf, ReadHalf, WriteHalf},
+    time::{Instant, Sleep},
 };
 
 use super::frames::{self, FrameCursor};
@@ -24,6 +27,10 @@ use super::frames::{self, FrameCursor};
 /// other side cannot take yet are copied to the heap. An idle call (most
 /// of them, most of the time) holds no buffer at all.
 const READ_MAX: usize = 16 * 1024;
+
+/// Reads one direction makes in one poll before letting the other side
+/// and the timers have their turn.
+const READS_PER_POLL: usize = 16;
 
 thread_local! {
     static SCRATCH: std::cell::RefCell<Box<[u8; READ_MAX]>> = std::cell::RefCell::new(Box::new([0; READ_MAX]));
@@ -40,7 +47,8 @@ pub enum CloseReason {
     Idle,
     ClientError,
     ServerError,
-    /// Cut by the ingress (server removed with --now, or marked down with shutdown-sessions).
+    /// Cut by the ingress: a byte tunnel asked to end, or a side that did
+    /// not finish its message or answer our Close in time.
     Cut,
     /// Ended by the ingress with a Close 1001 to both sides.
     GoingAway,
@@ -64,6 +72,7 @@ const CLOSE_REPLY: Duration = Duration::from_secs(2);
 pub const CLOSE_WINDOW: Duration = Duration::from_secs(3);
 
 impl CloseReason {
+    /// The name in the call log and `ingress_tunnel_closed_total{reason}`.
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::ClientClosed => "client_closed",
@@ -71,6 +80,17 @@ impl CloseReason {
             CloseReason::Idle => "idle_timeout",
             CloseReason::ClientError => "client_error",
             CloseReason::ServerError => "server_error",
+            CloseReason::Cut => "cut",
+            CloseReason::GoingAway => "ingress_1001",
+        }
+    }
+
+    /// Who ended the call: `carrier`, `fleet`, `ingress_1001`, `cut` or `idle`.
+    pub fn closed_by(self) -> &'static str {
+        match self {
+            CloseReason::ClientClosed | CloseReason::ClientError => "carrier",
+            CloseReason::ServerClosed | CloseReason::ServerError => "fleet",
+            CloseReason::Idle => "idle",
             CloseReason::Cut => "cut",
             CloseReason::GoingAway => "ingress_1001",
         }
@@ -85,84 +105,15 @@ pub struct TunnelStats {
     pub reason: CloseReason,
 }
 
-/// Milliseconds since `epoch`, as the shared last-activity stamp.
-fn stamp(epoch: Instant) -> u64 {
-    epoch.elapsed().as_millis() as u64
-}
-
-/// What one relay poll did.
-struct Relayed {
-    /// Bytes read (0: EOF).
-    read: usize,
-    /// With a Close due: the message boundary was reached within them (the
-    /// bytes after it were not passed on).
-    at_boundary: bool,
-}
-
-/// One read from `from`, written to `to` in the same poll as far as it
-/// goes; what `to` did not take is appended to `pending`. While there is
-/// nothing to read, flushes `to`. With `frames`, the bytes are followed
-/// frame by frame; with `close_due` too, only those up to the next message
-/// boundary are passed on; once `closed` (our Close sent), none are.
-fn poll_relay<R, W>(
-    cx: &mut Context<'_>,
-    from: &mut ReadHalf<R>,
-    to: &mut WriteHalf<W>,
-    pending: &mut Vec<u8>,
-    frames: Option<&mut Framing>,
-) -> Poll<std::io::Result<Relayed>>
-where
-    R: AsyncRead,
-    W: AsyncWrite,
-{
-    SCRATCH.with_borrow_mut(|scratch| {
-        let mut rb = ReadBuf::new(&mut scratch[..]);
-        match Pin::new(&mut *from).poll_read(cx, &mut rb) {
-            // Nothing to read: push out what the writer still holds (a TLS
-            // writer keeps records it could not send; they must not wait for
-            // the next bytes this way). Its waker is set too.
-            Poll::Pending => {
-                return match Pin::new(&mut *to).poll_flush(cx) {
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                    _ => Poll::Pending,
-                };
-            }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-            Poll::Ready(Ok(())) => {}
+impl TunnelStats {
+    /// A call that ended before its tunnel ran (the 101 or the early bytes failed).
+    pub fn early(reason: CloseReason) -> Self {
+        Self {
+            to_server: 0,
+            to_client: 0,
+            reason,
         }
-        let read = rb.filled();
-        let (pass, at_boundary) = match frames {
-            None => (read.len(), false),
-            Some(f) if f.closed => {
-                f.cursor.advance(read, false);
-                (0, false)
-            }
-            Some(f) => {
-                let pass = f.cursor.advance(read, f.close_due);
-                let reached = f.close_due && f.cursor.at_message_boundary();
-                if pass < read.len() {
-                    // Stopped at the boundary: follow the rest, not passed on.
-                    f.cursor.advance(&read[pass..], false);
-                }
-                (pass, reached)
-            }
-        };
-        let out = &read[..pass];
-        let mut written = 0;
-        while written < out.len() {
-            match Pin::new(&mut *to).poll_write(cx, &out[written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => break,
-            }
-        }
-        pending.extend_from_slice(&out[written..]);
-        Poll::Ready(Ok(Relayed {
-            read: read.len(),
-            at_boundary,
-        }))
-    })
+    }
 }
 
 /// One direction's frame state for a WebSocket call.
@@ -170,8 +121,8 @@ struct Framing {
     cursor: FrameCursor,
     /// Our Close is due at the next message boundary.
     close_due: bool,
-    /// Our Close has been sent: nothing more is passed on; the source's own
-    /// Close (its reply) is awaited.
+    /// Our Close has been queued: nothing more is passed on; the source's
+    /// own Close (its reply) is awaited.
     closed: bool,
     /// This direction runs to the fleet: its Close is masked (as a client's
     /// must be) with this key; to the carrier it is not (None).
@@ -196,79 +147,156 @@ impl Framing {
             None => frames::close_to_client(frames::GOING_AWAY, REASON),
         }
     }
-}
 
-/// Copies one direction; returns `Ok(())` on EOF (or, after our Close, on
-/// the source's reply), `Err` on an I/O error.
-async fn pump<R, W>(
-    mut from: ReadHalf<R>,
-    mut to: WriteHalf<W>,
-    bytes: &AtomicU64,
-    last: &AtomicU64,
-    epoch: Instant,
-    mut framing: Option<Framing>,
-    mut going_away: watch::Receiver<bool>,
-) -> std::io::Result<()>
-where
-    R: AsyncRead,
-    W: AsyncWrite,
-{
-    let mut pending = Vec::new();
-    loop {
-        let due = framing.as_ref().is_some_and(|f| !f.close_due && !f.closed);
-        let relayed = tokio::select! {
-            r = std::future::poll_fn(|cx| poll_relay(cx, &mut from, &mut to, &mut pending, framing.as_mut())) => r,
-            () = async { let _ = going_away.wait_for(|g| *g).await; }, if due => {
-                if let Some(f) = framing.as_mut() {
-                    f.close_due = true;
-                    if f.cursor.at_message_boundary() {
-                        send_close(&mut to, &mut pending, f).await?;
-                    }
-                }
-                continue;
-            }
-        };
-        let n = match relayed {
-            Ok(r) => {
-                if r.at_boundary
-                    && let Some(f) = framing.as_mut()
-                {
-                    send_close(&mut to, &mut pending, f).await?;
-                }
-                r.read
-            }
-            // A peer that closes TCP without TLS close_notify has still closed.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => 0,
-            Err(e) => return Err(e),
-        };
-        let replied = framing.as_ref().is_some_and(|f| f.closed && f.cursor.saw_close);
-        if n == 0 || replied {
-            let _ = to.shutdown().await;
-            return Ok(());
+    /// Follows `read`; returns how many of its bytes are passed on (all,
+    /// those up to the message boundary with a Close due, none after ours).
+    fn pass(&mut self, read: &[u8]) -> usize {
+        if self.closed {
+            self.cursor.advance(read, false);
+            return 0;
         }
-        if !pending.is_empty() {
-            // The other side is slow: hold the rest (bounded by one read) until it takes it.
-            to.write_all(&pending).await?;
-            pending = Vec::new();
+        let pass = self.cursor.advance(read, self.close_due);
+        if pass < read.len() {
+            // Stopped at the boundary: follow the rest, not passed on.
+            self.cursor.advance(&read[pass..], false);
         }
-        bytes.fetch_add(n as u64, Relaxed);
-        last.store(stamp(epoch), Relaxed);
+        pass
     }
 }
 
-/// Writes what is pending and then this direction's Close.
-async fn send_close<W: AsyncWrite>(
-    to: &mut WriteHalf<W>,
-    pending: &mut Vec<u8>,
-    f: &mut Framing,
-) -> std::io::Result<()> {
-    pending.extend_from_slice(&f.close());
-    to.write_all(pending).await?;
-    to.flush().await?;
-    pending.clear();
-    f.closed = true;
-    f.close_due = false;
-    Ok(())
+/// One direction of a tunnel: what `from` sends goes to `to`.
+struct Direction<R, W> {
+    from: ReadHalf<R>,
+    to: WriteHalf<W>,
+    /// Bytes `to` could not take yet (at most one read), or our Close.
+    pending: Vec<u8>,
+    /// How much of `pending` has been written.
+    written: usize,
+    /// Frame state of a WebSocket call (None: a byte tunnel).
+    framing: Option<Framing>,
+    /// The source ended (EOF, or its reply to our Close): `to` is shut down.
+    ended: bool,
+    /// Bytes read from `from`.
+    bytes: u64,
+}
+
+impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
+    fn new(from: ReadHalf<R>, to: WriteHalf<W>, framing: Option<Framing>) -> Self {
+        Self {
+            from,
+            to,
+            pending: Vec::new(),
+            written: 0,
+            framing,
+            ended: false,
+            bytes: 0,
+        }
+    }
+
+    /// Asks for our Close at the next message boundary (a WebSocket call).
+    fn go_away(&mut self) {
+        if let Some(f) = self.framing.as_mut()
+            && !f.closed
+        {
+            f.close_due = true;
+        }
+    }
+
+    /// The source's Close frame has passed (or, after ours, arrived).
+    fn saw_close(&self) -> bool {
+        self.framing.as_ref().is_some_and(|f| f.cursor.saw_close)
+    }
+
+    /// Our Close has gone out (or is queued to).
+    fn closed(&self) -> bool {
+        self.framing.as_ref().is_some_and(|f| f.closed)
+    }
+
+    /// Moves bytes until nothing can move; `Ready(Ok)` once the source has
+    /// ended and `to` is shut down.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        for _ in 0..READS_PER_POLL {
+            while self.written < self.pending.len() {
+                match Pin::new(&mut self.to).poll_write(cx, &self.pending[self.written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => self.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => return Poll::Pending,
+                }
+            }
+            if !self.pending.is_empty() {
+                // Given back: a call that is quiet again holds no buffer.
+                self.pending = Vec::new();
+                self.written = 0;
+            }
+            if let Some(f) = self.framing.as_mut()
+                && f.close_due
+                && f.cursor.at_message_boundary()
+            {
+                self.pending = f.close();
+                f.close_due = false;
+                f.closed = true;
+                continue;
+            }
+            if self.ended {
+                return Pin::new(&mut self.to).poll_shutdown(cx).map(|_| Ok(()));
+            }
+            match self.poll_relay(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(0)) => self.ended = true,
+                // A peer that closes TCP without TLS close_notify has still closed.
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => self.ended = true,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(n)) => {
+                    self.bytes += n as u64;
+                    // After our Close, the source's own ends the direction.
+                    if self.closed() && self.saw_close() {
+                        self.ended = true;
+                    }
+                }
+            }
+        }
+        // A busy direction yields so the other one and the clock get a turn.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// One read from `from`, written to `to` in the same poll as far as it
+    /// goes (what `to` does not take waits in `pending`); with nothing to
+    /// read, flushes `to` (a TLS writer keeps records it could not send;
+    /// they must not wait for the next bytes this way). Returns the bytes read.
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut rb = ReadBuf::new(&mut scratch[..]);
+            match Pin::new(&mut self.from).poll_read(cx, &mut rb) {
+                Poll::Pending => {
+                    return match Pin::new(&mut self.to).poll_flush(cx) {
+                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        _ => Poll::Pending,
+                    };
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let read = rb.filled();
+            let pass = match self.framing.as_mut() {
+                None => read.len(),
+                Some(f) => f.pass(read),
+            };
+            let out = &read[..pass];
+            let mut written = 0;
+            while written < out.len() {
+                match Pin::new(&mut self.to).poll_write(cx, &out[written..]) {
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(n)) => written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Pending => break,
+                }
+            }
+            self.pending.extend_from_slice(&out[written..]);
+            Poll::Ready(Ok(read.len()))
+        })
+    }
 }
 
 /// Runs the tunnel until a side closes, the idle timeout, or `end`. With
@@ -279,95 +307,103 @@ pub async fn run<C, S>(
     client: C,
     server: S,
     idle: Duration,
-    end: impl std::future::Future<Output = Ending>,
+    end: impl Future<Output = Ending>,
     websocket: bool,
 ) -> TunnelStats
 where
     C: AsyncRead + AsyncWrite,
     S: AsyncRead + AsyncWrite,
 {
-    let epoch = Instant::now();
-    let last = AtomicU64::new(0);
-    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
-    let (go, going_away) = watch::channel(false);
+    let start = Instant::now();
     // The carrier gets the server's Close (unmasked), the fleet a client's (masked).
-    let mask = (epoch.elapsed().subsec_nanos() ^ 0x5a5a_a5a5).to_be_bytes();
-    let to_server = pump(
-        cr,
-        sw,
-        &up,
-        &last,
-        epoch,
-        websocket.then(|| Framing::new(Some(mask))),
-        going_away.clone(),
-    );
-    let to_client = pump(
-        sr,
-        cw,
-        &down,
-        &last,
-        epoch,
-        websocket.then(|| Framing::new(None)),
-        going_away,
-    );
-    tokio::pin!(to_server, to_client, end);
-    let idle_ms = idle.as_millis() as u64;
-    let watchdog = async {
-        loop {
-            let since = stamp(epoch).saturating_sub(last.load(Relaxed));
-            if since >= idle_ms {
-                return;
+    let mask = (start.elapsed().subsec_nanos() ^ 0x5a5a_a5a5).to_be_bytes();
+    let mut up = Direction::new(cr, sw, websocket.then(|| Framing::new(Some(mask))));
+    let mut down = Direction::new(sr, cw, websocket.then(|| Framing::new(None)));
+    let mut end = std::pin::pin!(end);
+    // One clock: the idle timeout while both sides are open, then the
+    // linger after one closed, or the reply window once ending.
+    let mut clock: Pin<&mut Sleep> = std::pin::pin!(tokio::time::sleep(idle));
+    let mut last = start;
+    let (mut client_done, mut server_done, mut ending, mut lingering) = (false, false, false, false);
+    // Who closed first: the first Close frame seen, or the first EOF.
+    let mut first: Option<CloseReason> = None;
+    let reason = std::future::poll_fn(|cx| {
+        if !ending && let Poll::Ready(how) = end.as_mut().poll(cx) {
+            if how == Ending::Cut || !websocket {
+                return Poll::Ready(CloseReason::Cut);
             }
-            tokio::time::sleep(Duration::from_millis(idle_ms - since)).await;
+            ending = true;
+            up.go_away();
+            down.go_away();
+            // A message that does not end, or a side that does not answer,
+            // within the reply window is cut.
+            clock.as_mut().reset(Instant::now() + CLOSE_REPLY);
         }
-    };
-    let linger = tokio::time::sleep(idle);
-    tokio::pin!(watchdog, linger);
-    let (mut server_done, mut client_done, mut ending) = (false, false, false);
-    let reason = loop {
-        tokio::select! {
-            r = &mut to_server, if !client_done => match r {
-                Ok(()) if server_done => break if ending { CloseReason::GoingAway } else { CloseReason::ClientClosed },
-                Ok(()) => {
-                    client_done = true;
-                    if !ending {
-                        linger.as_mut().reset(Instant::now() + LINGER);
-                    }
-                }
-                Err(_) => break CloseReason::ClientError,
-            },
-            r = &mut to_client, if !server_done => match r {
-                Ok(()) if client_done => break if ending { CloseReason::GoingAway } else { CloseReason::ServerClosed },
-                Ok(()) => {
-                    server_done = true;
-                    if !ending {
-                        linger.as_mut().reset(Instant::now() + LINGER);
-                    }
-                }
-                Err(_) => break CloseReason::ServerError,
-            },
-            () = &mut linger, if client_done || server_done || ending => {
-                break if ending { CloseReason::GoingAway } else if client_done { CloseReason::ClientClosed } else { CloseReason::ServerClosed };
+        let moved = up.bytes + down.bytes;
+        if !client_done {
+            match up.poll(cx) {
+                Poll::Ready(Ok(())) => client_done = true,
+                // After our Close, a side that drops the connection has answered.
+                Poll::Ready(Err(_)) if ending => client_done = true,
+                Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::ClientError),
+                Poll::Pending => {}
             }
-            () = &mut watchdog, if !ending => break CloseReason::Idle,
-            how = &mut end, if !ending => match how {
-                Ending::GoingAway if websocket => {
-                    ending = true;
-                    let _ = go.send(true);
-                    // Each side's Close goes at its next message boundary; a
-                    // message that does not end, or a side that does not
-                    // answer, within the reply window is cut.
-                    linger.as_mut().reset(Instant::now() + CLOSE_REPLY);
-                }
-                _ => break CloseReason::Cut,
-            },
         }
-    };
+        if !server_done {
+            match down.poll(cx) {
+                Poll::Ready(Ok(())) => server_done = true,
+                Poll::Ready(Err(_)) if ending => server_done = true,
+                Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::ServerError),
+                Poll::Pending => {}
+            }
+        }
+        if first.is_none() && !ending {
+            first = if up.saw_close() || (client_done && !down.saw_close()) {
+                Some(CloseReason::ClientClosed)
+            } else if down.saw_close() || server_done {
+                Some(CloseReason::ServerClosed)
+            } else {
+                None
+            };
+        }
+        if !lingering && !ending && (client_done || server_done) {
+            // A side closed: the other has the linger to finish.
+            lingering = true;
+            clock.as_mut().reset(Instant::now() + LINGER);
+        }
+        let finished = || {
+            if !ending {
+                first.unwrap_or(CloseReason::ClientClosed)
+            } else if up.closed() && down.closed() {
+                CloseReason::GoingAway
+            } else {
+                CloseReason::Cut
+            }
+        };
+        if client_done && server_done {
+            return Poll::Ready(finished());
+        }
+        if up.bytes + down.bytes != moved {
+            last = Instant::now();
+        }
+        while clock.as_mut().poll(cx).is_ready() {
+            if ending || lingering {
+                return Poll::Ready(finished());
+            }
+            let quiet_until = last + idle;
+            if Instant::now() >= quiet_until {
+                return Poll::Ready(CloseReason::Idle);
+            }
+            clock.as_mut().reset(quiet_until);
+        }
+        Poll::Pending
+    })
+    .await;
     TunnelStats {
-        to_server: up.load(Relaxed),
-        to_client: down.load(Relaxed),
+        to_server: up.bytes,
+        to_client: down.bytes,
         reason,
     }
 }

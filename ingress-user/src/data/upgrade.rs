@@ -10,7 +10,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::{
     DataCtx, forward,
     http1::{self, HeadError, HeadLimits, RequestHead},
-    tunnel, upstream,
+    tunnel::{self, CloseReason, TunnelStats},
+    upstream,
 };
 use crate::{
     balance::{Demand, Hints, Lease, Pool},
@@ -198,8 +199,7 @@ pub async fn forward<C, H>(
                 let idle = rt.timeouts.tunnel_idle.0;
                 shared.metrics.response(101);
                 if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
-                    shared.metrics.tunnel_closed("client_error");
-                    log.emit(101, attempts, &server_name, 0, 0, "client_error");
+                    log.ended(&shared, attempts, &server_name, &TunnelStats::early(CloseReason::ClientError));
                     return;
                 }
                 // The client's bytes behind its head, now that the fleet upgraded.
@@ -211,8 +211,7 @@ pub async fn forward<C, H>(
                     Ok::<_, std::io::Error>(())
                 };
                 if !matches!(tokio::time::timeout(idle, early).await, Ok(Ok(()))) {
-                    shared.metrics.tunnel_closed("server_error");
-                    log.emit(101, attempts, &server_name, 0, 0, "server_error");
+                    log.ended(&shared, attempts, &server_name, &TunnelStats::early(CloseReason::ServerError));
                     return;
                 }
                 let call = Established {
@@ -340,6 +339,30 @@ impl CallLog {
             "call"
         );
     }
+
+    /// A call past its 101 ended: its metrics and its log line, with who ended it.
+    fn ended(&self, shared: &DataCtx, attempts: u32, server: &str, stats: &TunnelStats) {
+        let (reason, closed_by) = (stats.reason.as_str(), stats.reason.closed_by());
+        shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
+        shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
+        shared.metrics.tunnel_closed(reason, closed_by);
+        tracing::info!(
+            target: "call",
+            bot_id = %self.bot_id,
+            route = %self.route,
+            pool = %self.pool,
+            server,
+            status = 101,
+            attempts,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            bytes_to_server = stats.to_server,
+            bytes_to_client = stats.to_client,
+            close_reason = reason,
+            closed_by,
+            client = %self.peer,
+            "call"
+        );
+    }
 }
 
 /// An accepted call from its 101 to its end: what the call holds while it
@@ -381,29 +404,19 @@ where
             idle,
             async {
                 tokio::select! {
-                    () = server.live().cut.notified() => tunnel::Ending::Cut,
+                    () = server.live().end_calls.notified() => tunnel::Ending::GoingAway,
                     how = shared.ending() => how,
                 }
             },
             true,
         )
         .await;
-        shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
-        shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
-        shared.metrics.tunnel_closed(stats.reason.as_str());
         // The worker, the slot and the call count are given back before
         // anyone is told (a graceful stop counts open calls when woken).
         drop(lease);
         drop(hold);
         shared.calls_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         shared.changed.signal();
-        log.emit(
-            101,
-            attempts,
-            &server_name,
-            stats.to_server,
-            stats.to_client,
-            stats.reason.as_str(),
-        );
+        log.ended(&shared, attempts, &server_name, &stats);
     }
 }
