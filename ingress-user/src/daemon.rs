@@ -1,11 +1,15 @@
-//! Wires the daemon together: load config and certs, bind listeners, start
-//! the data path (fronts) and the control path (health checks, admin API,
-//! cert watcher, XDP sync), print one `ready` line (and tell systemd), and
-//! stop cleanly on SIGINT/SIGTERM. SIGHUP reloads config and certificates.
+//! Wires the daemon together: load config and certs, bind listeners (or
+//! take them from the process this one replaces), start the data path
+//! (fronts) and the control path (health checks, admin API, cert watcher,
+//! XDP sync), print one `ready` line (and tell systemd), then run the one
+//! loop that owns the process's life: SIGHUP reloads; SIGTERM or `ctl
+//! stop` stops gracefully, SIGINT at once; SIGUSR2 or `ctl upgrade`
+//! replaces the binary.
 
 use std::{
     io::Write as _,
-    path::Path,
+    os::fd::{AsFd as _, OwnedFd},
+    path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicU32},
     time::Duration,
 };
@@ -13,14 +17,25 @@ use std::{
 use anyhow::Context as _;
 use tokio::{
     signal::unix::SignalKind,
-    sync::{Mutex, watch},
+    sync::{Mutex, mpsc, watch},
 };
 
 use crate::{
     admin, bpf,
     config::Config,
-    control::{self, Control, Shared, build, certs::CertStore, sdnotify, tls},
-    data::{DataCtx, tunnel},
+    control::{
+        self, Control, Shared, build,
+        certs::CertStore,
+        handover::{self, Inherited, Message},
+        lifecycle::{self, Upgraded},
+        sdnotify, tls,
+    },
+    data::DataCtx,
+    lifecycle::{
+        VERSION,
+        stop::{Signals, wind_down},
+        upgrade::{self, NewProcess, Offered},
+    },
     model::monotonic_ns,
 };
 
@@ -47,8 +62,105 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// `ingress run --config FILE`.
+/// `ingress run --config FILE`. Started by an upgrade, tells the old
+/// process why it could not start.
 pub async fn run(config_path: &Path) -> anyhow::Result<()> {
+    let inherited = Inherited::from_env()?;
+    let channel = inherited
+        .as_ref()
+        .and_then(|i| i.channel.as_ref())
+        .and_then(|c| c.try_clone().ok());
+    let result = serve(config_path, inherited).await;
+    if let (Err(e), Some(mut c)) = (&result, channel) {
+        let _ = c.write_all(Message::Failed { error: format!("{e:#}") }.line().as_bytes());
+    }
+    result
+}
+
+/// The sockets and the XDP link a new process would be offered.
+struct Handover {
+    exe: PathBuf,
+    config_path: PathBuf,
+    admin_unix: (PathBuf, OwnedFd),
+    admin_tcp: Option<(std::net::SocketAddr, OwnedFd)>,
+    /// Where the XDP link is pinned for a new process, and the sync task's mailbox.
+    xdp: Option<(PathBuf, mpsc::Sender<bpf::sync::PinLink>)>,
+}
+
+impl Handover {
+    /// Starts the binary at `exe` with everything offered; on failure the
+    /// XDP link's pin is taken away again (this process still holds the link).
+    async fn upgrade(&self, control: &Mutex<Control>) -> Result<NewProcess, String> {
+        let xdp_link = match &self.xdp {
+            None => None,
+            Some((path, tx)) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                tx.send(bpf::sync::PinLink {
+                    path: path.clone(),
+                    reply,
+                })
+                .await
+                .map_err(|_| "the XDP sync task is gone".to_owned())?;
+                let mode = answer
+                    .await
+                    .map_err(|_| "the XDP sync task is gone".to_owned())?
+                    .map_err(|e| format!("pinning the XDP link: {e}"))?;
+                Some((path.clone(), mode))
+            }
+        };
+        // The control lock is held throughout: no change races the handover.
+        let control = control.lock().await;
+        let timeout = control.config.limits.upgrade_timeout.0;
+        let offered = Offered {
+            listeners: control.listeners.offer(),
+            admin_unix: Some((self.admin_unix.0.clone(), self.admin_unix.1.as_fd())),
+            admin_tcp: self.admin_tcp.as_ref().map(|(a, fd)| (*a, fd.as_fd())),
+            xdp_link,
+        };
+        let started = upgrade::start(&self.exe, &self.config_path, offered, timeout).await;
+        drop(control);
+        if started.is_err()
+            && let Some((path, _)) = &self.xdp
+        {
+            let _ = std::fs::remove_file(path);
+        }
+        started
+    }
+}
+
+/// How the loop ended.
+enum End {
+    Stop { graceful: bool },
+    Upgraded(NewProcess),
+}
+
+/// Waits (a little) until every admin connection closed: the answer to
+/// `ctl upgrade` must have gone out before the old process exits.
+async fn admin_answered(open: &std::sync::atomic::AtomicUsize) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while open.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Until every server had its first check (at most `limit`): a process
+/// started by an upgrade says ready only then, so that it routes by the
+/// fleets' reports from its first call.
+async fn first_checks(data: &DataCtx, limit: Duration) {
+    let until = tokio::time::Instant::now() + limit;
+    let mut changes = data.changed.subscribe();
+    while !data.runtime.load().server_views().iter().all(|v| v.check.at.is_some()) {
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+            () = tokio::time::sleep_until(until) => return,
+        }
+    }
+}
+
+async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::Result<()> {
+    // The path this process was started from: an upgrade starts what is there then.
+    let exe = std::env::current_exe().context("the path of this binary")?;
     let config = Config::load(config_path)?;
     let desired = control::load_desired(&config)?;
     raise_fd_limit(config.limits.max_connections);
@@ -75,15 +187,32 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         Some(g) => Some(admin::access::resolve_group(g).map_err(anyhow::Error::msg)?),
         None => None,
     };
-    let unix = admin::bind_unix(&config.admin.socket, admin_group)
-        .with_context(|| format!("admin socket {}", config.admin.socket.display()))?;
-    let admin_tcp = match config.admin.listen {
-        Some(a) => Some(
+    let taken_unix = inherited
+        .as_mut()
+        .and_then(|i| i.admin_unix.take())
+        .filter(|(p, _)| *p == config.admin.socket);
+    let unix = match taken_unix {
+        Some((_, l)) => tokio::net::UnixListener::from_std(l)?,
+        None => admin::bind_unix(&config.admin.socket, admin_group)
+            .with_context(|| format!("admin socket {}", config.admin.socket.display()))?,
+    };
+    let taken_tcp = inherited
+        .as_mut()
+        .and_then(|i| i.admin_tcp.take())
+        .filter(|(a, _)| Some(*a) == config.admin.listen);
+    let admin_tcp = match (config.admin.listen, taken_tcp) {
+        (Some(_), Some((_, l))) => Some(tokio::net::TcpListener::from_std(l)?),
+        (Some(a), None) => Some(
             tokio::net::TcpListener::bind(a)
                 .await
                 .with_context(|| format!("admin listen {a}"))?,
         ),
-        None => None,
+        (None, _) => None,
+    };
+    let admin_unix_fd = (config.admin.socket.clone(), unix.as_fd().try_clone_to_owned()?);
+    let admin_tcp_fd = match (&admin_tcp, config.admin.listen) {
+        (Some(l), Some(a)) => Some((a, l.as_fd().try_clone_to_owned()?)),
+        _ => None,
     };
     let mut control = Control::new(
         Arc::clone(&shared),
@@ -92,6 +221,9 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         desired,
         stop_rx.clone(),
     );
+    if let Some(i) = inherited.as_mut() {
+        control.listeners.inherit(std::mem::take(&mut i.listeners));
+    }
     let bound = control.listeners.sync(&config.listen).await?;
     control.listeners.start();
     control.start();
@@ -102,11 +234,15 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     let http: Vec<String> = bound.iter().filter(|(t, _)| !*t).map(|(_, a)| a.to_string()).collect();
     let mut ready = serde_json::json!({
         "ready": true,
+        "pid": std::process::id(),
+        "version": VERSION,
         "https": https,
         "http": http,
         "admin_socket": config.admin.socket.display().to_string(),
         "admin": admin_tcp.as_ref().and_then(|l| l.local_addr().ok()).map(|a| a.to_string()),
     });
+    let (lifecycle_tx, mut requests) = mpsc::channel::<lifecycle::Request>(4);
+    let admin_open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let admin = admin::Admin {
         shared: Arc::clone(&shared),
         control: Arc::clone(&control),
@@ -114,6 +250,8 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
             token: config.admin.token.clone(),
             group: admin_group,
         },
+        lifecycle: lifecycle_tx,
+        open: Arc::clone(&admin_open),
     };
     tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
     if let Some(l) = admin_tcp {
@@ -126,8 +264,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
     } else {
         config.xdp.ports.clone()
     };
-    let xdp_task = match bpf::sync::start(&config, &xdp_ports) {
+    let inherited_link = inherited.as_mut().and_then(|i| i.xdp_link.take());
+    let (handed_over, handed_over_rx) = watch::channel(false);
+    let (pins, pins_rx) = mpsc::channel(1);
+    let mut xdp_pin = None;
+    let xdp_task = match bpf::sync::start(&config, &xdp_ports, inherited_link.as_ref()) {
         Ok(handle) => {
+            xdp_pin = Some((config.xdp.pin_path.join("link"), pins));
             tracing::info!(interface = %handle.interface, mode = handle.mode, pins = %config.xdp.pin_path.display(), "XDP program attached");
             shared.xdp.update(|s| {
                 s.attached = true;
@@ -140,6 +283,11 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 handle,
                 config.xdp.lease.0,
                 stop_rx.clone(),
+                bpf::sync::Upgrades {
+                    handed_over: handed_over_rx,
+                    pins: pins_rx,
+                    inherited: inherited_link.is_some(),
+                },
             )))
         }
         Err(reason) => {
@@ -163,11 +311,38 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         let _ = writeln!(out, "{ready}");
         let _ = out.flush();
     }
-    sdnotify::notify("READY=1\nSTATUS=serving");
-    tracing::info!(config = %config_path.display(), "ingress running");
+    match inherited.as_mut().and_then(|i| i.channel.take()) {
+        Some(channel) => {
+            // Started by an upgrade: ready once the fleets have reported;
+            // the old process stops accepting when told.
+            first_checks(&data, config.limits.upgrade_timeout.0 / 2).await;
+            let said = Message::Ready {
+                pid: std::process::id(),
+                version: VERSION.to_owned(),
+            };
+            (&channel)
+                .write_all(said.line().as_bytes())
+                .context("telling the old process we are ready")?;
+            sdnotify::notify(&format!(
+                "MAINPID={}\nREADY=1\nSTATUS=serving (upgraded)",
+                std::process::id()
+            ));
+            let data = Arc::clone(&data);
+            tokio::task::spawn_blocking(move || handover::follow_calls(channel, &data));
+        }
+        None => sdnotify::notify("READY=1\nSTATUS=serving"),
+    }
+    tracing::info!(config = %config_path.display(), version = VERSION, "ingress running");
+    let mut usr2 = tokio::signal::unix::signal(SignalKind::user_defined2())?;
+    let handover = Handover {
+        exe,
+        config_path: config_path.to_owned(),
+        admin_unix: admin_unix_fd,
+        admin_tcp: admin_tcp_fd,
+        xdp: xdp_pin,
+    };
 
-    // SIGTERM stops gracefully; SIGINT (an operator at a terminal) at once.
-    let graceful = loop {
+    let end = loop {
         tokio::select! {
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration and certificates");
@@ -179,45 +354,76 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
                 };
                 sdnotify::notify(&format!("READY=1\n{status}"));
             }
-            _ = term.recv() => break true,
-            _ = int.recv() => break false,
-        }
-    };
-    // Graceful stop: no new connection (listeners closed, so a VRRP or ECMP
-    // peer takes new calls), live calls go on for the grace, then each gets
-    // a Close 1001 at its next message boundary. Another signal ends the grace.
-    let grace = if graceful {
-        config.limits.shutdown_grace.0
-    } else {
-        Duration::ZERO
-    };
-    tracing::info!(calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
-    sdnotify::notify("STOPPING=1");
-    let _ = stop_tx.send(true);
-    let deadline = tokio::time::Instant::now() + grace;
-    let mut changes = data.changed.subscribe();
-    // Woken when a call ends (the tick is a backstop). Connections that are
-    // not calls (a handshake, an http route's) are not waited for.
-    while data.calls_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-        tokio::select! {
-            _ = changes.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(100)) => {}
-            () = tokio::time::sleep_until(deadline) => break,
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    let left = data.calls_open.load(std::sync::atomic::Ordering::Relaxed);
-    if left > 0 {
-        tracing::info!(calls = left, "closing the calls left with 1001 (going away)");
-        data.end_calls();
-        let closing = tokio::time::Instant::now() + tunnel::CLOSE_WINDOW;
-        while data.calls_open.load(std::sync::atomic::Ordering::Relaxed) > 0 {
-            tokio::select! {
-                _ = changes.changed() => {}
-                () = tokio::time::sleep(Duration::from_millis(100)) => {}
-                () = tokio::time::sleep_until(closing) => break,
+            _ = usr2.recv() => {
+                tracing::info!(exe = %handover.exe.display(), "SIGUSR2: upgrading to the binary on disk");
+                if let Ok(p) = handover.upgrade(&control).await {
+                    break End::Upgraded(p);
+                }
             }
+            Some(request) = requests.recv() => match request {
+                lifecycle::Request::Stop => break End::Stop { graceful: true },
+                lifecycle::Request::Upgrade(reply) => {
+                    tracing::info!(exe = %handover.exe.display(), "ctl upgrade: upgrading to the binary on disk");
+                    match handover.upgrade(&control).await {
+                        Ok(p) => {
+                            let _ = reply.send(Ok(Upgraded {
+                                pid: p.pid,
+                                version: p.version.clone(),
+                                old_pid: std::process::id(),
+                                calls_kept: data.calls_open.load(std::sync::atomic::Ordering::Relaxed),
+                            }));
+                            break End::Upgraded(p);
+                        }
+                        Err(why) => {
+                            let _ = reply.send(Err(why));
+                        }
+                    }
+                }
+            },
+            _ = term.recv() => break End::Stop { graceful: true },
+            _ = int.recv() => break End::Stop { graceful: false },
+        }
+    };
+    let signals = Signals {
+        term: &mut term,
+        int: &mut int,
+    };
+    match end {
+        End::Upgraded(p) => {
+            // The new process serves: the XDP sync lets go of the maps
+            // (nothing cleared), then this one stops accepting and keeps
+            // its calls, telling the new one how many it holds.
+            let _ = handed_over.send(true);
+            let mut xdp_task = xdp_task;
+            if let Some(t) = xdp_task.take() {
+                let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            }
+            if let Some((path, _)) = &handover.xdp {
+                let _ = std::fs::remove_file(path);
+            }
+            let _ = stop_tx.send(true);
+            tracing::info!(pid = p.pid, version = %p.version, calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(config.limits.upgrade_grace.0), "upgraded: the new process takes every new call; this one keeps its calls");
+            let report = tokio::spawn(upgrade::report_calls(p.channel, Arc::clone(&data)));
+            wind_down(&data, config.limits.upgrade_grace.0, Some(config.limits.shutdown_grace.0), signals).await;
+            admin_answered(&admin_open).await;
+            report.abort();
+            control.lock().await.stop_health();
+            return Ok(());
+        }
+        End::Stop { graceful } => {
+            // Graceful stop: no new connection (listeners closed, so a VRRP
+            // or ECMP peer takes new calls), live calls go on for the grace,
+            // then each gets a Close 1001 at its next message boundary.
+            // Another signal ends the grace.
+            let grace = if graceful {
+                config.limits.shutdown_grace.0
+            } else {
+                Duration::ZERO
+            };
+            tracing::info!(calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
+            sdnotify::notify("STOPPING=1");
+            let _ = stop_tx.send(true);
+            wind_down(&data, grace, None, signals).await;
         }
     }
     control.lock().await.stop_health();

@@ -15,7 +15,9 @@
 //! 7. [`control`] — the owner of running state: desired state, snapshot
 //!    building, listeners, health, certificates, TLS, add/remove;
 //! 8. [`admin`] — admin API, `/metrics`, `/stats`, `ingress ctl`;
-//! 9. [`daemon`] — wiring only.
+//! 9. [`lifecycle`] — the process's own life: graceful stop, the old side
+//!    of a binary upgrade;
+//! 10. [`daemon`] — wiring only.
 
 pub mod admin;
 pub mod balance;
@@ -24,6 +26,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod data;
+pub mod lifecycle;
 pub mod model;
 pub mod snapshot;
 pub mod telemetry;

@@ -55,8 +55,14 @@ enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
-    /// No new calls to POOL/NAME; live calls carry on.
-    Drain { target: String },
+    /// No new calls to POOL/NAME; live calls carry on (or, with
+    /// --close-after, get a WebSocket Close 1001 after that long).
+    Drain {
+        target: String,
+        /// E.g. `2s`, `10m`: then its calls end with a Close 1001 to both sides.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        close_after: Option<std::time::Duration>,
+    },
     /// Back into rotation.
     Ready { target: String },
     /// Out of service.
@@ -79,12 +85,21 @@ enum CtlCommand {
     /// Remove POOL/NAME (drained first while it has calls, unless --now).
     Remove {
         target: String,
-        /// Cut its live calls.
+        /// End its live calls now (a WebSocket Close 1001 to both sides).
         #[arg(long)]
         now: bool,
     },
     /// Reload the configuration file; fails when the daemon refused it.
     Reload,
+    /// Replace the daemon with the binary now at the path it was started
+    /// from: the new process takes the sockets and the XDP program, the
+    /// old one keeps its calls until they end (or `upgrade_grace`). Prints
+    /// the new PID; fails, with the reason, when the new binary could not
+    /// start (the old process serves on).
+    Upgrade,
+    /// Stop gracefully, as SIGTERM: listeners closed now, calls kept for
+    /// `shutdown_grace`, then a Close 1001 to both sides.
+    Stop,
     /// The server of POOL with the most effective capacity.
     Pick { pool: String },
 }
@@ -211,7 +226,7 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
     use ingress_user::admin::ctl::{report, request, seg, servers_table, split_target};
     let (method, path, body, json_out) = match &command {
         CtlCommand::Stat { json } => ("GET", "/api/servers".to_owned(), None, *json),
-        CtlCommand::Drain { target } | CtlCommand::Ready { target } | CtlCommand::Maint { target } => {
+        CtlCommand::Drain { target, .. } | CtlCommand::Ready { target } | CtlCommand::Maint { target } => {
             let (pool, name) = match split_target(target) {
                 Ok(t) => t,
                 Err(e) => {
@@ -224,10 +239,17 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
                 CtlCommand::Ready { .. } => "ready",
                 _ => "maint",
             };
+            let mut body = serde_json::json!({ "state": state });
+            if let CtlCommand::Drain {
+                close_after: Some(d), ..
+            } = &command
+            {
+                body["close_after"] = humantime::format_duration(*d).to_string().into();
+            }
             (
                 "POST",
                 format!("/api/servers/{}/{}/state", seg(pool), seg(name)),
-                Some(serde_json::json!({ "state": state })),
+                Some(body),
                 false,
             )
         }
@@ -261,6 +283,8 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
             )
         }
         CtlCommand::Reload => ("POST", "/api/reload".to_owned(), None, false),
+        CtlCommand::Upgrade => ("POST", "/api/upgrade".to_owned(), None, false),
+        CtlCommand::Stop => ("POST", "/api/stop".to_owned(), None, false),
         CtlCommand::Pick { pool } => ("GET", format!("/api/pick/{}", seg(pool)), None, false),
     };
     let answer = match request(socket, method, &path, body).await {

@@ -32,6 +32,12 @@ impl Runtime {
     }
 
     /// Retry-After for a pool's all-full 503: its check interval in whole seconds, at least 1.
+    /// The server `name` of `pool`, if there is one.
+    pub fn server(&self, pool: &str, name: &str) -> Option<Arc<Server>> {
+        let pool = self.pools.iter().find(|p| &*p.name == pool)?;
+        pool.servers.load().iter().find(|s| s.name() == name).cloned()
+    }
+
     pub fn retry_after(&self, pool: usize) -> u64 {
         let ms = self.pools[pool].check.interval.0.as_millis() as u64;
         ms.div_ceil(1000).max(1)
@@ -47,6 +53,8 @@ pub struct ServerView {
     pub addr: String,
     pub state: ServerState,
     pub active: u32,
+    /// Calls the process this one replaced still holds here (an upgrade).
+    pub inherited: u32,
     pub maxconn: u32,
     pub reported: Option<u32>,
     pub effective: u32,
@@ -80,6 +88,7 @@ impl Runtime {
                     addr: s.def.addr(),
                     state: s.state(),
                     active: s.active(),
+                    inherited: s.inherited(),
                     maxconn: s.maxconn,
                     reported: s.reported(),
                     effective: s.effective(),

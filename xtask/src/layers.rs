@@ -28,7 +28,8 @@ pub const RANKS: &[(&str, u32)] = &[
     ("bpf", 5),
     ("control", 6),
     ("admin", 7),
-    ("daemon", 8),
+    ("lifecycle", 8),
+    ("daemon", 9),
 ];
 
 /// One module file: its path in the crate (`["control", "servers"]`) and

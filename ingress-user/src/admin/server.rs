@@ -25,6 +25,7 @@ use crate::{
     control::{
         Control, ControlError, Shared,
         desired::StateError,
+        lifecycle::{self, Requests},
         servers::{self, AddRequest},
     },
     model::AdminState,
@@ -57,6 +58,11 @@ pub struct Admin {
     pub control: Arc<Mutex<Control>>,
     /// Who may read and who may change.
     pub policy: Policy,
+    /// `ctl upgrade` and `ctl stop` go to the daemon's loop.
+    pub lifecycle: Requests,
+    /// Admin connections open (a process handing over waits for its answer
+    /// to `ctl upgrade` to have gone out).
+    pub open: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The status a refused change answers with.
@@ -135,15 +141,25 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             #[serde(deny_unknown_fields)]
             struct Body {
                 state: String,
+                /// With `drain`: its calls end with a Close 1001 after this long.
+                close_after: Option<String>,
             }
             match body_json::<Body>(req).await {
                 Err(r) => r,
-                Ok(b) => match AdminState::parse(&b.state) {
-                    None => error(
+                Ok(b) => match (AdminState::parse(&b.state), b.close_after.as_deref()) {
+                    (None, _) => error(
                         StatusCode::BAD_REQUEST,
                         &format!("state `{}` is not drain, ready or maint", b.state),
                     ),
-                    Some(st) => outcome(admin.control.lock().await.set_state(pool, name, st)),
+                    (Some(st), None) => outcome(admin.control.lock().await.set_state(pool, name, st, None)),
+                    (Some(AdminState::Drain), Some(after)) => match humantime::parse_duration(after) {
+                        Ok(d) => outcome(admin.control.lock().await.set_state(pool, name, AdminState::Drain, Some(d))),
+                        Err(e) => error(
+                            StatusCode::BAD_REQUEST,
+                            &format!("close_after `{after}` is not a duration (e.g. 2s, 10m): {e}"),
+                        ),
+                    },
+                    (Some(_), Some(_)) => error(StatusCode::BAD_REQUEST, "close_after goes with state drain only"),
                 },
             }
         }
@@ -159,6 +175,25 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             outcome(servers::remove_server(&admin.control, pool, name, now).await)
         }
         (&Method::POST, ["api", "reload"]) => outcome(admin.control.lock().await.reload().await),
+        (&Method::POST, ["api", "upgrade"]) => {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if admin.lifecycle.send(lifecycle::Request::Upgrade(reply)).await.is_err() {
+                error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping")
+            } else {
+                match answer.await {
+                    Ok(Ok(up)) => json(StatusCode::OK, &up),
+                    Ok(Err(why)) => error(StatusCode::INTERNAL_SERVER_ERROR, &format!("upgrade abandoned: {why}")),
+                    Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+                }
+            }
+        }
+        (&Method::POST, ["api", "stop"]) => match admin.lifecycle.send(lifecycle::Request::Stop).await {
+            Ok(()) => json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "stopping": true, "pid": std::process::id() }),
+            ),
+            Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping"),
+        },
         (_, ["api", ..] | ["metrics"] | ["stats"] | ["stats.json"]) => {
             error(StatusCode::NOT_FOUND, &format!("no admin route {method} {path}"))
         }
@@ -265,9 +300,12 @@ where
             continue;
         };
         let admin = admin.clone();
+        let open = Arc::clone(&admin.open);
+        open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tokio::spawn(async move {
             serve_conn(s, admin, peer).await;
             drop(slot);
+            open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         });
     }
 }

@@ -65,6 +65,9 @@ pub struct Server {
 pub struct Live {
     /// Tunnels held (and upgrade attempts in flight).
     active: AtomicU32,
+    /// Calls held here by the process this one replaced (a binary
+    /// upgrade), as it last said: they take `maxconn` slots until they end.
+    inherited: AtomicU32,
     /// Calls routed since the last capacity report that are still open:
     /// the report's epoch in the high 32 bits, the count in the low ones,
     /// so that a call ending after the next report never touches its count.
@@ -135,6 +138,7 @@ impl Server {
             capacity_aware,
             live: Arc::new(Live {
                 active: AtomicU32::new(0),
+                inherited: AtomicU32::new(0),
                 routed: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
                 probe_out: AtomicBool::new(false),
@@ -209,6 +213,27 @@ impl Server {
         self.live.active.load(Relaxed)
     }
 
+    /// Calls the replaced process still holds here.
+    pub fn inherited(&self) -> u32 {
+        self.live.inherited.load(Relaxed)
+    }
+
+    /// The replaced process says it holds `calls` here. Calls it gained
+    /// since it last said so also count against the current report window
+    /// (the last report may not have seen them); calls that ended free
+    /// their `maxconn` slots.
+    pub fn inherit(&self, calls: u32) {
+        let before = self.live.inherited.swap(calls, Relaxed);
+        if self.capacity_aware && calls > before {
+            self.live.routed.fetch_add(u64::from(calls - before), Relaxed);
+        }
+    }
+
+    /// `maxconn` slots taken: this process's and the replaced one's.
+    fn taken(&self) -> u32 {
+        self.active().saturating_add(self.inherited())
+    }
+
     /// Last reported capacity, `None` before the first report (or liveness-only).
     pub fn reported(&self) -> Option<u32> {
         match self.live.reported.load(Relaxed) {
@@ -239,7 +264,7 @@ impl Server {
 
     /// `min(maxconn − active, reported − routed_since_report)`.
     pub fn effective(&self) -> u32 {
-        let free = self.maxconn.saturating_sub(self.live.active.load(Relaxed));
+        let free = self.maxconn.saturating_sub(self.taken());
         if !self.capacity_aware {
             return free;
         }
@@ -336,7 +361,7 @@ impl Server {
         match demand {
             Demand::Call => self.state() == ServerState::Up,
             Demand::Request => {
-                self.admin_state() == AdminState::Ready && self.healthy() && self.active() < self.maxconn
+                self.admin_state() == AdminState::Ready && self.healthy() && self.taken() < self.maxconn
             }
         }
     }
@@ -349,7 +374,9 @@ impl Server {
         let took_active = self
             .live
             .active
-            .fetch_update(Relaxed, Relaxed, |a| (a < self.maxconn).then_some(a + 1))
+            .fetch_update(Relaxed, Relaxed, |a| {
+                (a.saturating_add(self.inherited()) < self.maxconn).then_some(a + 1)
+            })
             .is_ok();
         if !took_active {
             return None;

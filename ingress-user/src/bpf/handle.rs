@@ -11,7 +11,11 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{Xdp, xdp::XdpMode as AyaXdpMode},
+    programs::{
+        Xdp,
+        links::{FdLink, PinnedLink},
+        xdp::{XdpLink, XdpLinkId, XdpMode as AyaXdpMode},
+    },
 };
 use ingress_common::{ControlEntry, FleetEntry, action, counter, map_names};
 
@@ -54,6 +58,11 @@ pub struct XdpHandle {
     pub mode: &'static str,
     action: u32,
     generation: u64,
+    /// The attachment while this program holds it.
+    link: Option<XdpLinkId>,
+    /// The attachment once pinned for a new process (an upgrade): held
+    /// here too, so that it outlives a new process that fails.
+    pinned: Option<PinnedLink>,
 }
 
 impl std::fmt::Debug for XdpHandle {
@@ -64,8 +73,12 @@ impl std::fmt::Debug for XdpHandle {
 
 impl XdpHandle {
     /// Loads the object with maps pinned under `pin_path` (re-using existing
-    /// pins), fills `PORTS` and the carrier tries, and attaches.
-    pub fn attach(cfg: &XdpConfig, ports: &[u16]) -> Result<Self, XdpError> {
+    /// pins), fills `PORTS` and the carrier tries, and attaches. With the
+    /// pin of a link the replaced process held (an upgrade), the new
+    /// program replaces the old one on that link in one step, and the
+    /// control entry is left as the old process wrote it: carriers are
+    /// shed, or not, throughout.
+    pub fn attach(cfg: &XdpConfig, ports: &[u16], inherited: Option<&(PathBuf, String)>) -> Result<Self, XdpError> {
         let interface = cfg.interface.clone().unwrap_or_default();
         std::fs::create_dir_all(&cfg.pin_path).map_err(|source| XdpError::Pin {
             path: cfg.pin_path.clone(),
@@ -82,43 +95,87 @@ impl XdpHandle {
                 load(Some(&cfg.pin_path))?
             }
         };
-        let mut handle = Self::prepare(ebpf, cfg.action, ports, &cfg.carriers)?;
+        let mut handle = Self::prepare(ebpf, cfg.action, ports, &cfg.carriers, inherited.is_none())?;
         handle.interface = interface.clone();
+        if let Some((pin, mode)) = inherited {
+            let pin_err = |reason: String| XdpError::Attach {
+                interface: interface.clone(),
+                reason: format!("the link pinned at {}: {reason}", pin.display()),
+            };
+            let link = FdLink::from(PinnedLink::from_pin(pin).map_err(|e| pin_err(e.to_string()))?);
+            let link = XdpLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
+            handle.link = Some(handle.program_mut()?.attach_to_link(link)?);
+            handle.mode = if mode == "native" { "native" } else { "skb" };
+            return Ok(handle);
+        }
         let program = handle.program_mut()?;
         let attach_err = |e: aya::programs::ProgramError| XdpError::Attach {
             interface: interface.clone(),
             reason: e.to_string(),
         };
-        handle.mode = match cfg.mode {
-            XdpMode::Native => program
-                .attach(&interface, AyaXdpMode::Driver)
-                .map(|_| "native")
-                .map_err(attach_err)?,
-            XdpMode::Skb => program
-                .attach(&interface, AyaXdpMode::Skb)
-                .map(|_| "skb")
-                .map_err(attach_err)?,
+        let (link, mode) = match cfg.mode {
+            XdpMode::Native => (
+                program.attach(&interface, AyaXdpMode::Driver).map_err(attach_err)?,
+                "native",
+            ),
+            XdpMode::Skb => (
+                program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?,
+                "skb",
+            ),
             XdpMode::Auto | XdpMode::Off => match program.attach(&interface, AyaXdpMode::Driver) {
-                Ok(_) => "native",
+                Ok(link) => (link, "native"),
                 Err(native) => {
                     tracing::info!(error = %native, "native XDP refused; trying SKB mode");
-                    program
-                        .attach(&interface, AyaXdpMode::Skb)
-                        .map(|_| "skb")
-                        .map_err(attach_err)?
+                    (
+                        program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?,
+                        "skb",
+                    )
                 }
             },
         };
+        handle.link = Some(link);
+        handle.mode = mode;
         Ok(handle)
+    }
+
+    /// Pins the attachment at `path` for a new process (an upgrade) to
+    /// take with [`Self::attach`]. This handle keeps it too: if the new
+    /// process fails, nothing changed for carriers.
+    pub fn pin_link(&mut self, path: &Path) -> Result<(), XdpError> {
+        let link_err = |reason: String| XdpError::Pin {
+            path: path.to_owned(),
+            source: std::io::Error::other(reason),
+        };
+        let fd = match self.pinned.take() {
+            // Pinned for an upgrade that failed: pinned again here.
+            Some(p) => FdLink::from(p),
+            None => {
+                let id = self.link.take().ok_or_else(|| link_err("not attached".to_owned()))?;
+                let link = self.program_mut()?.take_link(id)?;
+                FdLink::try_from(link)
+                    .map_err(|e| link_err(format!("{e} (an attachment made by netlink cannot be handed over)")))?
+            }
+        };
+        let _ = std::fs::remove_file(path);
+        self.pinned = Some(fd.pin(path).map_err(|e| link_err(e.to_string()))?);
+        Ok(())
     }
 
     /// Loads the program with private (unpinned) maps and attaches it nowhere:
     /// for running crafted packets through it with `BPF_PROG_TEST_RUN`.
     pub fn load_detached(action: XdpAction, ports: &[u16], carriers: &[String]) -> Result<Self, XdpError> {
-        Self::prepare(load(None)?, action, ports, carriers)
+        Self::prepare(load(None)?, action, ports, carriers, true)
     }
 
-    fn prepare(mut ebpf: Ebpf, action: XdpAction, ports: &[u16], carriers: &[String]) -> Result<Self, XdpError> {
+    /// Loads the program and fills `PORTS` and the carriers; with `clear`,
+    /// writes a control entry that sheds nothing (a fresh start).
+    fn prepare(
+        mut ebpf: Ebpf,
+        action: XdpAction,
+        ports: &[u16],
+        carriers: &[String],
+        clear: bool,
+    ) -> Result<Self, XdpError> {
         let program: &mut Xdp = ebpf
             .program_mut(ingress_common::PROGRAM_NAME)
             .ok_or(XdpError::MissingProgram(ingress_common::PROGRAM_NAME))?
@@ -133,10 +190,14 @@ impl XdpHandle {
                 XdpAction::Rst => action::RST,
             },
             generation: 0,
+            link: None,
+            pinned: None,
         };
         handle.set_ports(ports)?;
         handle.set_carriers(carriers)?;
-        handle.write_control(false, 0, 0)?;
+        if clear {
+            handle.write_control(false, 0, 0)?;
+        }
         Ok(handle)
     }
 

@@ -66,7 +66,7 @@ fn fleet_entries(ctx: &DataCtx) -> (Vec<FleetEntry>, u64, bool) {
             pool_id: v.pool_index as u32,
             state: v.state.bpf_code(),
             maxconn: v.maxconn,
-            active: v.active,
+            active: v.active + v.inherited,
             reported: v.reported.unwrap_or(REPORTED_NONE),
             effective: v.effective,
             _pad: 0,
@@ -78,14 +78,25 @@ fn fleet_entries(ctx: &DataCtx) -> (Vec<FleetEntry>, u64, bool) {
 
 /// Keeps the maps in step: on every change notification and at least every
 /// quarter lease; renews the lease while shedding. Ends when `stop` fires,
-/// then clears the shed flag (the link detaches when the handle drops).
+/// then clears the shed flag (the link detaches when the handle drops); or
+/// when `handed_over` does (a new process took the link): then leaves the
+/// maps as they are for it. With `inherited` (this process took the link
+/// from the one it replaced), the control entry is left as that one wrote
+/// it until every server had its first check here.
 pub async fn run_sync(
     ctx: Arc<DataCtx>,
     status: Arc<XdpStatus>,
     mut handle: XdpHandle,
     lease: Duration,
     stop: tokio::sync::watch::Receiver<bool>,
+    upgrades: Upgrades,
 ) {
+    let Upgrades {
+        mut handed_over,
+        mut pins,
+        inherited,
+    } = upgrades;
+    let mut hold_control = inherited;
     let mut policy = ShedPolicy::new(Duration::from_secs(1));
     let tick = (lease / 4).min(Duration::from_millis(250));
     let mut stop = stop;
@@ -97,7 +108,10 @@ pub async fn run_sync(
         if let Err(e) = handle.write_fleets(&entries) {
             tracing::error!(error = %e, "writing FLEETS");
         }
-        if let Err(e) = handle.write_control(shed, total, lease.as_nanos() as u64) {
+        hold_control &= !all_checked;
+        if !hold_control
+            && let Err(e) = handle.write_control(shed, total, lease.as_nanos() as u64)
+        {
             tracing::error!(error = %e, "writing CONTROL");
         }
         let counters = handle.counters();
@@ -118,6 +132,14 @@ pub async fn run_sync(
             _ = changed.changed() => {}
             () = tokio::time::sleep(tick) => {}
             _ = stop.changed() => break,
+            Some(pin) = pins.recv() => {
+                let pinned = handle.pin_link(&pin.path).map(|()| handle.mode.to_owned()).map_err(|e| e.to_string());
+                let _ = pin.reply.send(pinned);
+            }
+            _ = handed_over.wait_for(|h| *h) => {
+                tracing::info!("XDP handed over to the new process");
+                return;
+            }
         }
     }
     let _ = handle.write_control(false, 0, 0);
@@ -129,15 +151,38 @@ pub async fn run_sync(
     tracing::info!("XDP program detached");
 }
 
+/// The sync task's part in binary upgrades.
+#[derive(Debug)]
+pub struct Upgrades {
+    /// Turns true once a new process took the link.
+    pub handed_over: tokio::sync::watch::Receiver<bool>,
+    /// Requests to pin the link for a new process.
+    pub pins: tokio::sync::mpsc::Receiver<PinLink>,
+    /// This process took the link from the one it replaced.
+    pub inherited: bool,
+}
+
+/// Asks the sync task to pin the XDP link at `path` for a new process (an
+/// upgrade); the reply is the link's mode.
+#[derive(Debug)]
+pub struct PinLink {
+    pub path: std::path::PathBuf,
+    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+}
+
 /// Sets XDP up from the config, or explains (loudly, once) why not.
-pub fn start(config: &Config, ports: &[u16]) -> Result<XdpHandle, String> {
+pub fn start(
+    config: &Config,
+    ports: &[u16],
+    inherited: Option<&(std::path::PathBuf, String)>,
+) -> Result<XdpHandle, String> {
     if config.xdp.mode == XdpMode::Off {
         return Err("xdp.mode = \"off\"".to_owned());
     }
     if !nix::unistd::geteuid().is_root() {
         return Err("not running as root".to_owned());
     }
-    XdpHandle::attach(&config.xdp, ports).map_err(|e| e.to_string())
+    XdpHandle::attach(&config.xdp, ports, inherited).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

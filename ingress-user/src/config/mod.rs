@@ -118,6 +118,12 @@ pub struct Limits {
     /// On SIGTERM: how long live calls may go on (listeners already closed)
     /// before each gets a WebSocket Close 1001.
     pub shutdown_grace: Dur,
+    /// After a binary upgrade: how long the old process keeps its calls
+    /// (the new one takes every new call) before each gets a Close 1001.
+    pub upgrade_grace: Dur,
+    /// How long a new binary may take to say ready before the upgrade is
+    /// abandoned (the old process serving on).
+    pub upgrade_timeout: Dur,
 }
 
 impl Default for Limits {
@@ -128,6 +134,8 @@ impl Default for Limits {
             max_headers: 100,
             header_timeout: Dur(Duration::from_secs(10)),
             shutdown_grace: Dur(Duration::from_secs(60)),
+            upgrade_grace: Dur(Duration::from_secs(3600)),
+            upgrade_timeout: Dur(Duration::from_secs(30)),
         }
     }
 }

@@ -1,8 +1,15 @@
 //! Control path: the front listeners' lifecycle — bind what the config
-//! lists and is not bound yet, stop what it no longer lists (their live
-//! connections carry on), and hand each accept loop to the data path.
+//! lists and is not bound yet (or take it from the process this one
+//! replaced), stop what it no longer lists (their live connections carry
+//! on), hand each accept loop to the data path, and offer the listening
+//! sockets to a new process on an upgrade.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
+    sync::Arc,
+};
 
 use tokio::sync::watch;
 
@@ -15,11 +22,15 @@ use crate::{
 #[derive(Debug)]
 pub struct Listeners {
     ctx: Arc<DataCtx>,
-    running: HashMap<(bool, SocketAddr), watch::Sender<bool>>,
+    /// Each loop's own stop, and a duplicate of its socket (offered on an upgrade).
+    running: HashMap<(bool, SocketAddr), (watch::Sender<bool>, OwnedFd)>,
     /// The daemon's stop switch: every loop ends with it.
     stop: watch::Receiver<bool>,
     /// Bound by [`Self::sync`], accepting from [`Self::start`] on.
     pending: Vec<((bool, SocketAddr), tokio::net::TcpListener)>,
+    /// Sockets the replaced process was listening on (an upgrade), taken
+    /// by [`Self::sync`] instead of binding; those it does not take close.
+    inherited: Vec<((bool, SocketAddr), std::net::TcpListener)>,
 }
 
 impl Listeners {
@@ -29,7 +40,18 @@ impl Listeners {
             running: HashMap::new(),
             stop,
             pending: Vec::new(),
+            inherited: Vec::new(),
         }
+    }
+
+    /// Listening sockets to take before binding (an upgrade).
+    pub fn inherit(&mut self, listeners: Vec<((bool, SocketAddr), std::net::TcpListener)>) {
+        self.inherited = listeners;
+    }
+
+    /// The running listeners by (TLS?, configured address), for a new process.
+    pub fn offer(&self) -> Vec<((bool, SocketAddr), BorrowedFd<'_>)> {
+        self.running.iter().map(|(k, (_, fd))| (*k, fd.as_fd())).collect()
     }
 
     /// Makes the running listeners those of `listen`; returns the newly
@@ -44,6 +66,11 @@ impl Listeners {
         let mut fresh = Vec::new();
         for key in &wanted {
             if !self.running.contains_key(key) && !fresh.iter().any(|(k, _)| k == key) {
+                if let Some(i) = self.inherited.iter().position(|(k, _)| k == key) {
+                    let (_, l) = self.inherited.swap_remove(i);
+                    fresh.push((*key, tokio::net::TcpListener::from_std(l)?));
+                    continue;
+                }
                 let l = listener::bind_all(&[key.1])
                     .await?
                     .pop()
@@ -51,9 +78,12 @@ impl Listeners {
                 fresh.push((*key, l));
             }
         }
+        for (key, _) in self.inherited.drain(..) {
+            tracing::info!(addr = %key.1, "inherited listener not in the config: closed");
+        }
         let stale: Vec<_> = self.running.keys().filter(|k| !wanted.contains(k)).copied().collect();
         for key in stale {
-            if let Some(stop) = self.running.remove(&key) {
+            if let Some((stop, _)) = self.running.remove(&key) {
                 let _ = stop.send(true);
                 tracing::info!(addr = %key.1, "listener closed");
             }
@@ -71,6 +101,13 @@ impl Listeners {
     /// backlog until then).
     pub fn start(&mut self) {
         for ((tls, configured), l) in std::mem::take(&mut self.pending) {
+            let dup = match l.as_fd().try_clone_to_owned() {
+                Ok(fd) => fd,
+                Err(e) => {
+                    tracing::error!(addr = %configured, error = %e, "listener not started: no descriptor left to keep for an upgrade");
+                    continue;
+                }
+            };
             let (stop_tx, mut own) = watch::channel(false);
             let mut global = self.stop.clone();
             let (tx, merged) = watch::channel(false);
@@ -82,7 +119,7 @@ impl Listeners {
                 let _ = tx.send(true);
             });
             tokio::spawn(listener::serve(l, Arc::clone(&self.ctx), tls, merged));
-            self.running.insert((tls, configured), stop_tx);
+            self.running.insert((tls, configured), (stop_tx, dup));
         }
     }
 }

@@ -9,7 +9,9 @@
 pub mod build;
 pub mod certs;
 pub mod desired;
+pub mod handover;
 pub mod health;
+pub mod lifecycle;
 pub mod listeners;
 pub mod sdnotify;
 pub mod servers;
@@ -296,15 +298,34 @@ impl Control {
         self.desired.pools.get(pool).is_some_and(|p| p.servers_file.is_some())
     }
 
-    /// `drain`, `ready`, `maint`.
-    pub fn set_state(&mut self, pool: &str, name: &str, state: AdminState) -> Result<StateSet, ControlError> {
+    /// `drain`, `ready`, `maint`; a drain with `close_after` ends the
+    /// server's calls with a Close 1001 after that long (unless it is made
+    /// ready again before).
+    pub fn set_state(
+        &mut self,
+        pool: &str,
+        name: &str,
+        state: AdminState,
+        close_after: Option<std::time::Duration>,
+    ) -> Result<StateSet, ControlError> {
         self.apply(&[Command::SetAdminState {
             pool: pool.to_owned(),
             name: name.to_owned(),
             state,
         }])?;
         let persisted = self.persist_if_file_server(pool, name)?;
-        tracing::info!(pool, server = name, state = state.as_str(), "operator set server state");
+        tracing::info!(pool, server = name, state = state.as_str(), close_after = ?close_after, "operator set server state");
+        if let Some(after) = close_after
+            && let Some(server) = self.shared.data.runtime.load().server(pool, name)
+        {
+            tokio::spawn(async move {
+                tokio::time::sleep(after).await;
+                if server.admin_state() == AdminState::Drain {
+                    tracing::info!(pool = %server.pool, server = server.name(), calls = server.active(), "drain: closing the calls left with 1001");
+                    server.live().end_calls.notify_waiters();
+                }
+            });
+        }
         Ok(StateSet {
             pool: pool.to_owned(),
             server: name.to_owned(),

@@ -242,7 +242,7 @@ pub async fn remove_server(
     let (_, server) = c.find(pool, name)?;
     let active = server.active();
     if active > 0 && !now {
-        c.set_state(pool, name, AdminState::Drain)?;
+        c.set_state(pool, name, AdminState::Drain, None)?;
         let control = Arc::clone(control);
         let mut changed = c.shared.data.changed.subscribe();
         let (pool_owned, name_owned) = (pool.to_owned(), name.to_owned());

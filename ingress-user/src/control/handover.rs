@@ -1,0 +1,171 @@
+//! Control path: the binary upgrade's handover between two processes — what
+//! the old one offers the new one (listening sockets and the admin
+//! sockets as inherited descriptors, the XDP link's pin, a channel), read
+//! by the new one from [`ENV`] at start, and the messages on the channel:
+//! the new process says it is ready (or why it failed), the old one says
+//! how many calls it still holds on each server until its last one ends.
+
+use std::{
+    io::{BufRead as _, Write as _},
+    net::SocketAddr,
+    os::fd::{FromRawFd as _, OwnedFd, RawFd},
+    path::PathBuf,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::DataCtx;
+
+/// The environment variable that carries the [`Offer`] to the new process.
+pub const ENV: &str = "INGRESS_HANDOVER";
+
+/// What the old process hands the new one: descriptor numbers valid in
+/// the new process (inherited across `exec`).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Offer {
+    /// The channel (one end of a unix socket pair).
+    pub channel: RawFd,
+    /// Front listeners by (TLS?, configured address).
+    pub listeners: Vec<(bool, SocketAddr, RawFd)>,
+    /// The admin unix socket: its path and descriptor.
+    pub admin_unix: Option<(PathBuf, RawFd)>,
+    /// The admin TCP listener: its configured address and descriptor.
+    pub admin_tcp: Option<(SocketAddr, RawFd)>,
+    /// Where the old process pinned its XDP link, and the link's mode.
+    pub xdp_link: Option<(PathBuf, String)>,
+}
+
+/// What the new process took over from the old one.
+#[derive(Debug, Default)]
+pub struct Inherited {
+    pub listeners: Vec<((bool, SocketAddr), std::net::TcpListener)>,
+    pub admin_unix: Option<(PathBuf, std::os::unix::net::UnixListener)>,
+    pub admin_tcp: Option<(SocketAddr, std::net::TcpListener)>,
+    pub xdp_link: Option<(PathBuf, String)>,
+    pub channel: Option<std::os::unix::net::UnixStream>,
+}
+
+/// One line on the channel (JSON).
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Message {
+    /// New → old: serving; the old process may stop accepting.
+    Ready { pid: u32, version: String },
+    /// New → old: could not start.
+    Failed { error: String },
+    /// Old → new: calls the old process holds, by (pool, server).
+    Calls { servers: Vec<(String, String, u32)> },
+}
+
+impl Message {
+    /// The message as one line.
+    pub fn line(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_default();
+        s.push('\n');
+        s
+    }
+}
+
+/// Takes a descriptor named in the offer; it must be open and a socket.
+fn socket_fd(fd: RawFd, what: &str) -> anyhow::Result<OwnedFd> {
+    let stat = nix::sys::stat::fstat(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) })
+        .map_err(|e| anyhow::anyhow!("{ENV}: descriptor {fd} for {what}: {e}"))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        anyhow::bail!("{ENV}: descriptor {fd} for {what} is not a socket");
+    }
+    // SAFETY: the old process made `fd` for us alone and nothing else in
+    // this process knows its number; checked open and a socket above.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    nix::fcntl::fcntl(&owned, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))
+        .map_err(|e| anyhow::anyhow!("{ENV}: descriptor {fd} for {what}: {e}"))?;
+    Ok(owned)
+}
+
+impl Inherited {
+    /// Reads (and clears) [`ENV`]: None when this process was not started
+    /// by an upgrade.
+    pub fn from_env() -> anyhow::Result<Option<Self>> {
+        let Some(raw) = std::env::var_os(ENV) else {
+            return Ok(None);
+        };
+        // SAFETY: called at start, before any other thread reads the environment.
+        unsafe { std::env::remove_var(ENV) };
+        let offer: Offer = serde_json::from_str(&raw.to_string_lossy())
+            .map_err(|e| anyhow::anyhow!("{ENV} is not a handover offer: {e}"))?;
+        let mut got = Inherited {
+            channel: Some(socket_fd(offer.channel, "the channel")?.into()),
+            xdp_link: offer.xdp_link,
+            ..Default::default()
+        };
+        for (tls, addr, fd) in offer.listeners {
+            let l = std::net::TcpListener::from(socket_fd(fd, &format!("listener {addr}"))?);
+            l.set_nonblocking(true)?;
+            got.listeners.push(((tls, addr), l));
+        }
+        if let Some((path, fd)) = offer.admin_unix {
+            let l = std::os::unix::net::UnixListener::from(socket_fd(fd, "the admin socket")?);
+            l.set_nonblocking(true)?;
+            got.admin_unix = Some((path, l));
+        }
+        if let Some((addr, fd)) = offer.admin_tcp {
+            let l = std::net::TcpListener::from(socket_fd(fd, "the admin listener")?);
+            l.set_nonblocking(true)?;
+            got.admin_tcp = Some((addr, l));
+        }
+        Ok(Some(got))
+    }
+
+    /// Tells the old process, on the channel, `message` (ready, or failed).
+    pub fn tell(&self, message: &Message) -> std::io::Result<()> {
+        match &self.channel {
+            Some(c) => (&*c).write_all(message.line().as_bytes()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The new process's side after it said ready: applies each count the old
+/// one sends to the servers of the snapshot in force, and clears them all
+/// when the old process is gone (the channel closes with it).
+pub fn follow_calls(channel: std::os::unix::net::UnixStream, data: &DataCtx) {
+    let mut lines = std::io::BufReader::new(channel).lines();
+    while let Some(Ok(line)) = lines.next() {
+        let Ok(Message::Calls { servers }) = serde_json::from_str(&line) else {
+            tracing::warn!(%line, "unexpected handover message");
+            continue;
+        };
+        let rt = data.runtime.load();
+        for pool in &rt.pools {
+            for s in pool.servers.load().iter() {
+                let held = servers
+                    .iter()
+                    .find(|(p, n, _)| **p == *pool.name && n == s.name())
+                    .map_or(0, |(_, _, c)| *c);
+                s.inherit(held);
+            }
+        }
+        data.changed.signal();
+    }
+    let rt = data.runtime.load();
+    for pool in &rt.pools {
+        for s in pool.servers.load().iter() {
+            s.inherit(0);
+        }
+    }
+    data.changed.signal();
+    tracing::info!("the replaced process is gone: its calls no longer count");
+}
+
+/// The old process's count of its calls, by (pool, server).
+pub fn calls_held(data: &DataCtx) -> Message {
+    let servers = data
+        .runtime
+        .load()
+        .server_views()
+        .into_iter()
+        .filter(|v| v.active > 0)
+        .map(|v| (v.pool, v.name, v.active))
+        .collect();
+    Message::Calls { servers }
+}

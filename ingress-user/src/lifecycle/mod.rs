@@ -1,0 +1,13 @@
+//! The life of the process itself: a graceful stop ([`stop`]: listeners
+//! closed, calls kept for a grace, then a Close 1001 to both sides) and a
+//! binary upgrade's old side ([`upgrade`]: the new process started with
+//! the sockets, ready or abandoned). The new side's part of the handover
+//! is [`crate::control::handover`]; [`crate::daemon`] wires both in.
+
+pub mod stop;
+pub mod upgrade;
+
+/// This build, as the ready line, `/api/status` and `ctl upgrade` name it.
+/// The marker after `build:` is all zeros from `cargo build`; a copy of the
+/// binary with other digits there is another build.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " build:0000000000000000");

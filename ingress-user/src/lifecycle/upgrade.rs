@@ -1,0 +1,154 @@
+//! Lifecycle: the old process's side of a binary upgrade — start the binary
+//! at the path this process was started from, with the listening sockets,
+//! the admin sockets and the XDP link offered as inherited descriptors
+//! (see [`crate::control::handover`]), and wait until it says ready; a new
+//! process that fails, exits or is not ready in time is stopped and the
+//! reason returned (this process serves on as before). After the handover,
+//! tells the new process how many calls this one still holds.
+
+use std::{
+    net::SocketAddr,
+    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+
+use crate::{
+    control::handover::{self, Message, Offer},
+    data::DataCtx,
+};
+
+/// What this process offers the new one.
+#[derive(Debug, Default)]
+pub struct Offered<'a> {
+    pub listeners: Vec<((bool, SocketAddr), BorrowedFd<'a>)>,
+    pub admin_unix: Option<(PathBuf, BorrowedFd<'a>)>,
+    pub admin_tcp: Option<(SocketAddr, BorrowedFd<'a>)>,
+    pub xdp_link: Option<(PathBuf, String)>,
+}
+
+/// A new process that said ready.
+#[derive(Debug)]
+pub struct NewProcess {
+    pub pid: u32,
+    pub version: String,
+    /// Our end of the channel: the calls this process holds go there.
+    pub channel: tokio::net::UnixStream,
+}
+
+fn dup(fd: BorrowedFd<'_>, what: &str) -> Result<OwnedFd, String> {
+    fd.try_clone_to_owned().map_err(|e| format!("duplicating {what}: {e}"))
+}
+
+/// Starts `exe run --config <config>` with `offered`, and waits up to
+/// `timeout` for it to say ready.
+pub async fn start(exe: &Path, config: &Path, offered: Offered<'_>, timeout: Duration) -> Result<NewProcess, String> {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
+    // Duplicates (close-on-exec) made for the child: it gets them by their
+    // numbers, close-on-exec cleared between fork and exec.
+    let mut keep: Vec<OwnedFd> = Vec::new();
+    let mut offer = Offer {
+        channel: theirs.as_raw_fd(),
+        xdp_link: offered.xdp_link,
+        ..Default::default()
+    };
+    for ((tls, addr), fd) in offered.listeners {
+        let d = dup(fd, &format!("listener {addr}"))?;
+        offer.listeners.push((tls, addr, d.as_raw_fd()));
+        keep.push(d);
+    }
+    if let Some((path, fd)) = offered.admin_unix {
+        let d = dup(fd, "the admin socket")?;
+        offer.admin_unix = Some((path, d.as_raw_fd()));
+        keep.push(d);
+    }
+    if let Some((addr, fd)) = offered.admin_tcp {
+        let d = dup(fd, "the admin listener")?;
+        offer.admin_tcp = Some((addr, d.as_raw_fd()));
+        keep.push(d);
+    }
+    let mut inherit: Vec<i32> = keep.iter().map(|d| d.as_raw_fd()).collect();
+    inherit.push(theirs.as_raw_fd());
+    let offer = serde_json::to_string(&offer).map_err(|e| e.to_string())?;
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("run")
+        .arg("--config")
+        .arg(config)
+        .env(handover::ENV, offer)
+        .stdin(std::process::Stdio::null());
+    // SAFETY: between fork and exec only fcntl(2), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in &inherit {
+                if libc::fcntl(*fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
+    drop(keep);
+    drop(theirs);
+    let pid = child.id().unwrap_or(0);
+    tracing::info!(exe = %exe.display(), pid, "upgrade: new process started");
+    ours.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let ours = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
+    let mut lines = tokio::io::BufReader::new(ours).lines();
+    let failed = tokio::select! {
+        line = lines.next_line() => match line {
+            Ok(Some(line)) => match serde_json::from_str::<Message>(&line) {
+                Ok(Message::Ready { pid: said, version }) => {
+                    return Ok(NewProcess { pid: said, version, channel: lines.into_inner().into_inner() });
+                }
+                Ok(Message::Failed { error }) => format!("the new process could not start: {error}"),
+                _ => format!("the new process said something unexpected: {line}"),
+            },
+            // It closed the channel without a word: its exit says the rest.
+            Ok(None) | Err(_) => match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(status)) => format!("the new process exited before it was ready ({status})"),
+                _ => "the new process closed the handover channel before it was ready".to_owned(),
+            },
+        },
+        status = child.wait() => match status {
+            Ok(status) => format!("the new process exited before it was ready ({status})"),
+            Err(e) => format!("waiting for the new process: {e}"),
+        },
+        () = tokio::time::sleep(timeout) => format!(
+            "the new process was not ready within {}",
+            humantime::format_duration(timeout)
+        ),
+    };
+    let _ = child.start_kill();
+    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    tracing::error!(pid, reason = %failed, "upgrade abandoned: this process serves on");
+    Err(failed)
+}
+
+/// Tells the new process, on every change, how many calls this one holds on
+/// each server, until the last has ended (then the channel closes).
+pub async fn report_calls(mut channel: tokio::net::UnixStream, data: Arc<DataCtx>) {
+    let mut changes = data.changed.subscribe();
+    let mut said = String::new();
+    loop {
+        let line = handover::calls_held(&data).line();
+        if line != said {
+            if channel.write_all(line.as_bytes()).await.is_err() {
+                return;
+            }
+            said = line;
+        }
+        if data.calls_open.load(std::sync::atomic::Ordering::Relaxed) == 0
+            && said == (Message::Calls { servers: Vec::new() }).line()
+        {
+            return;
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
