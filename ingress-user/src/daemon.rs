@@ -32,11 +32,10 @@ use crate::{
     },
     data::DataCtx,
     lifecycle::{
-        VERSION,
         stop::{Signals, wind_down},
         upgrade::{self, NewProcess, Offered},
     },
-    model::monotonic_ns,
+    model::{VERSION, monotonic_ns},
 };
 
 /// Raises the soft open-files limit to the hard one and warns when even that
@@ -402,6 +401,7 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
                 let _ = std::fs::remove_file(path);
             }
             let _ = stop_tx.send(true);
+            control.lock().await.listeners.close_all();
             tracing::info!(pid = p.pid, version = %p.version, calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(config.limits.upgrade_grace.0), "upgraded: the new process takes every new call; this one keeps its calls");
             let report = tokio::spawn(upgrade::report_calls(p.channel, Arc::clone(&data)));
             wind_down(&data, config.limits.upgrade_grace.0, Some(config.limits.shutdown_grace.0), signals).await;
@@ -423,6 +423,7 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
             tracing::info!(calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
             sdnotify::notify("STOPPING=1");
             let _ = stop_tx.send(true);
+            control.lock().await.listeners.close_all();
             wind_down(&data, grace, None, signals).await;
         }
     }

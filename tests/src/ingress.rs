@@ -4,7 +4,7 @@
 
 use std::{
     net::SocketAddr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -47,14 +47,20 @@ impl Ingress {
 
     /// Starts under a wrapper command (`nsenter …`, `prlimit …`).
     pub fn start_prefixed(dir: &TestDir, config: &str, prefix: &[String], env: &[(&str, &str)]) -> Self {
+        Self::start_exe(dir, config, &bin("ingress"), prefix, env)
+    }
+
+    /// Starts the binary at `exe` (a copy a test can replace, as a package
+    /// upgrade replaces the installed one).
+    pub fn start_exe(dir: &TestDir, config: &str, exe: &Path, prefix: &[String], env: &[(&str, &str)]) -> Self {
         let path = dir.write("ingress.toml", config);
         let mut cmd = match prefix.split_first() {
             Some((program, args)) => {
                 let mut c = Command::new(program);
-                c.args(args).arg(bin("ingress"));
+                c.args(args).arg(exe);
                 c
             }
-            None => Command::new(bin("ingress")),
+            None => Command::new(exe),
         };
         cmd.arg("run")
             .arg("--config")
@@ -209,4 +215,67 @@ pub fn config(dir: &TestDir, pki: &Pki, servers: &[(&str, SocketAddr)], pool_ext
         cfg.xdp(Xdp::off())
     }
     .render()
+}
+
+/// The marker in the binary that names its build (see `lifecycle::VERSION`).
+const BUILD_MARKER: &[u8] = b"build:0000000000000000";
+
+/// Writes a copy of the ingress binary to `dst` (through a temporary file
+/// renamed over it, as a package upgrade replaces the installed binary):
+/// with `build` (16 characters) in place of its build marker, another build.
+pub fn install_binary(dst: &Path, build: Option<&str>) {
+    let mut bytes = std::fs::read(bin("ingress")).expect("read the ingress binary");
+    if let Some(b) = build {
+        assert_eq!(b.len(), 16, "a build is 16 characters");
+        let new: Vec<u8> = [b"build:".as_slice(), b.as_bytes()].concat();
+        let mut at = 0;
+        let mut found = 0;
+        while let Some(i) = bytes[at..].windows(BUILD_MARKER.len()).position(|w| w == BUILD_MARKER) {
+            bytes[at + i..at + i + new.len()].copy_from_slice(&new);
+            at += i + new.len();
+            found += 1;
+        }
+        assert!(found > 0, "no build marker in the binary");
+    }
+    let tmp = dst.with_extension("new");
+    std::fs::write(&tmp, &bytes).expect("write the binary");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::rename(&tmp, dst).expect("rename the binary into place");
+}
+
+/// A process that took over from a test's daemon (a binary upgrade): not
+/// the test's child, stopped on drop like one.
+#[derive(Debug)]
+pub struct Successor(pub i32);
+
+impl Successor {
+    pub fn alive(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.0))
+            .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    }
+
+    /// Waits up to `limit` for the process to be gone; whether it is.
+    pub fn wait_gone(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.alive() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+}
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        use nix::{sys::signal::{Signal, kill}, unistd::Pid};
+        let pid = Pid::from_raw(self.0);
+        let _ = kill(pid, Signal::SIGINT);
+        if !self.wait_gone(Duration::from_secs(5)) {
+            let _ = kill(pid, Signal::SIGKILL);
+            self.wait_gone(Duration::from_secs(2));
+        }
+    }
 }

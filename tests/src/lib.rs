@@ -25,7 +25,7 @@ pub use testbed::Proc;
 pub use self::{
     chromium::headless_chromium,
     fleet::Fleet,
-    ingress::{Ingress, config},
+    ingress::{Ingress, Successor, config, install_binary},
     metrics::{metric, metric_sum},
     scratch::{Pki, TestDir},
     wire::{

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, echo};
+use ingress_tests::{Fleet, Ingress, Pki, Successor, TestDir, client, config, echo, install_binary};
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,4 +120,157 @@ async fn a_second_sigterm_ends_the_grace_at_once() {
         stopped.elapsed(),
         ingress.proc.log_tail(8)
     );
+}
+
+/// Echoes on `ws` every 100 ms until `stop`; returns how many came back,
+/// or the first failure.
+async fn keep_echoing(
+    mut ws: client::Wss,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (client::Wss, Result<usize, String>) {
+    let mut n = 0;
+    loop {
+        if *stop.borrow() {
+            return (ws, Ok(n));
+        }
+        if let Err(e) = echo(&mut ws, &format!("echo {n}")).await {
+            return (ws, Err(format!("after {n} echoes: {e}")));
+        }
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_new_build_keeps_every_call_and_refuses_no_connection() {
+    let dir = TestDir::new("upgrade");
+    let pki = Pki::new(&dir);
+    let fleet = Fleet::start(&dir, &pki, "fleet1", 64);
+    let exe = dir.path("ingress");
+    install_binary(&exe, None);
+    let cfg = config(&dir, &pki, &[("fleet1", fleet.https)], "", "").replace("maxconn = 16", "maxconn = 40");
+    let mut ingress = Ingress::start_exe(&dir, &cfg, &exe, &[], &[]);
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let old_pid = ingress.proc.pid();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut echoing = Vec::new();
+    for i in 0..20 {
+        let ws = client::connect(ingress.https, "localhost", &format!("/ws/up-{i}"), pki.client_tls())
+            .await
+            .unwrap();
+        echoing.push(tokio::spawn(keep_echoing(ws, stopped.clone())));
+    }
+    // New calls throughout: each a full TLS + upgrade + echo + close.
+    let (https, tls) = (ingress.https, pki.client_tls());
+    let mut until = stopped.clone();
+    let dialing = tokio::spawn(async move {
+        let (mut ok, mut failed) = (0usize, Vec::new());
+        while !*until.borrow_and_update() {
+            match client::connect(https, "localhost", "/ws/dialer", tls.clone()).await {
+                Ok(mut ws) => match echo(&mut ws, "new").await {
+                    Ok(()) => {
+                        ok += 1;
+                        let _ = ws.close(None).await;
+                    }
+                    Err(e) => failed.push(format!("echo: {e}")),
+                },
+                Err(e) => failed.push(format!("connect: {e}")),
+            }
+        }
+        (ok, failed)
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A package upgrade: a new build at the same path, then `ctl upgrade`.
+    install_binary(&exe, Some("1111111111111111"));
+    let asked = Instant::now();
+    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
+    assert_eq!(code, 0, "ctl upgrade: {out}{err}\n{}", ingress.proc.log_tail(30));
+    eprintln!("ctl upgrade answered in {:?}: {out}", asked.elapsed());
+    let up: serde_json::Value = serde_json::from_str(&out).expect("ctl upgrade prints JSON");
+    let new_pid = up["pid"].as_i64().expect("the new PID") as i32;
+    let successor = Successor(new_pid);
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(up["old_pid"], old_pid);
+    assert!(up["version"].as_str().unwrap().ends_with("build:1111111111111111"), "{up}");
+    // Its 20 calls, and a dialer's call that was being set up then.
+    let kept = up["calls_kept"].as_u64().unwrap();
+    assert!((20..=21).contains(&kept), "{up}");
+    // The admin socket is the new process's now.
+    let (_, status) = ingress.admin_get("/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pid"], new_pid, "{status}");
+    // Across both processes: the old one's 20 calls still take slots.
+    let s = ingress.server("fleet1").await;
+    let inherited = s["inherited"].as_u64().unwrap();
+    assert!((20..=21).contains(&inherited), "{s}");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _ = stop.send(true);
+    let (ok, failed) = dialing.await.unwrap();
+    assert!(failed.is_empty(), "connections failed during the upgrade: {failed:?}");
+    assert!(ok >= 5, "only {ok} new calls during the upgrade");
+    let mut calls = Vec::new();
+    for (i, t) in echoing.into_iter().enumerate() {
+        let (ws, echoed) = t.await.unwrap();
+        let n = echoed.unwrap_or_else(|e| panic!("call {i} dropped: {e}"));
+        assert!(n >= 8, "call {i} echoed only {n} times");
+        calls.push(ws);
+    }
+    eprintln!("{ok} new calls during the upgrade; 20 old calls echoed throughout");
+    // The old process is still there for its calls, and leaves after the last.
+    assert!(ingress.proc.child.try_wait().unwrap().is_none(), "the old process left its calls");
+    for mut ws in calls {
+        let _ = ws.close(None).await;
+        while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    }
+    let left = Instant::now();
+    let exited = loop {
+        if let Some(s) = ingress.proc.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(left.elapsed() < Duration::from_secs(5), "the old process stayed after its last call");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exited.success(), "{exited:?}");
+    // The new process serves on, its fleet no longer holding old calls.
+    ingress.wait_servers("no inherited calls", Duration::from_secs(5), |s| s[0]["inherited"] == 0).await;
+    let mut ws = client::connect(ingress.https, "localhost", "/ws/after", pki.client_tls())
+        .await
+        .expect("a call after the old process left");
+    echo(&mut ws, "after").await.unwrap();
+    assert!(successor.alive());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_to_a_binary_that_cannot_start_is_abandoned_and_the_old_process_serves_on() {
+    let dir = TestDir::new("upgrade-bad");
+    let pki = Pki::new(&dir);
+    let fleet = Fleet::start(&dir, &pki, "fleet1", 8);
+    let exe = dir.path("ingress");
+    install_binary(&exe, None);
+    let cfg = config(&dir, &pki, &[("fleet1", fleet.https)], "", "");
+    let ingress = Ingress::start_exe(&dir, &cfg, &exe, &[], &[]);
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let mut ws = client::connect(ingress.https, "localhost", "/ws/kept", pki.client_tls())
+        .await
+        .unwrap();
+    // The new "binary" exits at start.
+    let tmp = dir.write("ingress.broken", "#!/bin/sh\necho 'cannot start' >&2\nexit 3\n");
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, &exe).unwrap();
+    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("exited before it was ready") && err.contains('3'),
+        "the reason: {err}"
+    );
+    // Nothing changed: the same process serves old and new calls, admin included.
+    echo(&mut ws, "still up").await.unwrap();
+    let mut fresh = client::connect(ingress.https, "localhost", "/ws/fresh", pki.client_tls())
+        .await
+        .expect("new calls after a failed upgrade");
+    echo(&mut fresh, "new").await.unwrap();
+    let (_, status) = ingress.admin_get("/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pid"], ingress.proc.pid(), "{status}");
 }

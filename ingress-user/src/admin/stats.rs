@@ -6,6 +6,9 @@ use crate::control::Shared;
 pub fn status_json(shared: &Shared) -> serde_json::Value {
     let rt = shared.data.runtime.load();
     serde_json::json!({
+        "pid": std::process::id(),
+        "version": crate::model::VERSION,
+        "calls_open": shared.data.calls_open.load(std::sync::atomic::Ordering::Relaxed),
         "generation": rt.generation,
         "xdp": shared.xdp.view(),
         "certs": shared.certs.summary(),

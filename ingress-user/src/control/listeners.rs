@@ -49,6 +49,14 @@ impl Listeners {
         self.inherited = listeners;
     }
 
+    /// Stops every accept loop and closes the sockets (a stop, or after a
+    /// new process took them): a SYN from now on is refused here.
+    pub fn close_all(&mut self) {
+        for (_, (stop, _)) in self.running.drain() {
+            let _ = stop.send(true);
+        }
+    }
+
     /// The running listeners by (TLS?, configured address), for a new process.
     pub fn offer(&self) -> Vec<((bool, SocketAddr), BorrowedFd<'_>)> {
         self.running.iter().map(|(k, (_, fd))| (*k, fd.as_fd())).collect()

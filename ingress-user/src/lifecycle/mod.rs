@@ -6,8 +6,3 @@
 
 pub mod stop;
 pub mod upgrade;
-
-/// This build, as the ready line, `/api/status` and `ctl upgrade` name it.
-/// The marker after `build:` is all zeros from `cargo build`; a copy of the
-/// binary with other digits there is another build.
-pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " build:0000000000000000");

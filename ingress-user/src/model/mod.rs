@@ -4,6 +4,11 @@
 //! reads; [`addr`] parses `host[:port]` and prefixes, [`route`] compiles and
 //! matches route patterns. Imports nothing from the crate outside `model`.
 
+/// This build, as the ready line, `/api/status` and `ctl upgrade` name it.
+/// The marker after `build:` is all zeros from `cargo build`; a copy of the
+/// binary with other characters there is another build.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " build:0000000000000000");
+
 pub mod addr;
 pub mod route;
 
