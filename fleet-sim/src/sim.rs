@@ -103,6 +103,9 @@ pub struct Fleet {
     /// How each call ended, by WebSocket close code (1005: a Close without
     /// a code, 1006: no Close at all).
     pub close_codes: std::sync::Mutex<Vec<u16>>,
+    /// The last data messages received (length, sum of the bytes mod 2³²),
+    /// at most [`MESSAGES_KEPT`].
+    pub messages: std::sync::Mutex<std::collections::VecDeque<(usize, u32)>>,
     pub health_checks: AtomicU64,
     /// Host header of the last health check.
     pub last_health_host: std::sync::Mutex<String>,
@@ -127,6 +130,7 @@ impl Fleet {
             label: std::sync::Mutex::new(String::new()),
             answered_429: AtomicU64::new(0),
             close_codes: std::sync::Mutex::new(Vec::new()),
+            messages: std::sync::Mutex::new(std::collections::VecDeque::new()),
             health_checks: AtomicU64::new(0),
             last_health_host: std::sync::Mutex::new(String::new()),
             available_first: AtomicBool::new(false),
@@ -224,6 +228,7 @@ impl Fleet {
             "http_requests": self.http_requests.load(SeqCst),
             "answered_429": self.answered_429.load(SeqCst),
             "close_codes": self.close_codes.lock().map(|c| c.clone()).unwrap_or_default(),
+            "messages": self.messages.lock().map(|m| m.iter().copied().collect::<Vec<_>>()).unwrap_or_default(),
             "health_checks": self.health_checks.load(SeqCst),
             "last_health_host": self.last_health_host.lock().map(|h| h.clone()).unwrap_or_default(),
         })
@@ -271,6 +276,21 @@ async fn health(fleet: &Fleet) -> Resp {
     }
 }
 
+/// Data messages whose length and sum `state` shows.
+const MESSAGES_KEPT: usize = 64;
+
+impl Fleet {
+    fn received(&self, data: &[u8]) {
+        let sum = data.iter().fold(0u32, |a, b| a.wrapping_add(u32::from(*b)));
+        if let Ok(mut m) = self.messages.lock() {
+            if m.len() == MESSAGES_KEPT {
+                m.pop_front();
+            }
+            m.push_back((data.len(), sum));
+        }
+    }
+}
+
 fn is_call_path(path: &str) -> bool {
     let rest = path.strip_prefix("/ws/").or_else(|| path.strip_prefix("/exotel/"));
     rest.is_some_and(|bot| !bot.is_empty() && !bot.contains('/'))
@@ -291,6 +311,7 @@ async fn echo(fleet: Arc<Fleet>, upgraded: hyper::upgrade::Upgraded, stall: bool
         tokio::select! {
             msg = ws.next() => match msg {
                 Some(Ok(m)) if m.is_text() || m.is_binary() => {
+                    fleet.received(m.clone().into_data().as_ref());
                     if ws.send(m).await.is_err() { break 1006; }
                 }
                 Some(Ok(tokio_tungstenite::tungstenite::Message::Close(frame))) => {

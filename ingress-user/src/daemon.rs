@@ -71,7 +71,13 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
         .and_then(|c| c.try_clone().ok());
     let result = serve(config_path, inherited).await;
     if let (Err(e), Some(mut c)) = (&result, channel) {
-        let _ = c.write_all(Message::Failed { error: format!("{e:#}") }.line().as_bytes());
+        let _ = c.write_all(
+            Message::Failed {
+                error: format!("{e:#}"),
+            }
+            .line()
+            .as_bytes(),
+        );
     }
     result
 }
@@ -404,7 +410,13 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
             control.lock().await.listeners.close_all();
             tracing::info!(pid = p.pid, version = %p.version, calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(config.limits.upgrade_grace.0), "upgraded: the new process takes every new call; this one keeps its calls");
             let report = tokio::spawn(upgrade::report_calls(p.channel, Arc::clone(&data)));
-            wind_down(&data, config.limits.upgrade_grace.0, Some(config.limits.shutdown_grace.0), signals).await;
+            wind_down(
+                &data,
+                config.limits.upgrade_grace.0,
+                Some(config.limits.shutdown_grace.0),
+                signals,
+            )
+            .await;
             admin_answered(&admin_open).await;
             report.abort();
             control.lock().await.stop_health();

@@ -270,7 +270,10 @@ impl Successor {
 
 impl Drop for Successor {
     fn drop(&mut self) {
-        use nix::{sys::signal::{Signal, kill}, unistd::Pid};
+        use nix::{
+            sys::signal::{Signal, kill},
+            unistd::Pid,
+        };
         let pid = Pid::from_raw(self.0);
         let _ = kill(pid, Signal::SIGINT);
         if !self.wait_gone(Duration::from_secs(5)) {

@@ -336,3 +336,105 @@ async fn out_of_descriptors_the_ingress_answers_503_itself_and_neither_marks_fle
     assert!(!text.contains("to=DOWN"), "a fleet was marked DOWN:\n{text}");
     drop(held);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_process_dies() {
+    let mut s = setup("drop").await;
+    s.fleet.control("/occupy?n=4").await;
+    wait_shedding(&s.ingress, true).await;
+    let before = dump(&s.pins_path)["counters"]["shed_drop"].as_u64().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The control entry read every millisecond: it must say "shed" with a
+    // lease in force at every read (a fresh process clears it until its
+    // first checks; one that took over must not).
+    let watcher = {
+        let (pins, stop) = (s.pins_path.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let (mut reads, mut gaps, mut writes) = (0u64, Vec::new(), std::collections::BTreeSet::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let c = ingress_user::bpf::dump::read_control(&pins).expect("read CONTROL");
+                reads += 1;
+                writes.insert(c.generation);
+                if c.shed == 0 || c.lease_deadline_ns <= ingress_user::model::monotonic_ns() {
+                    gaps.push(c);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (reads, gaps, writes.len())
+        })
+    };
+    // Four carriers dialing without pause: any SYN that gets through is a gap.
+    let mut dialers = Vec::new();
+    for _ in 0..4 {
+        let (ns, src, dst, stop) = (s.net.carrier_ns.clone(), s.net.carrier_ip, s.https, stop.clone());
+        dialers.push(std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                seen.push(connect_from(&ns, src, dst, Duration::from_millis(100)));
+            }
+            seen
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (code, out, err) = s.ingress.ctl(&["upgrade"]).await;
+    assert_eq!(code, 0, "{out}{err}\n{}", s.ingress.proc.log_tail(30));
+    let up: Value = serde_json::from_str(&out).unwrap();
+    let successor = ingress_tests::Successor(up["pid"].as_i64().unwrap() as i32);
+    // The old process has no call to keep: it leaves at once.
+    let exited = tokio::task::spawn_blocking(move || {
+        let exit = s.ingress.proc.child.wait();
+        (s.ingress, exit)
+    });
+    let (ingress, exit) = exited.await.unwrap();
+    assert!(exit.unwrap().success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut attempts = 0;
+    for d in dialers {
+        let seen = d.join().unwrap();
+        attempts += seen.len();
+        assert!(
+            seen.iter().all(|c| *c == Connect::TimedOut),
+            "a carrier got through during the upgrade: {seen:?}"
+        );
+    }
+    let (reads, gaps, writes) = watcher.join().unwrap();
+    assert!(
+        gaps.is_empty(),
+        "{} of {reads} reads of CONTROL did not shed: {:?}",
+        gaps.len(),
+        gaps.first()
+    );
+    eprintln!(
+        "{attempts} carrier SYNs during the upgrade, every one dropped; CONTROL read {reads} times ({writes} generations), shedding at every read"
+    );
+    let st = status(&ingress).await;
+    assert_eq!(st["pid"], successor.0, "{st}");
+    assert_eq!(st["xdp"]["attached"], true, "{st}");
+    assert_eq!(st["xdp"]["shedding"], true, "{st}");
+    let after = dump(&s.pins_path)["counters"]["shed_drop"].as_u64().unwrap();
+    assert!(after >= before + attempts as u64, "shed_drop {before} → {after}");
+    assert!(!s.pins_path.join("link").exists(), "the link's pin is gone once taken");
+    // The new process dies hard: its link goes with it, carriers fail open.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(successor.0),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(successor.wait_gone(Duration::from_secs(5)));
+    let killed = Instant::now();
+    loop {
+        if from(&s.net, s.net.carrier_ip, s.https, Duration::from_millis(300)).await == Connect::Refused {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "SYNs still dropped {:?} after the new process died",
+            killed.elapsed()
+        );
+    }
+    eprintln!(
+        "new process SIGKILLed → carrier SYNs no longer dropped after {:?}",
+        killed.elapsed()
+    );
+}

@@ -153,7 +153,13 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
                     ),
                     (Some(st), None) => outcome(admin.control.lock().await.set_state(pool, name, st, None)),
                     (Some(AdminState::Drain), Some(after)) => match humantime::parse_duration(after) {
-                        Ok(d) => outcome(admin.control.lock().await.set_state(pool, name, AdminState::Drain, Some(d))),
+                        Ok(d) => outcome(
+                            admin
+                                .control
+                                .lock()
+                                .await
+                                .set_state(pool, name, AdminState::Drain, Some(d)),
+                        ),
                         Err(e) => error(
                             StatusCode::BAD_REQUEST,
                             &format!("close_after `{after}` is not a duration (e.g. 2s, 10m): {e}"),

@@ -360,9 +360,7 @@ impl Server {
     pub(super) fn accepts(&self, demand: Demand) -> bool {
         match demand {
             Demand::Call => self.state() == ServerState::Up,
-            Demand::Request => {
-                self.admin_state() == AdminState::Ready && self.healthy() && self.taken() < self.maxconn
-            }
+            Demand::Request => self.admin_state() == AdminState::Ready && self.healthy() && self.taken() < self.maxconn,
         }
     }
 

@@ -9,17 +9,23 @@ use ingress_common::{ControlEntry, FleetEntry, REPORTED_NONE, action, map_names}
 use super::handle::{XdpError, map_err, sum_counters};
 use crate::model::{ServerState, monotonic_ns};
 
-/// `ingress bpf dump`: every pinned map, readable or as JSON.
-pub fn dump(pin_dir: &Path, json: bool) -> Result<String, XdpError> {
-    let open = |name: &'static str| -> Result<Map, XdpError> {
-        let path = pin_dir.join(name);
-        let data = MapData::from_pin(&path).map_err(map_err(name))?;
-        Map::from_map_data(data).map_err(map_err(name))
-    };
-    let control: ControlEntry = Array::<_, ControlEntry>::try_from(open(map_names::CONTROL)?)
+fn open(pin_dir: &Path, name: &'static str) -> Result<Map, XdpError> {
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
+    Map::from_map_data(data).map_err(map_err(name))
+}
+
+/// The pinned control entry (shed flag, lease, generation).
+pub fn read_control(pin_dir: &Path) -> Result<ControlEntry, XdpError> {
+    Array::<_, ControlEntry>::try_from(open(pin_dir, map_names::CONTROL)?)
         .map_err(map_err(map_names::CONTROL))?
         .get(&0, 0)
-        .map_err(map_err(map_names::CONTROL))?;
+        .map_err(map_err(map_names::CONTROL))
+}
+
+/// `ingress bpf dump`: every pinned map, readable or as JSON.
+pub fn dump(pin_dir: &Path, json: bool) -> Result<String, XdpError> {
+    let open = |name: &'static str| open(pin_dir, name);
+    let control = read_control(pin_dir)?;
     let fleets_map =
         HashMap::<_, u32, FleetEntry>::try_from(open(map_names::FLEETS)?).map_err(map_err(map_names::FLEETS))?;
     let mut fleets: Vec<FleetEntry> = fleets_map.iter().filter_map(Result::ok).map(|(_, v)| v).collect();

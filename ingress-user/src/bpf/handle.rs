@@ -118,18 +118,12 @@ impl XdpHandle {
                 program.attach(&interface, AyaXdpMode::Driver).map_err(attach_err)?,
                 "native",
             ),
-            XdpMode::Skb => (
-                program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?,
-                "skb",
-            ),
+            XdpMode::Skb => (program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?, "skb"),
             XdpMode::Auto | XdpMode::Off => match program.attach(&interface, AyaXdpMode::Driver) {
                 Ok(link) => (link, "native"),
                 Err(native) => {
                     tracing::info!(error = %native, "native XDP refused; trying SKB mode");
-                    (
-                        program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?,
-                        "skb",
-                    )
+                    (program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?, "skb")
                 }
             },
         };

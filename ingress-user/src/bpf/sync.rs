@@ -109,9 +109,7 @@ pub async fn run_sync(
             tracing::error!(error = %e, "writing FLEETS");
         }
         hold_control &= !all_checked;
-        if !hold_control
-            && let Err(e) = handle.write_control(shed, total, lease.as_nanos() as u64)
-        {
+        if !hold_control && let Err(e) = handle.write_control(shed, total, lease.as_nanos() as u64) {
             tracing::error!(error = %e, "writing CONTROL");
         }
         let counters = handle.counters();

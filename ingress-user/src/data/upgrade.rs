@@ -199,7 +199,12 @@ pub async fn forward<C, H>(
                 let idle = rt.timeouts.tunnel_idle.0;
                 shared.metrics.response(101);
                 if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
-                    log.ended(&shared, attempts, &server_name, &TunnelStats::early(CloseReason::ClientError));
+                    log.ended(
+                        &shared,
+                        attempts,
+                        &server_name,
+                        &TunnelStats::early(CloseReason::ClientError),
+                    );
                     return;
                 }
                 // The client's bytes behind its head, now that the fleet upgraded.
@@ -211,7 +216,12 @@ pub async fn forward<C, H>(
                     Ok::<_, std::io::Error>(())
                 };
                 if !matches!(tokio::time::timeout(idle, early).await, Ok(Ok(()))) {
-                    log.ended(&shared, attempts, &server_name, &TunnelStats::early(CloseReason::ServerError));
+                    log.ended(
+                        &shared,
+                        attempts,
+                        &server_name,
+                        &TunnelStats::early(CloseReason::ServerError),
+                    );
                     return;
                 }
                 let call = Established {
