@@ -563,7 +563,7 @@ async fn changes_are_refused_from_non_loopback_peers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn systemd_is_told_ready_reloading_and_stopping() {
+async fn systemd_is_told_ready_reloading_the_main_pid_after_an_upgrade_and_stopping() {
     let dir = TestDir::new("notify");
     let pki = Pki::new(&dir);
     let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
@@ -589,8 +589,21 @@ async fn systemd_is_told_ready_reloading_and_stopping() {
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading}");
     let ready = recv();
     assert!(ready.starts_with("READY=1") && ready.contains("reloaded"), "{ready}");
-    ingress.proc.stop();
-    assert_eq!(recv(), "STOPPING=1");
+    // An upgrade: the new process names itself the main one (the unit's
+    // NotifyAccess=all); the old one leaves without saying it stops.
+    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let up: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let successor = ingress_tests::Successor(up["pid"].as_i64().unwrap() as i32);
+    let handover = recv();
+    assert!(
+        handover.starts_with(&format!("MAINPID={}\nREADY=1", successor.0)),
+        "{handover}"
+    );
+    let old = ingress.proc.child.wait().unwrap();
+    assert!(old.success(), "{old:?}");
+    drop(successor);
+    assert_eq!(recv(), "STOPPING=1", "the new process, when it stops");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
