@@ -229,8 +229,8 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
     if let Some(i) = inherited.as_mut() {
         control.listeners.inherit(std::mem::take(&mut i.listeners));
     }
+    // Bound (or taken over) now, accepting once this process is ready.
     let bound = control.listeners.sync(&config.listen).await?;
-    control.listeners.start();
     control.start();
     control.watch_certs();
     let control = Arc::new(Mutex::new(control));
@@ -258,10 +258,6 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
         lifecycle: lifecycle_tx,
         open: Arc::clone(&admin_open),
     };
-    tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
-    if let Some(l) = admin_tcp {
-        tokio::spawn(admin::serve_tcp(l, admin, stop_rx.clone()));
-    }
 
     // Ports as bound (a configured port 0 becomes the real one).
     let xdp_ports: Vec<u16> = if config.xdp.ports.is_empty() {
@@ -311,16 +307,25 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let channel = inherited.as_mut().and_then(|i| i.channel.take());
+    if channel.is_some() {
+        // Started by an upgrade: the old process serves until this one has
+        // its fleets' reports (no call is refused for want of one).
+        first_checks(&data, config.limits.upgrade_timeout.0 / 2).await;
+    }
+    control.lock().await.listeners.start();
+    tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
+    if let Some(l) = admin_tcp {
+        tokio::spawn(admin::serve_tcp(l, admin, stop_rx.clone()));
+    }
     {
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{ready}");
         let _ = out.flush();
     }
-    match inherited.as_mut().and_then(|i| i.channel.take()) {
+    match channel {
         Some(channel) => {
-            // Started by an upgrade: ready once the fleets have reported;
-            // the old process stops accepting when told.
-            first_checks(&data, config.limits.upgrade_timeout.0 / 2).await;
+            // The old process stops accepting when told.
             let said = Message::Ready {
                 pid: std::process::id(),
                 version: VERSION.to_owned(),
