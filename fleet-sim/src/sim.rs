@@ -71,6 +71,8 @@ pub enum UpgradeMode {
     Partial,
     /// A proper 101, then silence: no echo, no close.
     Stall,
+    /// A proper 101 after one second (a call still being set up).
+    Slow,
 }
 
 impl UpgradeMode {
@@ -81,6 +83,7 @@ impl UpgradeMode {
             "malformed" => Self::Malformed,
             "partial" => Self::Partial,
             "stall" => Self::Stall,
+            "slow" => Self::Slow,
             _ => return None,
         })
     }
@@ -390,6 +393,9 @@ async fn serve_https(fleet: Arc<Fleet>, mut req: Request<Incoming>) -> Result<Re
         return Ok(plain(StatusCode::TOO_MANY_REQUESTS, "all workers busy"));
     }
     fleet.calls_total.fetch_add(1, SeqCst);
+    if mode == UpgradeMode::Slow {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
     let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(&key);
     let on_upgrade = hyper::upgrade::on(&mut req);
     let f = Arc::clone(&fleet);
@@ -424,6 +430,7 @@ fn num(req: &Request<Incoming>, key: &str) -> Option<u64> {
 /// The control port (plain HTTP, GET or POST alike):
 /// `/occupy?n=N`, `/free?n=N`, `/capacity?workers=N`,
 /// `/health?mode=normal|slow|truncated|garbage|500|missing|hang[&delay_ms=D][&count=C]`,
+/// `/upgrade?mode=normal|reset|malformed|partial|stall|slow[&count=C]`,
 /// `/order?available_first=0|1`, `/decoy?on=0|1`, `/close-all`, `/exit`, `/state`.
 async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let ok = |f: &Fleet| plain(StatusCode::OK, f.state_json());

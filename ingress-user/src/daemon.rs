@@ -61,15 +61,26 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
-/// `ingress run --config FILE`. Started by an upgrade, tells the old
-/// process why it could not start.
-pub async fn run(config_path: &Path) -> anyhow::Result<()> {
-    let inherited = Inherited::from_env()?;
+/// The path this binary was started as (absolute; symlinks kept, so that a
+/// deploy that moves a link upgrades to what the link names then).
+pub fn started_as() -> anyhow::Result<PathBuf> {
+    let argv0 = std::env::args_os().next().map(PathBuf::from).unwrap_or_default();
+    if argv0.components().count() > 1 {
+        return Ok(std::env::current_dir()?.join(argv0));
+    }
+    std::env::current_exe().context("the path of this binary")
+}
+
+/// `ingress run --config FILE`; `inherited` is what the process this one
+/// replaces handed over ([`Inherited::from_env`], read before the runtime
+/// started). Started by an upgrade, tells the old process why it could not
+/// start.
+pub async fn run(config_path: &Path, exe: PathBuf, inherited: Option<Inherited>) -> anyhow::Result<()> {
     let channel = inherited
         .as_ref()
         .and_then(|i| i.channel.as_ref())
         .and_then(|c| c.try_clone().ok());
-    let result = serve(config_path, inherited).await;
+    let result = serve(config_path, exe, inherited).await;
     if let (Err(e), Some(mut c)) = (&result, channel) {
         let _ = c.write_all(
             Message::Failed {
@@ -84,6 +95,7 @@ pub async fn run(config_path: &Path) -> anyhow::Result<()> {
 
 /// The sockets and the XDP link a new process would be offered.
 struct Handover {
+    data: Arc<DataCtx>,
     exe: PathBuf,
     config_path: PathBuf,
     admin_unix: (PathBuf, OwnedFd),
@@ -122,7 +134,7 @@ impl Handover {
             admin_tcp: self.admin_tcp.as_ref().map(|(a, fd)| (*a, fd.as_fd())),
             xdp_link,
         };
-        let started = upgrade::start(&self.exe, &self.config_path, offered, timeout).await;
+        let started = upgrade::start(&self.exe, &self.config_path, offered, timeout, &self.data).await;
         drop(control);
         if started.is_err()
             && let Some((path, _)) = &self.xdp
@@ -163,9 +175,7 @@ async fn first_checks(data: &DataCtx, limit: Duration) {
     }
 }
 
-async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::Result<()> {
-    // The path this process was started from: an upgrade starts what is there then.
-    let exe = std::env::current_exe().context("the path of this binary")?;
+async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited>) -> anyhow::Result<()> {
     let config = Config::load(config_path)?;
     let desired = control::load_desired(&config)?;
     raise_fd_limit(config.limits.max_connections);
@@ -291,6 +301,11 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
                 },
             )))
         }
+        // Offered the old process's link and unable to take it: not ready
+        // (the old process keeps it and serves on).
+        Err(reason) if inherited_link.is_some() => {
+            anyhow::bail!("taking over the XDP program: {reason}");
+        }
         Err(reason) => {
             tracing::warn!("################################################################");
             tracing::warn!(
@@ -307,6 +322,7 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
     let mut hup = tokio::signal::unix::signal(SignalKind::hangup())?;
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    let mut usr2 = tokio::signal::unix::signal(SignalKind::user_defined2())?;
     let channel = inherited.as_mut().and_then(|i| i.channel.take());
     if channel.is_some() {
         // Started by an upgrade: the old process serves until this one has
@@ -329,6 +345,7 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
             let said = Message::Ready {
                 pid: std::process::id(),
                 version: VERSION.to_owned(),
+                healthy: handover::healthy(&data),
             };
             (&channel)
                 .write_all(said.line().as_bytes())
@@ -343,8 +360,8 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
         None => sdnotify::notify("READY=1\nSTATUS=serving"),
     }
     tracing::info!(config = %config_path.display(), version = VERSION, "ingress running");
-    let mut usr2 = tokio::signal::unix::signal(SignalKind::user_defined2())?;
     let handover = Handover {
+        data: Arc::clone(&data),
         exe,
         config_path: config_path.to_owned(),
         admin_unix: admin_unix_fd,
@@ -380,7 +397,7 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
                                 pid: p.pid,
                                 version: p.version.clone(),
                                 old_pid: std::process::id(),
-                                calls_kept: data.calls_open.load(std::sync::atomic::Ordering::Relaxed),
+                                calls_kept: data.calls_open(),
                             }));
                             break End::Upgraded(p);
                         }
@@ -394,6 +411,8 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
             _ = int.recv() => break End::Stop { graceful: false },
         }
     };
+    // Requests still queued (another upgrade, a stop) are answered "stopping".
+    drop(requests);
     let signals = Signals {
         term: &mut term,
         int: &mut int,
@@ -403,18 +422,21 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
             // The new process serves: the XDP sync lets go of the maps
             // (nothing cleared), then this one stops accepting and keeps
             // its calls, telling the new one how many it holds.
+            let report = tokio::spawn(upgrade::report_calls(p.channel, Arc::clone(&data), p.routed_before));
             let _ = handed_over.send(true);
             let mut xdp_task = xdp_task;
-            if let Some(t) = xdp_task.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            if let Some(mut t) = xdp_task.take()
+                && tokio::time::timeout(Duration::from_secs(5), &mut t).await.is_err()
+            {
+                // Never let it run on to the stop, which clears CONTROL.
+                t.abort();
             }
             if let Some((path, _)) = &handover.xdp {
                 let _ = std::fs::remove_file(path);
             }
             let _ = stop_tx.send(true);
             control.lock().await.listeners.close_all();
-            tracing::info!(pid = p.pid, version = %p.version, calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(config.limits.upgrade_grace.0), "upgraded: the new process takes every new call; this one keeps its calls");
-            let report = tokio::spawn(upgrade::report_calls(p.channel, Arc::clone(&data)));
+            tracing::info!(pid = p.pid, version = %p.version, calls = data.calls_open(), grace = %humantime::format_duration(config.limits.upgrade_grace.0), "upgraded: the new process takes every new call; this one keeps its calls");
             wind_down(
                 &data,
                 config.limits.upgrade_grace.0,
@@ -437,7 +459,7 @@ async fn serve(config_path: &Path, mut inherited: Option<Inherited>) -> anyhow::
             } else {
                 Duration::ZERO
             };
-            tracing::info!(calls = data.calls_open.load(std::sync::atomic::Ordering::Relaxed), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
+            tracing::info!(calls = data.calls_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
             sdnotify::notify("STOPPING=1");
             let _ = stop_tx.send(true);
             control.lock().await.listeners.close_all();

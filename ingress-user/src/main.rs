@@ -138,8 +138,11 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run { config } => {
             init_tracing();
+            // Before any other thread: it reads and clears the environment.
+            let inherited = ingress_user::control::handover::Inherited::from_env()?;
+            let exe = ingress_user::daemon::started_as()?;
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let done = rt.block_on(ingress_user::daemon::run(&config));
+            let done = rt.block_on(ingress_user::daemon::run(&config, exe, inherited));
             // Nothing is left to wait for: a blocked helper thread must not hold the exit.
             rt.shutdown_timeout(std::time::Duration::from_millis(500));
             done

@@ -124,7 +124,9 @@ async fn keep_echoing(
 async fn an_upgrade_to_a_new_build_keeps_every_call_and_refuses_no_connection() {
     let dir = TestDir::new("upgrade");
     let pki = Pki::new(&dir);
-    let fleet = Fleet::start(&dir, &pki, "fleet1", 64);
+    // 30 workers for 20 calls: the new process must not count the old
+    // process's calls against a report that already saw them (10 left).
+    let fleet = Fleet::start(&dir, &pki, "fleet1", 30);
     let exe = dir.path("ingress");
     install_binary(&exe, None);
     let cfg = config(&dir, &pki, &[("fleet1", fleet.https)], "", "").replace("maxconn = 16", "maxconn = 40");
@@ -438,4 +440,37 @@ async fn a_close_due_in_the_middle_of_a_fragmented_1_mib_message_waits_for_its_l
         &serde_json::json!([1024 * 1024, sum]),
         "the fleet got the whole message, then the Close: {messages}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_still_being_set_up_when_the_upgrade_lands_is_kept_by_the_old_process() {
+    let dir = TestDir::new("upgrade-setup");
+    let pki = Pki::new(&dir);
+    let fleet = Fleet::start(&dir, &pki, "fleet1", 8);
+    let cfg = config(&dir, &pki, &[("fleet1", fleet.https)], "", "");
+    let mut ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1"], "UP").await;
+    // The old process has no call, only one waiting a second for its 101.
+    fleet.control("/upgrade?mode=slow&count=1").await;
+    let (https, tls) = (ingress.https, pki.client_tls());
+    let dialing = tokio::spawn(async move { client::connect(https, "localhost", "/ws/slow", tls).await });
+    while fleet.state().await["calls_total"] == 0 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let up: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let _successor = Successor(up["pid"].as_i64().unwrap() as i32);
+    let mut ws = dialing
+        .await
+        .unwrap()
+        .expect("the call being set up is answered by the old process");
+    echo(&mut ws, "kept").await.expect("and kept by it");
+    assert!(ingress.proc.alive(), "the old process stays for the call");
+    let _ = ws.close(None).await;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_secs(5), ws.next()).await {}
+    let exited = tokio::task::spawn_blocking(move || ingress.proc.child.wait())
+        .await
+        .unwrap();
+    assert!(exited.unwrap().success());
 }

@@ -8,7 +8,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
     serde_json::json!({
         "pid": std::process::id(),
         "version": crate::model::VERSION,
-        "calls_open": shared.data.calls_open.load(std::sync::atomic::Ordering::Relaxed),
+        "calls_open": shared.data.calls_open(),
         "generation": rt.generation,
         "xdp": shared.xdp.view(),
         "certs": shared.certs.summary(),

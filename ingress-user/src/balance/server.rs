@@ -68,6 +68,9 @@ pub struct Live {
     /// Calls held here by the process this one replaced (a binary
     /// upgrade), as it last said: they take `maxconn` slots until they end.
     inherited: AtomicU32,
+    /// Of those, the ones it routed after this process was started (the
+    /// reports here may not have seen them), as it last said.
+    inherited_fresh: AtomicU32,
     /// Calls routed since the last capacity report that are still open:
     /// the report's epoch in the high 32 bits, the count in the low ones,
     /// so that a call ending after the next report never touches its count.
@@ -93,9 +96,14 @@ pub struct Live {
     pub tls_resumed: AtomicU64,
     pub check: Mutex<CheckStatus>,
     pub last_report: Mutex<Option<Instant>>,
-    /// Fired to end this server's calls with a Close 1001 (removal with
-    /// `--now`, shutdown-sessions, `drain --close-after`).
-    pub end_calls: tokio::sync::Notify,
+    /// Bumped to end this server's calls with a Close 1001 (removal with
+    /// `--now`, shutdown-sessions, `drain --close-after`): every call that
+    /// began at an older one ends; `end_calls` wakes them.
+    end_epoch: AtomicU64,
+    end_calls: tokio::sync::Notify,
+    /// Bumped on every admin state change (a `--close-after` timer fires
+    /// only if none came since it was set).
+    admin_changes: AtomicU64,
     /// Health-check latency, seconds.
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
     /// When the server last came back UP after being DOWN (slowstart).
@@ -139,6 +147,7 @@ impl Server {
             live: Arc::new(Live {
                 active: AtomicU32::new(0),
                 inherited: AtomicU32::new(0),
+                inherited_fresh: AtomicU32::new(0),
                 routed: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
                 probe_out: AtomicBool::new(false),
@@ -151,7 +160,9 @@ impl Server {
                 tls_resumed: AtomicU64::new(0),
                 check: Mutex::new(CheckStatus::default()),
                 last_report: Mutex::new(None),
+                end_epoch: AtomicU64::new(0),
                 end_calls: tokio::sync::Notify::new(),
+                admin_changes: AtomicU64::new(0),
                 check_latency: telemetry::check_latency_histogram(),
                 recovered_at: Mutex::new(None),
             }),
@@ -218,15 +229,22 @@ impl Server {
         self.live.inherited.load(Relaxed)
     }
 
-    /// The replaced process says it holds `calls` here. Calls it gained
-    /// since it last said so also count against the current report window
-    /// (the last report may not have seen them); calls that ended free
-    /// their `maxconn` slots.
-    pub fn inherit(&self, calls: u32) {
-        let before = self.live.inherited.swap(calls, Relaxed);
-        if self.capacity_aware && calls > before {
-            self.live.routed.fetch_add(u64::from(calls - before), Relaxed);
+    /// The replaced process says it holds `calls` here, `fresh` of them
+    /// routed after this process started. Those take `maxconn` slots; fresh
+    /// ones not counted before also count against the current report window
+    /// (a report from before they reached the fleet does not include them;
+    /// one from after does, and they leave the count with the next window).
+    pub fn inherit(&self, calls: u32, fresh: u32) {
+        self.live.inherited.store(calls, Relaxed);
+        let before = self.live.inherited_fresh.swap(fresh, Relaxed);
+        if self.capacity_aware && fresh > before {
+            self.live.routed.fetch_add(u64::from(fresh - before), Relaxed);
         }
+    }
+
+    /// Calls ever routed here.
+    pub fn sessions(&self) -> u64 {
+        self.live.sessions_total.load(Relaxed)
     }
 
     /// `maxconn` slots taken: this process's and the replaced one's.
@@ -255,7 +273,35 @@ impl Server {
     }
 
     pub fn set_admin_state(&self, s: AdminState) {
-        self.live.admin.store(s as u8, Relaxed);
+        if self.live.admin.swap(s as u8, Relaxed) != s as u8 {
+            self.live.admin_changes.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Admin state changes so far.
+    pub fn admin_changes(&self) -> u64 {
+        self.live.admin_changes.load(Relaxed)
+    }
+
+    /// Ends this server's calls — those open and those being set up — with
+    /// a Close 1001.
+    pub fn end_calls(&self) {
+        self.live.end_epoch.fetch_add(1, Relaxed);
+        self.live.end_calls.notify_waiters();
+    }
+
+    /// The epoch a call begins at (read when it is routed here).
+    pub fn end_epoch(&self) -> u64 {
+        self.live.end_epoch.load(Relaxed)
+    }
+
+    /// Resolves once [`Self::end_calls`] was called after `epoch` was read.
+    pub async fn calls_ended(&self, epoch: u64) {
+        let mut notified = std::pin::pin!(self.live.end_calls.notified());
+        notified.as_mut().enable();
+        if self.end_epoch() == epoch {
+            notified.await;
+        }
     }
 
     pub fn set_healthy(&self, healthy: bool) {

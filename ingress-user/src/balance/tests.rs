@@ -331,31 +331,35 @@ fn calls_routed_while_a_probe_is_out_count_against_its_answer() {
 }
 
 #[test]
-fn calls_held_by_the_replaced_process_take_maxconn_slots_and_count_until_the_next_report() {
+fn calls_held_by_the_replaced_process_take_maxconn_slots_and_fresh_ones_count_until_the_next_report() {
     let s = server(1, 10);
-    s.report_capacity(8);
+    // The report came after the new process started: it saw the old
+    // process's calls, except one routed after it was taken.
+    s.report_capacity(3);
     let p = pool(vec![Arc::clone(&s)]);
-    // The old process says it holds 6 here: 4 slots are left, and the
-    // report (which may not have seen them) has 2 left.
-    s.inherit(6);
+    // The old process holds 6 here, 1 of them routed since this process
+    // started: 4 maxconn slots are left, and 2 of the report (3 − 1 fresh).
+    s.inherit(6, 1);
     assert_eq!(s.effective(), 2);
     let held: Vec<_> = (0..2).map(|_| p.pick(&Hints::default(), &[]).unwrap()).collect();
-    assert!(
-        p.pick(&Hints::default(), &[]).is_none(),
-        "6 inherited + 2 routed of a report of 8"
+    assert!(p.pick(&Hints::default(), &[]).is_none(), "report 3: 1 fresh + 2 routed");
+    // The same count said again changes nothing; a call it was still
+    // setting up counts against this report too.
+    s.inherit(6, 1);
+    assert_eq!(s.effective(), 0);
+    s.inherit(7, 2);
+    assert_eq!(
+        s.effective(),
+        0,
+        "maxconn 10 − 7 inherited − 2 active = 1, report 3 − 2 − 2 < 0"
     );
     // A new report sees them all: only maxconn still counts the old calls.
     s.report_capacity(5);
-    assert_eq!(s.effective(), 2, "maxconn 10 − 6 inherited − 2 active");
-    // Old calls end: their slots come back, and a count that goes down
-    // never frees reported capacity.
-    s.inherit(1);
+    assert_eq!(s.effective(), 1, "min(10 − 7 − 2, 5)");
+    // Old calls end: their slots come back.
+    s.inherit(1, 0);
     assert_eq!(s.effective(), 5, "min(10 − 1 − 2, report 5)");
-    // The old process gained one more (a call it was setting up): it
-    // counts against this report too.
-    s.inherit(2);
-    assert_eq!(s.effective(), 4);
-    s.inherit(0);
+    s.inherit(0, 0);
     drop(held);
-    assert_eq!(s.effective(), 4, "the report's window still holds the late call");
+    assert_eq!(s.effective(), 5);
 }

@@ -50,12 +50,13 @@ pub struct Inherited {
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Message {
-    /// New → old: serving; the old process may stop accepting.
-    Ready { pid: u32, version: String },
+    /// New → old: serving, with `healthy` servers; the old process may stop accepting.
+    Ready { pid: u32, version: String, healthy: usize },
     /// New → old: could not start.
     Failed { error: String },
-    /// Old → new: calls the old process holds, by (pool, server).
-    Calls { servers: Vec<(String, String, u32)> },
+    /// Old → new: calls the old process holds, by (pool, server): all of
+    /// them, and those it routed after the new process was started.
+    Calls { servers: Vec<(String, String, u32, u32)> },
 }
 
 impl Message {
@@ -89,7 +90,7 @@ impl Inherited {
         let Some(raw) = std::env::var_os(ENV) else {
             return Ok(None);
         };
-        // SAFETY: called at start, before any other thread reads the environment.
+        // SAFETY: called by `main` before the runtime (or any other thread) starts.
         unsafe { std::env::remove_var(ENV) };
         let offer: Offer = serde_json::from_str(&raw.to_string_lossy())
             .map_err(|e| anyhow::anyhow!("{ENV} is not a handover offer: {e}"))?;
@@ -138,11 +139,11 @@ pub fn follow_calls(channel: std::os::unix::net::UnixStream, data: &DataCtx) {
         let rt = data.runtime.load();
         for pool in &rt.pools {
             for s in pool.servers.load().iter() {
-                let held = servers
+                let (held, fresh) = servers
                     .iter()
-                    .find(|(p, n, _)| **p == *pool.name && n == s.name())
-                    .map_or(0, |(_, _, c)| *c);
-                s.inherit(held);
+                    .find(|(p, n, _, _)| **p == *pool.name && n == s.name())
+                    .map_or((0, 0), |(_, _, c, f)| (*c, *f));
+                s.inherit(held, fresh);
             }
         }
         data.changed.signal();
@@ -150,22 +151,53 @@ pub fn follow_calls(channel: std::os::unix::net::UnixStream, data: &DataCtx) {
     let rt = data.runtime.load();
     for pool in &rt.pools {
         for s in pool.servers.load().iter() {
-            s.inherit(0);
+            s.inherit(0, 0);
         }
     }
     data.changed.signal();
     tracing::info!("the replaced process is gone: its calls no longer count");
 }
 
-/// The old process's count of its calls, by (pool, server).
-pub fn calls_held(data: &DataCtx) -> Message {
+/// Servers whose checks pass (UP or FULL), in the snapshot in force.
+pub fn healthy(data: &DataCtx) -> usize {
+    data.runtime
+        .load()
+        .server_views()
+        .iter()
+        .filter(|v| v.server.healthy())
+        .count()
+}
+
+/// Calls routed to each server so far, by (pool, server): taken when the
+/// new process is started.
+pub type Routed = std::collections::HashMap<(String, String), u64>;
+
+/// Calls routed so far, by (pool, server).
+pub fn routed(data: &DataCtx) -> Routed {
+    data.runtime
+        .load()
+        .server_views()
+        .into_iter()
+        .map(|v| ((v.pool, v.name), v.server.sessions()))
+        .collect()
+}
+
+/// The old process's count of its calls (its own, and any it still holds
+/// for the process it replaced), by (pool, server), and of those routed
+/// since `since` (at most all it holds).
+pub fn calls_held(data: &DataCtx, since: &Routed) -> Message {
     let servers = data
         .runtime
         .load()
         .server_views()
         .into_iter()
-        .filter(|v| v.active > 0)
-        .map(|v| (v.pool, v.name, v.active))
+        .filter(|v| v.active + v.inherited > 0)
+        .map(|v| {
+            let before = since.get(&(v.pool.clone(), v.name.clone())).copied().unwrap_or(0);
+            let fresh = u32::try_from(v.server.sessions().saturating_sub(before)).unwrap_or(u32::MAX);
+            let held = v.active + v.inherited;
+            (v.pool, v.name, held, fresh.min(held))
+        })
         .collect();
     Message::Calls { servers }
 }

@@ -233,7 +233,7 @@ pub async fn run(id: u32, ctx: Arc<DataCtx>) {
         ever_up |= now_healthy;
         if was_healthy && !now_healthy && pool.on_marked_down == OnMarkedDown::ShutdownSessions {
             tracing::warn!(pool = %server.pool, server = server.name(), active = server.active(), "marked DOWN: cutting its calls (shutdown-sessions)");
-            server.live().end_calls.notify_waiters();
+            server.end_calls();
         }
         let after = (server.state(), server.reported());
         if before != after {

@@ -318,11 +318,13 @@ impl Control {
         if let Some(after) = close_after
             && let Some(server) = self.shared.data.runtime.load().server(pool, name)
         {
+            // Fires only if the server is still in this drain by then.
+            let set = server.admin_changes();
             tokio::spawn(async move {
                 tokio::time::sleep(after).await;
-                if server.admin_state() == AdminState::Drain {
+                if server.admin_changes() == set {
                     tracing::info!(pool = %server.pool, server = server.name(), calls = server.active(), "drain: closing the calls left with 1001");
-                    server.live().end_calls.notify_waiters();
+                    server.end_calls();
                 }
             });
         }

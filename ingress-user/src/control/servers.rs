@@ -277,7 +277,7 @@ pub async fn remove_server(
         name: name.to_owned(),
     }])?;
     if now {
-        server.live().end_calls.notify_waiters();
+        server.end_calls();
     }
     let persisted = c.persist(pool)?;
     tracing::info!(pool, server = name, cut = active, "server removed");

@@ -402,7 +402,7 @@ async fn later_upgrade(
             return;
         }
         // `forward` accounts for the call; this splice only has to end with it.
-        let _ = tunnel::run(client, carrier, idle, std::future::pending(), false).await;
+        let _ = tunnel::run(client, carrier, idle, std::future::pending(), None).await;
     });
     builder
         .body(Either::Right(Full::new(Bytes::new())))

@@ -97,6 +97,9 @@ async fn handle_https(
     permit: OwnedSemaphorePermit,
 ) {
     let started = std::time::Instant::now();
+    // Counted until it is a call (counted from its 101) or an http route's
+    // connection: a stopping process waits for it.
+    let setup = shared.count_setup();
     let (limits, header_timeout) = limits(&shared);
     let deadline = Instant::now() + header_timeout;
     // The stream and every phase before the tunnel are boxed: a call's task
@@ -161,7 +164,7 @@ async fn handle_https(
                     http1::respond(&mut tls, 400, why, &[]).await;
                     return;
                 }
-                drop(params);
+                drop((params, setup));
                 http::serve(Arc::clone(&shared), tls, head, peer, local_port, permit).await;
                 return;
             }
@@ -246,7 +249,7 @@ async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<DataCtx>,
         return;
     }
     let idle = rt.timeouts.upgrade_response.0;
-    let stats = tunnel::run(tcp, up, idle, std::future::pending(), false).await;
+    let stats = tunnel::run(tcp, up, idle, std::future::pending(), None).await;
     tracing::info!(target: "acme", %peer, path = %head.target, bytes = stats.to_client, "ACME challenge forwarded");
 }
 

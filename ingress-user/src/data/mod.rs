@@ -43,8 +43,11 @@ pub struct DataCtx {
     conn_limit_debt: AtomicUsize,
     /// The front's TLS config (versions, ALPN, SNI resolver); swapped by a reload.
     pub tls: ArcSwap<rustls::ServerConfig>,
-    /// WebSocket calls past their 101 (tunnels running).
-    pub calls_open: AtomicUsize,
+    /// WebSocket calls past their 101 (see [`Self::count_call`]).
+    calls_open: AtomicUsize,
+    /// Front connections accepted and not yet a call or an http route's
+    /// keep-alive connection (TLS, head, routing, waiting for a 101).
+    setups: AtomicUsize,
     /// Set when the ingress ends every live call (the grace of a stop or
     /// an upgrade is over): each gets a Close 1001.
     calls_ending: std::sync::atomic::AtomicBool,
@@ -67,6 +70,7 @@ impl DataCtx {
             calls_ending: std::sync::atomic::AtomicBool::new(false),
             end_calls: tokio::sync::Notify::new(),
             calls_open: AtomicUsize::new(0),
+            setups: AtomicUsize::new(0),
             idle: Arc::default(),
         }
     }
@@ -107,6 +111,29 @@ impl DataCtx {
         }
     }
 
+    /// WebSocket calls past their 101.
+    pub fn calls_open(&self) -> usize {
+        self.calls_open.load(Relaxed)
+    }
+
+    /// Calls and connections on their way to being one: what a stopping
+    /// process waits for.
+    pub fn in_flight(&self) -> usize {
+        self.calls_open.load(Relaxed) + self.setups.load(Relaxed)
+    }
+
+    /// Counts a call from its 101 until the guard drops (then signals a change).
+    pub fn count_call(self: &Arc<Self>) -> Counted {
+        self.calls_open.fetch_add(1, Relaxed);
+        Counted(Arc::clone(self), true)
+    }
+
+    /// Counts a connection being set up until the guard drops.
+    pub fn count_setup(self: &Arc<Self>) -> Counted {
+        self.setups.fetch_add(1, Relaxed);
+        Counted(Arc::clone(self), false)
+    }
+
     /// Ends every live call, and any that starts from now, with a Close 1001.
     pub fn end_calls(&self) {
         self.calls_ending.store(true, std::sync::atomic::Ordering::Release);
@@ -127,6 +154,22 @@ impl DataCtx {
     pub fn connections_open(&self) -> usize {
         (self.conn_limit_size.load(Relaxed) + self.conn_limit_debt.load(Relaxed))
             .saturating_sub(self.conn_limit.available_permits())
+    }
+}
+
+/// One call (true) or one connection being set up, counted while it lives.
+#[derive(Debug)]
+pub struct Counted(Arc<DataCtx>, bool);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.1 {
+            self.0.calls_open.fetch_sub(1, Relaxed);
+            // A stopping process counts open calls when woken.
+            self.0.changed.signal();
+        } else {
+            self.0.setups.fetch_sub(1, Relaxed);
+        }
     }
 }
 

@@ -130,9 +130,9 @@ struct Framing {
 }
 
 impl Framing {
-    fn new(mask: Option<[u8; 4]>) -> Self {
+    fn new(cursor: FrameCursor, mask: Option<[u8; 4]>) -> Self {
         Self {
-            cursor: FrameCursor::default(),
+            cursor,
             close_due: false,
             closed: false,
             mask,
@@ -161,6 +161,25 @@ impl Framing {
             self.cursor.advance(&read[pass..], false);
         }
         pass
+    }
+}
+
+/// Where each direction of a WebSocket call is, frame-wise, as its tunnel
+/// starts: past the bytes relayed before it (those behind the carrier's
+/// upgrade head, those behind the fleet's 101).
+#[derive(Debug, Clone, Default)]
+pub struct Frames {
+    to_server: FrameCursor,
+    to_client: FrameCursor,
+}
+
+impl Frames {
+    /// After `to_server` and `to_client` went their ways already.
+    pub fn after(to_server: &[u8], to_client: &[u8]) -> Self {
+        let mut f = Self::default();
+        f.to_server.advance(to_server, false);
+        f.to_client.advance(to_client, false);
+        f
     }
 }
 
@@ -194,11 +213,17 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
     }
 
     /// Asks for our Close at the next message boundary (a WebSocket call).
+    /// A source whose own Close has passed already is closing: nothing more
+    /// of it is passed on, and no second Close goes that way.
     fn go_away(&mut self) {
         if let Some(f) = self.framing.as_mut()
             && !f.closed
         {
-            f.close_due = true;
+            if f.cursor.saw_close {
+                f.closed = true;
+            } else {
+                f.close_due = true;
+            }
         }
     }
 
@@ -238,6 +263,11 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
                 f.closed = true;
                 continue;
             }
+            // After our Close, the source's own ends the direction (it may
+            // have come in the read that reached the boundary).
+            if self.closed() && self.saw_close() {
+                self.ended = true;
+            }
             if self.ended {
                 return Pin::new(&mut self.to).poll_shutdown(cx).map(|_| Ok(()));
             }
@@ -247,13 +277,7 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
                 // A peer that closes TCP without TLS close_notify has still closed.
                 Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => self.ended = true,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(n)) => {
-                    self.bytes += n as u64;
-                    // After our Close, the source's own ends the direction.
-                    if self.closed() && self.saw_close() {
-                        self.ended = true;
-                    }
-                }
+                Poll::Ready(Ok(n)) => self.bytes += n as u64,
             }
         }
         // A busy direction yields so the other one and the clock get a turn.
@@ -299,16 +323,26 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
     }
 }
 
+/// A masking key for our Close to the fleet (a client's frames must be
+/// masked with a key the server cannot predict).
+fn mask() -> [u8; 4] {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    let mut h = std::hash::RandomState::new().build_hasher();
+    h.write_u64(std::process::id().into());
+    (h.finish() as u32).to_be_bytes()
+}
+
 /// Runs the tunnel until a side closes, the idle timeout, or `end`. With
-/// `websocket`, both directions are followed frame by frame and
-/// [`Ending::GoingAway`] closes each side with a Close 1001 at its next
-/// message boundary (then waits up to [`CLOSE_REPLY`] for the replies).
+/// `frames` (a WebSocket call), both directions are followed frame by
+/// frame and [`Ending::GoingAway`] closes each side with a Close 1001 at
+/// its next message boundary (then waits up to [`CLOSE_REPLY`] for the
+/// replies); without, a byte tunnel is cut.
 pub async fn run<C, S>(
     client: C,
     server: S,
     idle: Duration,
     end: impl Future<Output = Ending>,
-    websocket: bool,
+    frames: Option<Frames>,
 ) -> TunnelStats
 where
     C: AsyncRead + AsyncWrite,
@@ -317,10 +351,17 @@ where
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
     let start = Instant::now();
+    let websocket = frames.is_some();
     // The carrier gets the server's Close (unmasked), the fleet a client's (masked).
-    let mask = (start.elapsed().subsec_nanos() ^ 0x5a5a_a5a5).to_be_bytes();
-    let mut up = Direction::new(cr, sw, websocket.then(|| Framing::new(Some(mask))));
-    let mut down = Direction::new(sr, cw, websocket.then(|| Framing::new(None)));
+    let (up_frames, down_frames) = match frames {
+        Some(f) => (
+            Some(Framing::new(f.to_server, Some(mask()))),
+            Some(Framing::new(f.to_client, None)),
+        ),
+        None => (None, None),
+    };
+    let mut up = Direction::new(cr, sw, up_frames);
+    let mut down = Direction::new(sr, cw, down_frames);
     let mut end = std::pin::pin!(end);
     // One clock: the idle timeout while both sides are open, then the
     // linger after one closed, or the reply window once ending.
@@ -426,7 +467,7 @@ mod tests {
             server,
             Duration::from_secs(30),
             std::future::pending(),
-            true,
+            Some(Frames::default()),
         ));
         let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
         let expected = data.clone();
@@ -477,7 +518,7 @@ mod tests {
             server,
             Duration::from_secs(30),
             std::future::pending(),
-            false,
+            None,
         ));
         carrier.write_all(b"hello").await.unwrap();
         let mut got = [0u8; 5];
@@ -501,7 +542,13 @@ mod tests {
             let _ = end_rx.await;
             Ending::GoingAway
         };
-        let tunnel = tokio::spawn(run(client, server, Duration::from_secs(30), end, true));
+        let tunnel = tokio::spawn(run(
+            client,
+            server,
+            Duration::from_secs(30),
+            end,
+            Some(Frames::default()),
+        ));
         let mask = [1u8, 2, 3, 4];
         let frame = |fin: bool, opcode: u8, payload: &[u8]| {
             let mut f = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | payload.len() as u8];
@@ -548,5 +595,74 @@ mod tests {
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(1), fleet.read_to_end(&mut rest)).await;
         assert!(rest.is_empty(), "nothing after our Close reached the fleet: {rest:?}");
+    }
+
+    /// A carrier whose own Close has passed is already closing: going away
+    /// sends the fleet no second Close (it has the carrier's) and ends that
+    /// direction at once; the carrier gets our Close as its reply.
+    #[tokio::test]
+    async fn a_side_already_closing_gets_no_second_close() {
+        let (client, mut carrier) = tokio::io::duplex(64 * 1024);
+        let (server, mut fleet) = tokio::io::duplex(64 * 1024);
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let end = async move {
+            let _ = end_rx.await;
+            Ending::GoingAway
+        };
+        let tunnel = tokio::spawn(run(
+            client,
+            server,
+            Duration::from_secs(30),
+            end,
+            Some(Frames::default()),
+        ));
+        let close = [0x88u8, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
+        carrier.write_all(&close).await.unwrap();
+        let mut got = [0u8; 8];
+        fleet.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, close);
+        end_tx.send(()).unwrap();
+        let mut reply = [0u8; 4];
+        carrier.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[..2], [0x88, 20], "our Close answers the carrier");
+        // The fleet's side ends with nothing more: no second Close.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(1), fleet.read_to_end(&mut rest))
+            .await
+            .expect("the fleet's side is shut down at once")
+            .unwrap();
+        assert!(rest.is_empty(), "a second Close reached the fleet: {rest:?}");
+        fleet.write_all(&[0x88, 0x02, 0x03, 0xe8]).await.unwrap();
+        let stats = tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.reason, CloseReason::GoingAway);
+    }
+
+    /// Bytes relayed before the tunnel ran (behind the 101) leave the
+    /// cursor mid-frame: the Close waits for that frame's end.
+    #[tokio::test]
+    async fn frames_begun_before_the_tunnel_are_followed() {
+        let (client, mut carrier) = tokio::io::duplex(64 * 1024);
+        let (server, mut fleet) = tokio::io::duplex(64 * 1024);
+        // The fleet's greeting: a 10-byte text frame, 4 bytes of it sent with the 101.
+        let greeting = [0x81u8, 8, b'h', b'e', b'l', b'l', b'o', b'!', b'!', b'!'];
+        let frames = Frames::after(&[], &greeting[..4]);
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let end = async move {
+            let _ = end_rx.await;
+            Ending::GoingAway
+        };
+        let _tunnel = tokio::spawn(run(client, server, Duration::from_secs(30), end, Some(frames)));
+        end_tx.send(()).unwrap();
+        tokio::task::yield_now().await;
+        fleet.write_all(&greeting[4..]).await.unwrap();
+        let mut got = [0u8; 6];
+        carrier.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, greeting[4..], "the frame is finished first");
+        let mut close = [0u8; 2];
+        carrier.read_exact(&mut close).await.unwrap();
+        assert_eq!(close, [0x88, 20], "then our Close");
     }
 }

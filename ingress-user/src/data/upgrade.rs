@@ -171,6 +171,8 @@ pub async fn forward<C, H>(
         let Some(lease) = pool.pick(&hints, &tried) else {
             break;
         };
+        // A `remove --now` or shutdown-sessions from now on ends this call too.
+        let epoch = lease.server.end_epoch();
         attempts += 1;
         if attempts > 1 {
             pool.retries_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -180,6 +182,8 @@ pub async fn forward<C, H>(
         // Boxed: its read buffer is not kept in the call's task for the whole call.
         match Box::pin(attempt(&lease, &pool, &rt, &request)).await {
             Attempt::Upgraded(mut up, resp) => {
+                // A call from its 101: a stopping process waits for it.
+                let counted = shared.count_call();
                 shared.changed.signal();
                 let pinned =
                     pool.balance == Balance::Cookie && sticky.as_deref() != Some(lease.server.cookie_id.as_str());
@@ -226,6 +230,9 @@ pub async fn forward<C, H>(
                 }
                 let call = Established {
                     idle: rt.timeouts.tunnel_idle.0,
+                    frames: tunnel::Frames::after(&head.rest, &resp.rest),
+                    epoch,
+                    counted,
                     shared,
                     client,
                     up,
@@ -388,6 +395,12 @@ struct Established<C, H> {
     attempts: u32,
     server_name: String,
     hold: H,
+    /// Where each direction is, frame-wise, past the bytes already relayed.
+    frames: tunnel::Frames,
+    /// The server's end epoch when the call was routed there.
+    epoch: u64,
+    /// The call in `calls_open` until it ends.
+    counted: super::Counted,
 }
 
 impl<C, H> Established<C, H>
@@ -405,28 +418,30 @@ where
             attempts,
             server_name,
             hold,
+            frames,
+            epoch,
+            counted,
         } = self;
         let server = Arc::clone(&lease.server);
-        shared.calls_open.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let stats = tunnel::run(
             client,
             up,
             idle,
             async {
                 tokio::select! {
-                    () = server.live().end_calls.notified() => tunnel::Ending::GoingAway,
+                    () = server.calls_ended(epoch) => tunnel::Ending::GoingAway,
                     how = shared.ending() => how,
                 }
             },
-            true,
+            Some(frames),
         )
         .await;
         // The worker, the slot and the call count are given back before
-        // anyone is told (a graceful stop counts open calls when woken).
+        // anyone is told (the guard signals: a stopping process counts open
+        // calls when woken).
         drop(lease);
         drop(hold);
-        shared.calls_open.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-        shared.changed.signal();
+        drop(counted);
         log.ended(&shared, attempts, &server_name, &stats);
     }
 }

@@ -14,8 +14,9 @@ pub struct Signals<'a> {
     pub int: &'a mut Signal,
 }
 
+/// Calls, and connections on their way to being one.
 fn calls(data: &DataCtx) -> usize {
-    data.calls_open.load(std::sync::atomic::Ordering::Relaxed)
+    data.in_flight()
 }
 
 /// Waits for the calls to end until `grace` is over, then ends the rest
@@ -26,8 +27,8 @@ fn calls(data: &DataCtx) -> usize {
 pub async fn wind_down(data: &DataCtx, grace: Duration, mut term_grace: Option<Duration>, signals: Signals<'_>) {
     let mut deadline = Instant::now() + grace;
     let mut changes = data.changed.subscribe();
-    // Woken when a call ends (the tick is a backstop). Connections that are
-    // not calls (a handshake, an http route's) are not waited for.
+    // Woken when a call ends (the tick is a backstop, and catches the end of
+    // a connection being set up). An http route's connections are not waited for.
     while calls(data) > 0 {
         tokio::select! {
             _ = changes.changed() => {}
@@ -40,11 +41,13 @@ pub async fn wind_down(data: &DataCtx, grace: Duration, mut term_grace: Option<D
             _ = signals.int.recv() => break,
         }
     }
-    let left = calls(data);
-    if left == 0 {
+    if calls(data) == 0 {
         return;
     }
-    tracing::info!(calls = left, "closing the calls left with 1001 (going away)");
+    tracing::info!(
+        calls = data.calls_open(),
+        "closing the calls left with 1001 (going away)"
+    );
     data.end_calls();
     let closing = Instant::now() + tunnel::CLOSE_WINDOW;
     while calls(data) > 0 {

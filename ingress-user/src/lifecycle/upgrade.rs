@@ -35,6 +35,8 @@ pub struct Offered<'a> {
 pub struct NewProcess {
     pub pid: u32,
     pub version: String,
+    /// Calls routed per server when it was started.
+    pub routed_before: handover::Routed,
     /// Our end of the channel: the calls this process holds go there.
     pub channel: tokio::net::UnixStream,
 }
@@ -45,7 +47,13 @@ fn dup(fd: BorrowedFd<'_>, what: &str) -> Result<OwnedFd, String> {
 
 /// Starts `exe run --config <config>` with `offered`, and waits up to
 /// `timeout` for it to say ready.
-pub async fn start(exe: &Path, config: &Path, offered: Offered<'_>, timeout: Duration) -> Result<NewProcess, String> {
+pub async fn start(
+    exe: &Path,
+    config: &Path,
+    offered: Offered<'_>,
+    timeout: Duration,
+    data: &DataCtx,
+) -> Result<NewProcess, String> {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| format!("socket pair: {e}"))?;
     // Duplicates (close-on-exec) made for the child: it gets them by their
     // numbers, close-on-exec cleared between fork and exec.
@@ -90,6 +98,7 @@ pub async fn start(exe: &Path, config: &Path, offered: Offered<'_>, timeout: Dur
             Ok(())
         });
     }
+    let routed_before = handover::routed(data);
     let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", exe.display()))?;
     drop(keep);
     drop(theirs);
@@ -101,8 +110,14 @@ pub async fn start(exe: &Path, config: &Path, offered: Offered<'_>, timeout: Dur
     let failed = tokio::select! {
         line = lines.next_line() => match line {
             Ok(Some(line)) => match serde_json::from_str::<Message>(&line) {
-                Ok(Message::Ready { pid: said, version }) => {
-                    return Ok(NewProcess { pid: said, version, channel: lines.into_inner().into_inner() });
+                // A new process that sees no healthy fleet where this one
+                // does has a config or checks that do not work: not ready.
+                Ok(Message::Ready { healthy: 0, .. }) if handover::healthy(data) > 0 => format!(
+                    "the new process sees no healthy server (this one sees {}): its configuration or its checks do not work",
+                    handover::healthy(data)
+                ),
+                Ok(Message::Ready { pid: said, version, .. }) => {
+                    return Ok(NewProcess { pid: said, version, routed_before, channel: lines.into_inner().into_inner() });
                 }
                 Ok(Message::Failed { error }) => format!("the new process could not start: {error}"),
                 _ => format!("the new process said something unexpected: {line}"),
@@ -122,28 +137,35 @@ pub async fn start(exe: &Path, config: &Path, offered: Offered<'_>, timeout: Dur
             humantime::format_duration(timeout)
         ),
     };
-    let _ = child.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    // Asked to stop first (it holds nothing yet: SIGINT, no grace), then killed.
+    if let Some(pid) = child.id() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT);
+    }
+    if tokio::time::timeout(Duration::from_secs(2), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    }
     tracing::error!(pid, reason = %failed, "upgrade abandoned: this process serves on");
     Err(failed)
 }
 
 /// Tells the new process, on every change, how many calls this one holds on
 /// each server, until the last has ended (then the channel closes).
-pub async fn report_calls(mut channel: tokio::net::UnixStream, data: Arc<DataCtx>) {
+pub async fn report_calls(mut channel: tokio::net::UnixStream, data: Arc<DataCtx>, since: handover::Routed) {
     let mut changes = data.changed.subscribe();
     let mut said = String::new();
     loop {
-        let line = handover::calls_held(&data).line();
+        let line = handover::calls_held(&data, &since).line();
         if line != said {
             if channel.write_all(line.as_bytes()).await.is_err() {
                 return;
             }
             said = line;
         }
-        if data.calls_open.load(std::sync::atomic::Ordering::Relaxed) == 0
-            && said == (Message::Calls { servers: Vec::new() }).line()
-        {
+        if data.calls_open() == 0 && said == (Message::Calls { servers: Vec::new() }).line() {
             return;
         }
         tokio::select! {
