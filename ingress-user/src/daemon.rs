@@ -101,7 +101,7 @@ struct Handover {
     admin_unix: (PathBuf, OwnedFd),
     admin_tcp: Option<(std::net::SocketAddr, OwnedFd)>,
     /// Where the XDP link is pinned for a new process, and the sync task's mailbox.
-    xdp: Option<(PathBuf, mpsc::Sender<bpf::sync::PinLink>)>,
+    xdp: Option<(PathBuf, mpsc::Sender<bpf::sync::LinkRequest>)>,
 }
 
 impl Handover {
@@ -112,7 +112,7 @@ impl Handover {
             None => None,
             Some((path, tx)) => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                tx.send(bpf::sync::PinLink {
+                tx.send(bpf::sync::LinkRequest::Pin {
                     path: path.clone(),
                     reply,
                 })
@@ -137,9 +137,17 @@ impl Handover {
         let started = upgrade::start(&self.exe, &self.config_path, offered, timeout, &self.data).await;
         drop(control);
         if started.is_err()
-            && let Some((path, _)) = &self.xdp
+            && let Some((path, tx)) = &self.xdp
         {
+            // The new process may have put its program on the link and its
+            // ports and carriers in the maps: ours go back.
             let _ = std::fs::remove_file(path);
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if tx.send(bpf::sync::LinkRequest::Reclaim { reply }).await.is_ok()
+                && let Ok(Err(e)) = answer.await
+            {
+                tracing::error!(error = %e, "taking the XDP link back after the abandoned upgrade");
+            }
         }
         started
     }

@@ -438,3 +438,40 @@ async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_proces
         killed.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_upgrade_gives_the_old_process_its_xdp_program_and_maps_back() {
+    let s = setup("drop").await;
+    s.fleet.control("/occupy?n=4").await;
+    wait_shedding(&s.ingress, true).await;
+    // The file on disk now names another carrier and a check path that
+    // fails: the new process takes the link and writes its carriers, then
+    // sees no healthy server where the old one does, and is abandoned.
+    let cfg = std::fs::read_to_string(&s.ingress.config).unwrap();
+    let broken = cfg
+        .replace(
+            &format!("carriers = [\"{}/32\"]", s.net.carrier_ip),
+            &format!("carriers = [\"{}/32\"]", s.net.other_ip),
+        )
+        .replace("[pools.fleets.check]\n", "[pools.fleets.check]\npath = \"/nope\"\n");
+    assert_ne!(broken, cfg);
+    std::fs::write(&s.ingress.config, broken).unwrap();
+    let (code, out, err) = s.ingress.ctl(&["upgrade"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("no healthy server"), "{err}");
+    // The old carriers are shed, the other source is not: our maps again.
+    assert_eq!(
+        from(&s.net, s.net.carrier_ip, s.https, Duration::from_millis(500)).await,
+        Connect::TimedOut,
+        "the carrier is shed as before"
+    );
+    assert_eq!(
+        from(&s.net, s.net.other_ip, s.https, Duration::from_secs(2)).await,
+        Connect::Connected,
+        "the other source is not a carrier here"
+    );
+    let st = status(&s.ingress).await;
+    assert_eq!(st["pid"], s.ingress.proc.pid(), "{st}");
+    assert_eq!(st["xdp"]["shedding"], true, "{st}");
+    assert!(!s.pins_path.join("link").exists());
+}

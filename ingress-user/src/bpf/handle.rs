@@ -63,6 +63,10 @@ pub struct XdpHandle {
     /// The attachment once pinned for a new process (an upgrade): held
     /// here too, so that it outlives a new process that fails.
     pinned: Option<PinnedLink>,
+    /// What this program was given, to give it again after a new process
+    /// that failed had written its own ([`Self::reclaim`]).
+    ports: Vec<u16>,
+    carriers: Vec<String>,
 }
 
 impl std::fmt::Debug for XdpHandle {
@@ -155,6 +159,22 @@ impl XdpHandle {
         Ok(())
     }
 
+    /// After an upgrade was abandoned: this program back on the link (the
+    /// new process may have swapped its own in), and this process's ports
+    /// and carriers back in the maps.
+    pub fn reclaim(&mut self) -> Result<(), XdpError> {
+        if let Some(p) = self.pinned.take() {
+            let link = XdpLink::try_from(FdLink::from(p)).map_err(|e| XdpError::Attach {
+                interface: self.interface.clone(),
+                reason: e.to_string(),
+            })?;
+            self.link = Some(self.program_mut()?.attach_to_link(link)?);
+        }
+        let (ports, carriers) = (self.ports.clone(), self.carriers.clone());
+        self.set_ports(&ports)?;
+        self.set_carriers(&carriers)
+    }
+
     /// Loads the program with private (unpinned) maps and attaches it nowhere:
     /// for running crafted packets through it with `BPF_PROG_TEST_RUN`.
     pub fn load_detached(action: XdpAction, ports: &[u16], carriers: &[String]) -> Result<Self, XdpError> {
@@ -186,6 +206,8 @@ impl XdpHandle {
             generation: 0,
             link: None,
             pinned: None,
+            ports: ports.to_vec(),
+            carriers: carriers.to_vec(),
         };
         handle.set_ports(ports)?;
         handle.set_carriers(carriers)?;

@@ -130,10 +130,15 @@ pub async fn run_sync(
             _ = changed.changed() => {}
             () = tokio::time::sleep(tick) => {}
             _ = stop.changed() => break,
-            Some(pin) = pins.recv() => {
-                let pinned = handle.pin_link(&pin.path).map(|()| handle.mode.to_owned()).map_err(|e| e.to_string());
-                let _ = pin.reply.send(pinned);
-            }
+            Some(request) = pins.recv() => match request {
+                LinkRequest::Pin { path, reply } => {
+                    let pinned = handle.pin_link(&path).map(|()| handle.mode.to_owned()).map_err(|e| e.to_string());
+                    let _ = reply.send(pinned);
+                }
+                LinkRequest::Reclaim { reply } => {
+                    let _ = reply.send(handle.reclaim().map_err(|e| e.to_string()));
+                }
+            },
             _ = handed_over.wait_for(|h| *h) => {
                 tracing::info!("XDP handed over to the new process");
                 return;
@@ -154,18 +159,24 @@ pub async fn run_sync(
 pub struct Upgrades {
     /// Turns true once a new process took the link.
     pub handed_over: tokio::sync::watch::Receiver<bool>,
-    /// Requests to pin the link for a new process.
-    pub pins: tokio::sync::mpsc::Receiver<PinLink>,
+    /// Requests about the link from an upgrade.
+    pub pins: tokio::sync::mpsc::Receiver<LinkRequest>,
     /// This process took the link from the one it replaced.
     pub inherited: bool,
 }
 
-/// Asks the sync task to pin the XDP link at `path` for a new process (an
-/// upgrade); the reply is the link's mode.
+/// What an upgrade asks of the sync task.
 #[derive(Debug)]
-pub struct PinLink {
-    pub path: std::path::PathBuf,
-    pub reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+pub enum LinkRequest {
+    /// Pin the XDP link at `path` for a new process; the reply is its mode.
+    Pin {
+        path: std::path::PathBuf,
+        reply: tokio::sync::oneshot::Sender<Result<String, String>>,
+    },
+    /// The upgrade was abandoned: take the link and the maps back.
+    Reclaim {
+        reply: tokio::sync::oneshot::Sender<Result<(), String>>,
+    },
 }
 
 /// Sets XDP up from the config, or explains (loudly, once) why not.
