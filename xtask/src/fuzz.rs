@@ -28,13 +28,14 @@ use crate::{root, run, setup};
 const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Every target in `fuzz/fuzz_targets/`, in the order they run.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "config",
     "servers_file",
     "health_body",
     "route",
     "http_head",
     "head_rest",
+    "frames",
     "admin_body",
     "xdp_packet",
 ];

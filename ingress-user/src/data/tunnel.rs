@@ -183,6 +183,23 @@ impl Frames {
     }
 }
 
+/// What went wrong in one direction: reading its source, or writing to
+/// its destination (whose fault it is), or a source that closed TCP
+/// without TLS close_notify (which still closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Read,
+    Write,
+    Eof,
+}
+
+impl Fault {
+    /// The reason: `source` when reading failed, else `destination`.
+    fn blame(self, source: CloseReason, destination: CloseReason) -> CloseReason {
+        if self == Fault::Write { destination } else { source }
+    }
+}
+
 /// One direction of a tunnel: what `from` sends goes to `to`.
 struct Direction<R, W> {
     from: ReadHalf<R>,
@@ -239,13 +256,13 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
 
     /// Moves bytes until nothing can move; `Ready(Ok)` once the source has
     /// ended and `to` is shut down.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Fault>> {
         for _ in 0..READS_PER_POLL {
             while self.written < self.pending.len() {
                 match Pin::new(&mut self.to).poll_write(cx, &self.pending[self.written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Fault::Write)),
                     Poll::Ready(Ok(n)) => self.written += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Write)),
                     Poll::Pending => return Poll::Pending,
                 }
             }
@@ -275,8 +292,8 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => self.ended = true,
                 // A peer that closes TCP without TLS close_notify has still closed.
-                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => self.ended = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(Fault::Eof)) => self.ended = true,
+                Poll::Ready(Err(f)) => return Poll::Ready(Err(f)),
                 Poll::Ready(Ok(n)) => self.bytes += n as u64,
             }
         }
@@ -289,17 +306,20 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
     /// goes (what `to` does not take waits in `pending`); with nothing to
     /// read, flushes `to` (a TLS writer keeps records it could not send;
     /// they must not wait for the next bytes this way). Returns the bytes read.
-    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+    fn poll_relay(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Fault>> {
         SCRATCH.with_borrow_mut(|scratch| {
             let mut rb = ReadBuf::new(&mut scratch[..]);
             match Pin::new(&mut self.from).poll_read(cx, &mut rb) {
                 Poll::Pending => {
                     return match Pin::new(&mut self.to).poll_flush(cx) {
-                        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                        Poll::Ready(Err(_)) => Poll::Ready(Err(Fault::Write)),
                         _ => Poll::Pending,
                     };
                 }
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    return Poll::Ready(Err(Fault::Eof));
+                }
+                Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Read)),
                 Poll::Ready(Ok(())) => {}
             }
             let read = rb.filled();
@@ -311,9 +331,9 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
             let mut written = 0;
             while written < out.len() {
                 match Pin::new(&mut self.to).poll_write(cx, &out[written..]) {
-                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                    Poll::Ready(Ok(0)) => return Poll::Ready(Err(Fault::Write)),
                     Poll::Ready(Ok(n)) => written += n,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Err(Fault::Write)),
                     Poll::Pending => break,
                 }
             }
@@ -388,7 +408,7 @@ where
                 Poll::Ready(Ok(())) => client_done = true,
                 // After our Close, a side that drops the connection has answered.
                 Poll::Ready(Err(_)) if ending => client_done = true,
-                Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::ClientError),
+                Poll::Ready(Err(f)) => return Poll::Ready(f.blame(CloseReason::ClientError, CloseReason::ServerError)),
                 Poll::Pending => {}
             }
         }
@@ -396,7 +416,7 @@ where
             match down.poll(cx) {
                 Poll::Ready(Ok(())) => server_done = true,
                 Poll::Ready(Err(_)) if ending => server_done = true,
-                Poll::Ready(Err(_)) => return Poll::Ready(CloseReason::ServerError),
+                Poll::Ready(Err(f)) => return Poll::Ready(f.blame(CloseReason::ServerError, CloseReason::ClientError)),
                 Poll::Pending => {}
             }
         }
@@ -664,5 +684,28 @@ mod tests {
         let mut close = [0u8; 2];
         carrier.read_exact(&mut close).await.unwrap();
         assert_eq!(close, [0x88, 20], "then our Close");
+    }
+
+    /// A fleet gone while the carrier sends: writing to it fails, and the
+    /// fleet is blamed, not the carrier whose bytes could not be written.
+    #[tokio::test]
+    async fn a_failed_write_blames_the_side_written_to() {
+        let (client, mut carrier) = tokio::io::duplex(1024);
+        let (server, fleet) = tokio::io::duplex(1024);
+        let tunnel = tokio::spawn(run(
+            client,
+            server,
+            Duration::from_secs(30),
+            std::future::pending(),
+            None,
+        ));
+        drop(fleet);
+        let _ = carrier.write_all(b"are you there").await;
+        let stats = tokio::time::timeout(Duration::from_secs(5), tunnel)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stats.reason, CloseReason::ServerError);
+        assert_eq!(stats.reason.closed_by(), "fleet");
     }
 }
