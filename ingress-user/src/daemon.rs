@@ -65,10 +65,22 @@ fn raise_fd_limit(max_connections: usize) {
 /// deploy that moves a link upgrades to what the link names then).
 pub fn started_as() -> anyhow::Result<PathBuf> {
     let argv0 = std::env::args_os().next().map(PathBuf::from).unwrap_or_default();
+    if argv0.is_absolute() {
+        return Ok(argv0);
+    }
     if argv0.components().count() > 1 {
         return Ok(std::env::current_dir()?.join(argv0));
     }
-    std::env::current_exe().context("the path of this binary")
+    // A bare name: where PATH found it.
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(&argv0))
+        .find(|p| p.is_file());
+    match found {
+        Some(p) if p.is_absolute() => Ok(p),
+        _ => std::env::current_exe().context("the path of this binary"),
+    }
 }
 
 /// `ingress run --config FILE`; `inherited` is what the process this one
@@ -136,6 +148,12 @@ impl Handover {
         };
         let started = upgrade::start(&self.exe, &self.config_path, offered, timeout, &self.data).await;
         drop(control);
+        if started.is_ok()
+            && let Some((path, _)) = &self.xdp
+        {
+            // The new process holds the link now: no pin left for another.
+            let _ = std::fs::remove_file(path);
+        }
         if started.is_err()
             && let Some((path, tx)) = &self.xdp
         {
@@ -286,6 +304,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     let inherited_link = inherited.as_mut().and_then(|i| i.xdp_link.take());
     let (handed_over, handed_over_rx) = watch::channel(false);
     let (pins, pins_rx) = mpsc::channel(1);
+    let (go_tx, go_rx) = watch::channel(inherited.as_ref().is_none_or(|i| i.channel.is_none()));
     let mut xdp_pin = None;
     let xdp_task = match bpf::sync::start(&config, &xdp_ports, inherited_link.as_ref()) {
         Ok(handle) => {
@@ -306,12 +325,13 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
                     handed_over: handed_over_rx,
                     pins: pins_rx,
                     inherited: inherited_link.is_some(),
+                    go: go_rx,
                 },
             )))
         }
         // Offered the old process's link and unable to take it: not ready
         // (the old process keeps it and serves on).
-        Err(reason) if inherited_link.is_some() => {
+        Err(reason) if inherited_link.is_some() && config.xdp.mode != crate::model::XdpMode::Off => {
             anyhow::bail!("taking over the XDP program: {reason}");
         }
         Err(reason) => {
@@ -331,12 +351,28 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
     let mut usr2 = tokio::signal::unix::signal(SignalKind::user_defined2())?;
-    let channel = inherited.as_mut().and_then(|i| i.channel.take());
-    if channel.is_some() {
-        // Started by an upgrade: the old process serves until this one has
-        // its fleets' reports (no call is refused for want of one).
-        first_checks(&data, config.limits.upgrade_timeout.0 / 2).await;
-    }
+    // Started by an upgrade: the old process serves until this one has its
+    // fleets' reports (no call is refused for want of one), says ready and
+    // is told go; only then does this one accept, write the XDP maps and
+    // name itself to systemd. Not told go, it leaves without a trace.
+    let followed = match inherited.as_mut().and_then(|i| i.channel.take()) {
+        Some(channel) => {
+            first_checks(&data, config.limits.upgrade_timeout.0 / 2).await;
+            let said = Message::Ready {
+                pid: std::process::id(),
+                version: VERSION.to_owned(),
+                healthy: handover::healthy(&data),
+            };
+            (&channel)
+                .write_all(said.line().as_bytes())
+                .context("telling the old process we are ready")?;
+            let limit = config.limits.upgrade_timeout.0;
+            let reader = tokio::task::spawn_blocking(move || handover::wait_for_go(channel, limit)).await??;
+            Some(reader)
+        }
+        None => None,
+    };
+    let _ = go_tx.send(true);
     control.lock().await.listeners.start();
     tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
     if let Some(l) = admin_tcp {
@@ -347,17 +383,8 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
         let _ = writeln!(out, "{ready}");
         let _ = out.flush();
     }
-    match channel {
+    match followed {
         Some(channel) => {
-            // The old process stops accepting when told.
-            let said = Message::Ready {
-                pid: std::process::id(),
-                version: VERSION.to_owned(),
-                healthy: handover::healthy(&data),
-            };
-            (&channel)
-                .write_all(said.line().as_bytes())
-                .context("telling the old process we are ready")?;
             sdnotify::notify(&format!(
                 "MAINPID={}\nREADY=1\nSTATUS=serving (upgraded)",
                 std::process::id()
@@ -419,8 +446,20 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
             _ = int.recv() => break End::Stop { graceful: false },
         }
     };
-    // Requests still queued (another upgrade, a stop) are answered "stopping".
-    drop(requests);
+    // Requests from now on: a stop is a SIGTERM to this process (it ends or
+    // shortens the grace); an upgrade is refused.
+    tokio::spawn(async move {
+        while let Some(request) = requests.recv().await {
+            match request {
+                lifecycle::Request::Stop => {
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGTERM);
+                }
+                lifecycle::Request::Upgrade(reply) => {
+                    let _ = reply.send(Err("this process is stopping or has been replaced".to_owned()));
+                }
+            }
+        }
+    });
     let signals = Signals {
         term: &mut term,
         int: &mut int,
@@ -438,9 +477,6 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
             {
                 // Never let it run on to the stop, which clears CONTROL.
                 t.abort();
-            }
-            if let Some((path, _)) = &handover.xdp {
-                let _ = std::fs::remove_file(path);
             }
             let _ = stop_tx.send(true);
             control.lock().await.listeners.close_all();

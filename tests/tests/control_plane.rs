@@ -677,3 +677,43 @@ async fn admin_changes_neither_restart_health_checks_nor_probe_every_fleet_at_on
         after - before
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_process_turned_down_after_it_said_ready_never_tells_systemd_anything() {
+    let dir = TestDir::new("notify-abandon");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let sock_path = dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let path = sock_path.display().to_string();
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https)], "", "");
+    let ingress = Ingress::start_full(&dir, &cfg, None, &[("NOTIFY_SOCKET", path.as_str())]);
+    let mut buf = [0u8; 512];
+    let n = sock.recv(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"READY=1"));
+    ingress.wait_state(&["fleet1"], "UP").await;
+    // The file on disk now has checks that fail: the new process starts,
+    // says ready with no healthy server, and is turned down.
+    std::fs::write(
+        &ingress.config,
+        cfg.replace("[pools.fleets.check]\n", "[pools.fleets.check]\npath = \"/nope\"\n"),
+    )
+    .unwrap();
+    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(err.contains("no healthy server"), "{err}");
+    // Neither MAINPID=, READY=1 nor STOPPING=1 from it: the service is
+    // still the old process.
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    match sock.recv(&mut buf) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+        other => panic!(
+            "systemd was told {:?}",
+            other.map(|n| String::from_utf8_lossy(&buf[..n]).into_owned())
+        ),
+    }
+    let (_, status) = ingress.admin_get("/api/status").await;
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["pid"], ingress.proc.pid(), "{status}");
+}

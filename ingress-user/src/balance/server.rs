@@ -89,6 +89,8 @@ pub struct Live {
     admin: AtomicU8,
     /// Calls ever routed here.
     pub sessions_total: AtomicU64,
+    /// Calls ever upgraded here (the fleet answered 101).
+    upgraded_total: AtomicU64,
     /// 429s this server answered.
     pub answered_429: AtomicU64,
     /// TLS handshakes with the server: full, and resumed from a session it issued.
@@ -155,6 +157,7 @@ impl Server {
                 healthy: AtomicU8::new(0),
                 admin: AtomicU8::new(AdminState::Ready as u8),
                 sessions_total: AtomicU64::new(0),
+                upgraded_total: AtomicU64::new(0),
                 answered_429: AtomicU64::new(0),
                 tls_full: AtomicU64::new(0),
                 tls_resumed: AtomicU64::new(0),
@@ -238,13 +241,22 @@ impl Server {
         self.live.inherited.store(calls, Relaxed);
         let before = self.live.inherited_fresh.swap(fresh, Relaxed);
         if self.capacity_aware && fresh > before {
-            self.live.routed.fetch_add(u64::from(fresh - before), Relaxed);
+            // The count is the low half; the window's epoch stays as it is.
+            let add = fresh - before;
+            let _ = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
+                Some((r & !0xffff_ffff) | u64::from((r as u32).saturating_add(add)))
+            });
         }
     }
 
-    /// Calls ever routed here.
-    pub fn sessions(&self) -> u64 {
-        self.live.sessions_total.load(Relaxed)
+    /// The fleet answered a call's upgrade with 101.
+    pub fn call_upgraded(&self) {
+        self.live.upgraded_total.fetch_add(1, Relaxed);
+    }
+
+    /// Calls ever upgraded here.
+    pub fn calls_upgraded(&self) -> u64 {
+        self.live.upgraded_total.load(Relaxed)
     }
 
     /// `maxconn` slots taken: this process's and the replaced one's.
@@ -276,6 +288,12 @@ impl Server {
         if self.live.admin.swap(s as u8, Relaxed) != s as u8 {
             self.live.admin_changes.fetch_add(1, Relaxed);
         }
+    }
+
+    /// An operator set the state again (even to the same): a pending
+    /// `--close-after` from before no longer applies.
+    pub fn admin_set_again(&self) {
+        self.live.admin_changes.fetch_add(1, Relaxed);
     }
 
     /// Admin state changes so far.

@@ -90,6 +90,8 @@ impl XdpHandle {
         })?;
         let ebpf = match load(Some(&cfg.pin_path)) {
             Ok(e) => e,
+            // Taking over from a running process: its maps, or nothing.
+            Err(first) if inherited.is_some() => return Err(first.into()),
             Err(first) => {
                 // Pins left by an older build may not fit this object: start afresh.
                 tracing::warn!(error = %first, "pinned maps could not be reused; re-creating them");
@@ -163,6 +165,8 @@ impl XdpHandle {
     /// new process may have swapped its own in), and this process's ports
     /// and carriers back in the maps.
     pub fn reclaim(&mut self) -> Result<(), XdpError> {
+        // The maps first: whatever happens to the link, they are ours again.
+        let maps = self.apply_config();
         if let Some(p) = self.pinned.take() {
             let link = XdpLink::try_from(FdLink::from(p)).map_err(|e| XdpError::Attach {
                 interface: self.interface.clone(),
@@ -170,6 +174,11 @@ impl XdpHandle {
             })?;
             self.link = Some(self.program_mut()?.attach_to_link(link)?);
         }
+        maps
+    }
+
+    /// Writes this program's ports and carriers into the maps.
+    pub fn apply_config(&mut self) -> Result<(), XdpError> {
         let (ports, carriers) = (self.ports.clone(), self.carriers.clone());
         self.set_ports(&ports)?;
         self.set_carriers(&carriers)
@@ -181,14 +190,16 @@ impl XdpHandle {
         Self::prepare(load(None)?, action, ports, carriers, true)
     }
 
-    /// Loads the program and fills `PORTS` and the carriers; with `clear`,
-    /// writes a control entry that sheds nothing (a fresh start).
+    /// Loads the program; for a fresh start (`fresh`) fills `PORTS` and
+    /// the carriers and writes a control entry that sheds nothing, while a
+    /// process taking over leaves the maps to the old one until it is told
+    /// to go ([`Self::apply_config`]).
     fn prepare(
         mut ebpf: Ebpf,
         action: XdpAction,
         ports: &[u16],
         carriers: &[String],
-        clear: bool,
+        fresh: bool,
     ) -> Result<Self, XdpError> {
         let program: &mut Xdp = ebpf
             .program_mut(ingress_common::PROGRAM_NAME)
@@ -209,9 +220,8 @@ impl XdpHandle {
             ports: ports.to_vec(),
             carriers: carriers.to_vec(),
         };
-        handle.set_ports(ports)?;
-        handle.set_carriers(carriers)?;
-        if clear {
+        if fresh {
+            handle.apply_config()?;
             handle.write_control(false, 0, 0)?;
         }
         Ok(handle)

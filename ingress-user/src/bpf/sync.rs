@@ -94,12 +94,23 @@ pub async fn run_sync(
     let Upgrades {
         mut handed_over,
         mut pins,
+        mut go,
         inherited,
     } = upgrades;
+    let mut stop = stop;
+    if inherited {
+        // The old process owns the maps until it says go.
+        tokio::select! {
+            _ = go.wait_for(|g| *g) => {}
+            _ = stop.changed() => return,
+        }
+        if let Err(e) = handle.apply_config() {
+            tracing::error!(error = %e, "writing PORTS and the carriers");
+        }
+    }
     let mut hold_control = inherited;
     let mut policy = ShedPolicy::new(Duration::from_secs(1));
     let tick = (lease / 4).min(Duration::from_millis(250));
-    let mut stop = stop;
     let mut changed = ctx.changed.subscribe();
     loop {
         let (entries, total, all_checked) = fleet_entries(&ctx);
@@ -127,6 +138,12 @@ pub async fn run_sync(
             s.counters = counters;
         });
         tokio::select! {
+            // Handed over wins over everything: it must never clear CONTROL.
+            biased;
+            _ = handed_over.wait_for(|h| *h) => {
+                tracing::info!("XDP handed over to the new process");
+                return;
+            }
             _ = changed.changed() => {}
             () = tokio::time::sleep(tick) => {}
             _ = stop.changed() => break,
@@ -139,11 +156,10 @@ pub async fn run_sync(
                     let _ = reply.send(handle.reclaim().map_err(|e| e.to_string()));
                 }
             },
-            _ = handed_over.wait_for(|h| *h) => {
-                tracing::info!("XDP handed over to the new process");
-                return;
-            }
         }
+    }
+    if *handed_over.borrow() {
+        return;
     }
     let _ = handle.write_control(false, 0, 0);
     status.update(|s| {
@@ -163,6 +179,8 @@ pub struct Upgrades {
     pub pins: tokio::sync::mpsc::Receiver<LinkRequest>,
     /// This process took the link from the one it replaced.
     pub inherited: bool,
+    /// Turns true when the old process says go (at once for a fresh start).
+    pub go: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What an upgrade asks of the sync task.

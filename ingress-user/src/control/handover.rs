@@ -22,7 +22,6 @@ pub const ENV: &str = "INGRESS_HANDOVER";
 /// What the old process hands the new one: descriptor numbers valid in
 /// the new process (inherited across `exec`).
 #[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Offer {
     /// The channel (one end of a unix socket pair).
     pub channel: RawFd,
@@ -46,12 +45,16 @@ pub struct Inherited {
     pub channel: Option<std::os::unix::net::UnixStream>,
 }
 
-/// One line on the channel (JSON).
+/// One line on the channel (JSON; fields a build does not know are
+/// ignored, so that two builds can hand over either way).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case")]
 pub enum Message {
-    /// New → old: serving, with `healthy` servers; the old process may stop accepting.
+    /// New → old: ready to serve, with `healthy` servers; it accepts
+    /// nothing, writes no map and tells systemd nothing until told go.
     Ready { pid: u32, version: String, healthy: usize },
+    /// Old → new: take over (the old process stops accepting now).
+    Go,
     /// New → old: could not start.
     Failed { error: String },
     /// Old → new: calls the old process holds, by (pool, server): all of
@@ -126,11 +129,30 @@ impl Inherited {
     }
 }
 
-/// The new process's side after it said ready: applies each count the old
-/// one sends to the servers of the snapshot in force, and clears them all
-/// when the old process is gone (the channel closes with it).
-pub fn follow_calls(channel: std::os::unix::net::UnixStream, data: &DataCtx) {
-    let mut lines = std::io::BufReader::new(channel).lines();
+/// The new process's side after it said ready: waits (at most `limit`)
+/// for the old one to say go; the channel, to follow, if it did.
+pub fn wait_for_go(
+    channel: std::os::unix::net::UnixStream,
+    limit: std::time::Duration,
+) -> anyhow::Result<std::io::BufReader<std::os::unix::net::UnixStream>> {
+    channel.set_read_timeout(Some(limit))?;
+    let mut reader = std::io::BufReader::new(channel);
+    let mut line = String::new();
+    let read = reader.read_line(&mut line);
+    reader.get_ref().set_read_timeout(None)?;
+    match (read, serde_json::from_str::<Message>(&line)) {
+        (Ok(n), Ok(Message::Go)) if n > 0 => Ok(reader),
+        (Ok(0), _) => anyhow::bail!("the old process did not hand over (it closed the channel)"),
+        (Err(e), _) => anyhow::bail!("the old process did not hand over: {e}"),
+        _ => anyhow::bail!("the old process said {line:?} instead of go"),
+    }
+}
+
+/// Then: applies each count the old process sends to the servers of the
+/// snapshot in force, and clears them all when it is gone (the channel
+/// closes with it).
+pub fn follow_calls(channel: std::io::BufReader<std::os::unix::net::UnixStream>, data: &DataCtx) {
+    let mut lines = channel.lines();
     while let Some(Ok(line)) = lines.next() {
         let Ok(Message::Calls { servers }) = serde_json::from_str(&line) else {
             tracing::warn!(%line, "unexpected handover message");
@@ -168,17 +190,17 @@ pub fn healthy(data: &DataCtx) -> usize {
         .count()
 }
 
-/// Calls routed to each server so far, by (pool, server): taken when the
-/// new process is started.
+/// Calls upgraded (101) on each server so far, by (pool, server): taken
+/// when the new process is started.
 pub type Routed = std::collections::HashMap<(String, String), u64>;
 
-/// Calls routed so far, by (pool, server).
+/// Calls upgraded so far, by (pool, server).
 pub fn routed(data: &DataCtx) -> Routed {
     data.runtime
         .load()
         .server_views()
         .into_iter()
-        .map(|v| ((v.pool, v.name), v.server.sessions()))
+        .map(|v| ((v.pool, v.name), v.server.calls_upgraded()))
         .collect()
 }
 
@@ -194,7 +216,7 @@ pub fn calls_held(data: &DataCtx, since: &Routed) -> Message {
         .filter(|v| v.active + v.inherited > 0)
         .map(|v| {
             let before = since.get(&(v.pool.clone(), v.name.clone())).copied().unwrap_or(0);
-            let fresh = u32::try_from(v.server.sessions().saturating_sub(before)).unwrap_or(u32::MAX);
+            let fresh = u32::try_from(v.server.calls_upgraded().saturating_sub(before)).unwrap_or(u32::MAX);
             let held = v.active + v.inherited;
             (v.pool, v.name, held, fresh.min(held))
         })

@@ -315,8 +315,12 @@ impl Control {
         }])?;
         let persisted = self.persist_if_file_server(pool, name)?;
         tracing::info!(pool, server = name, state = state.as_str(), close_after = ?close_after, "operator set server state");
+        let server = self.shared.data.runtime.load().server(pool, name);
+        if let Some(s) = &server {
+            s.admin_set_again();
+        }
         if let Some(after) = close_after
-            && let Some(server) = self.shared.data.runtime.load().server(pool, name)
+            && let Some(server) = server
         {
             // Fires only if the server is still in this drain by then.
             let set = server.admin_changes();

@@ -269,7 +269,7 @@ pub async fn remove_server(
             server: name.to_owned(),
             draining: true,
             active,
-            note: "draining: removed when its last call ends (use --now to cut the calls)",
+            note: "draining: removed when its last call ends (use --now to end them with a Close 1001)",
         });
     }
     c.apply(&[Command::RemoveServer {
@@ -277,6 +277,9 @@ pub async fn remove_server(
         name: name.to_owned(),
     }])?;
     if now {
+        // Out of service first: a retry reading an older snapshot does not
+        // pick it again, then every call there (and on its way) ends.
+        server.set_admin_state(AdminState::Maint);
         server.end_calls();
     }
     let persisted = c.persist(pool)?;

@@ -23,7 +23,9 @@ pub struct FrameCursor {
     /// The current frame's FIN and whether it is a data frame.
     fin: bool,
     data: bool,
-    /// A Close frame passed (the stream is ending).
+    /// The current frame is a Close.
+    close: bool,
+    /// A whole Close frame passed (the stream is ending).
     pub saw_close: bool,
 }
 
@@ -35,6 +37,7 @@ impl Default for FrameCursor {
             in_message: false,
             fin: true,
             data: false,
+            close: false,
             saw_close: false,
         }
     }
@@ -110,9 +113,7 @@ impl FrameCursor {
         let opcode = b0 & 0x0f;
         self.fin = b0 & 0x80 != 0;
         self.data = opcode & 0x08 == 0;
-        if opcode == 0x8 {
-            self.saw_close = true;
-        }
+        self.close = opcode == 0x8;
         if len == 0 {
             self.frame_done();
             self.at = At::Header { have: 0 };
@@ -122,6 +123,8 @@ impl FrameCursor {
     }
 
     fn frame_done(&mut self) {
+        // Seen once whole: a Close cut before its payload is not one yet.
+        self.saw_close |= self.close;
         if self.data {
             // A data frame (first or continuation): the message is open until FIN.
             self.in_message = !self.fin;

@@ -316,6 +316,8 @@ async fn later_upgrade(
     mut req: Request<Incoming>,
     call: LaterCall,
 ) -> Response<Body> {
+    // A call on its way (and then its splice): a stopping process waits.
+    let setup = shared.count_setup();
     let started = std::time::Instant::now();
     let head = RequestHead {
         method: req.method().as_str().to_owned(),
@@ -395,7 +397,7 @@ async fn later_upgrade(
     let early = answer.rest.freeze();
     let (idle, permit) = (rt.timeouts.tunnel_idle.0, call.permit);
     tokio::spawn(async move {
-        let _permit = permit;
+        let _counted = (permit, setup);
         let Ok(upgraded) = on_upgrade.await else { return };
         let mut client = TokioIo::new(upgraded);
         if !early.is_empty() && tokio::io::AsyncWriteExt::write_all(&mut client, &early).await.is_err() {

@@ -359,13 +359,21 @@ pub fn local_response(status: u16, body: &str, extra_headers: &[(&str, String)])
 
 /// Writes a local answer and shuts the write side down (TLS close_notify).
 pub async fn respond<S: AsyncWrite + Unpin>(io: &mut S, status: u16, body: &str, extra: &[(&str, String)]) {
-    let bytes = local_response(status, body, extra);
-    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-        let _ = io.write_all(&bytes).await;
+    send_and_close(io, &local_response(status, body, extra)).await;
+}
+
+/// Writes a whole answer and closes, within [`ANSWER_WRITE`]: a client that
+/// does not read holds nothing for long.
+pub async fn send_and_close<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) {
+    let _ = tokio::time::timeout(ANSWER_WRITE, async {
+        let _ = io.write_all(bytes).await;
         let _ = io.shutdown().await;
     })
     .await;
 }
+
+/// How long an answer that ends a connection may take to write.
+const ANSWER_WRITE: Duration = Duration::from_secs(5);
 
 #[cfg(test)]
 mod tests {

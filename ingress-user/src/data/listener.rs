@@ -53,7 +53,9 @@ pub async fn serve(listener: TcpListener, shared: Arc<DataCtx>, tls: bool, mut s
         let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         if tls {
             let acceptor = TlsAcceptor::from(shared.tls.load_full());
-            tokio::spawn(handle_https(tcp, peer, local_port, shared, acceptor, permit));
+            // Counted from accept on: a stopping process waits for it.
+            let setup = shared.count_setup();
+            tokio::spawn(handle_https(tcp, peer, local_port, shared, acceptor, (permit, setup)));
         } else {
             tokio::spawn(handle_http(tcp, peer, shared, permit));
         }
@@ -94,12 +96,11 @@ async fn handle_https(
     local_port: u16,
     shared: Arc<DataCtx>,
     acceptor: TlsAcceptor,
-    permit: OwnedSemaphorePermit,
+    (permit, setup): (OwnedSemaphorePermit, super::Counted),
 ) {
+    // `setup` counts the connection until it is a call (counted from its
+    // 101 on) or an http route's connection.
     let started = std::time::Instant::now();
-    // Counted until it is a call (counted from its 101) or an http route's
-    // connection: a stopping process waits for it.
-    let setup = shared.count_setup();
     let (limits, header_timeout) = limits(&shared);
     let deadline = Instant::now() + header_timeout;
     // The stream and every phase before the tunnel are boxed: a call's task

@@ -17,7 +17,10 @@ pub mod upstream;
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering::Relaxed},
+    atomic::{
+        AtomicUsize,
+        Ordering::{Relaxed, SeqCst},
+    },
 };
 
 use arc_swap::ArcSwap;
@@ -119,18 +122,21 @@ impl DataCtx {
     /// Calls and connections on their way to being one: what a stopping
     /// process waits for.
     pub fn in_flight(&self) -> usize {
-        self.calls_open.load(Relaxed) + self.setups.load(Relaxed)
+        // Setups first: one that became a call was counted as a call
+        // before it stopped being a setup (both sequentially consistent).
+        let setups = self.setups.load(SeqCst);
+        setups + self.calls_open.load(SeqCst)
     }
 
     /// Counts a call from its 101 until the guard drops (then signals a change).
     pub fn count_call(self: &Arc<Self>) -> Counted {
-        self.calls_open.fetch_add(1, Relaxed);
+        self.calls_open.fetch_add(1, SeqCst);
         Counted(Arc::clone(self), true)
     }
 
     /// Counts a connection being set up until the guard drops.
     pub fn count_setup(self: &Arc<Self>) -> Counted {
-        self.setups.fetch_add(1, Relaxed);
+        self.setups.fetch_add(1, SeqCst);
         Counted(Arc::clone(self), false)
     }
 
@@ -164,11 +170,11 @@ pub struct Counted(Arc<DataCtx>, bool);
 impl Drop for Counted {
     fn drop(&mut self) {
         if self.1 {
-            self.0.calls_open.fetch_sub(1, Relaxed);
+            self.0.calls_open.fetch_sub(1, SeqCst);
             // A stopping process counts open calls when woken.
             self.0.changed.signal();
         } else {
-            self.0.setups.fetch_sub(1, Relaxed);
+            self.0.setups.fetch_sub(1, SeqCst);
         }
     }
 }

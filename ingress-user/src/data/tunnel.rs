@@ -121,9 +121,14 @@ struct Framing {
     cursor: FrameCursor,
     /// Our Close is due at the next message boundary.
     close_due: bool,
-    /// Our Close has been queued: nothing more is passed on; the source's
-    /// own Close (its reply) is awaited.
+    /// The boundary was reached inside a read (the bytes after it were
+    /// followed, not passed): our Close goes next.
+    boundary_reached: bool,
+    /// Nothing more is passed on (our Close queued, or the source's own
+    /// already passed); the source's own Close (its reply) is awaited.
     closed: bool,
+    /// Our Close was actually sent this way.
+    sent: bool,
     /// This direction runs to the fleet: its Close is masked (as a client's
     /// must be) with this key; to the carrier it is not (None).
     mask: Option<[u8; 4]>,
@@ -134,7 +139,9 @@ impl Framing {
         Self {
             cursor,
             close_due: false,
+            boundary_reached: false,
             closed: false,
+            sent: false,
             mask,
         }
     }
@@ -156,8 +163,10 @@ impl Framing {
             return 0;
         }
         let pass = self.cursor.advance(read, self.close_due);
-        if pass < read.len() {
-            // Stopped at the boundary: follow the rest, not passed on.
+        if self.close_due && self.cursor.at_message_boundary() {
+            // Our Close goes right behind what was passed; the rest of the
+            // read is followed, not passed on.
+            self.boundary_reached = true;
             self.cursor.advance(&read[pass..], false);
         }
         pass
@@ -249,9 +258,14 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
         self.framing.as_ref().is_some_and(|f| f.cursor.saw_close)
     }
 
-    /// Our Close has gone out (or is queued to).
+    /// Nothing more is passed on this way.
     fn closed(&self) -> bool {
         self.framing.as_ref().is_some_and(|f| f.closed)
+    }
+
+    /// Our Close went this way.
+    fn sent_close(&self) -> bool {
+        self.framing.as_ref().is_some_and(|f| f.sent)
     }
 
     /// Moves bytes until nothing can move; `Ready(Ok)` once the source has
@@ -273,11 +287,12 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
             }
             if let Some(f) = self.framing.as_mut()
                 && f.close_due
-                && f.cursor.at_message_boundary()
+                && (f.boundary_reached || f.cursor.at_message_boundary())
             {
                 self.pending = f.close();
                 f.close_due = false;
                 f.closed = true;
+                f.sent = true;
                 continue;
             }
             // After our Close, the source's own ends the direction (it may
@@ -435,7 +450,8 @@ where
             clock.as_mut().reset(Instant::now() + LINGER);
         }
         let finished = || {
-            if !ending {
+            if !ending || !(up.sent_close() || down.sent_close()) {
+                // Not ended by us (both sides were closing already).
                 first.unwrap_or(CloseReason::ClientClosed)
             } else if up.closed() && down.closed() {
                 CloseReason::GoingAway
@@ -707,5 +723,56 @@ mod tests {
             .unwrap();
         assert_eq!(stats.reason, CloseReason::ServerError);
         assert_eq!(stats.reason.closed_by(), "fleet");
+    }
+
+    /// A Close due in the middle of a frame, then one read holding that
+    /// frame's end, a whole frame and half of another: the fleet gets the
+    /// first frame's end and our Close, nothing of the frames after it.
+    #[tokio::test]
+    async fn a_close_at_a_boundary_inside_a_read_goes_right_behind_it() {
+        let (client, mut carrier) = tokio::io::duplex(64 * 1024);
+        let (server, mut fleet) = tokio::io::duplex(64 * 1024);
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+        let end = async move {
+            let _ = end_rx.await;
+            Ending::GoingAway
+        };
+        let _tunnel = tokio::spawn(run(
+            client,
+            server,
+            Duration::from_secs(30),
+            end,
+            Some(Frames::default()),
+        ));
+        let mask = [9u8, 9, 9, 9];
+        let frame = |payload: &[u8]| {
+            let mut f = vec![0x82, 0x80 | payload.len() as u8];
+            f.extend_from_slice(&mask);
+            f.extend(payload.iter().map(|b| b ^ 9));
+            f
+        };
+        let (f1, f2, f3) = (frame(b"first"), frame(b"second"), frame(b"third"));
+        carrier.write_all(&f1[..4]).await.unwrap();
+        let mut got = vec![0u8; 4];
+        fleet.read_exact(&mut got).await.unwrap();
+        end_tx.send(()).unwrap();
+        // The carrier's side was at a boundary: its Close comes at once.
+        let mut close = [0u8; 2];
+        carrier.read_exact(&mut close).await.unwrap();
+        let rest: Vec<u8> = [&f1[4..], &f2[..], &f3[..5]].concat();
+        carrier.write_all(&rest).await.unwrap();
+        let mut tail = vec![0u8; f1.len() - 4];
+        fleet.read_exact(&mut tail).await.unwrap();
+        assert_eq!(tail, f1[4..]);
+        let mut head = [0u8; 2];
+        tokio::time::timeout(Duration::from_secs(1), fleet.read_exact(&mut head))
+            .await
+            .expect("our Close comes (before the reply window cuts the call)")
+            .unwrap();
+        assert_eq!(
+            (head[0], head[1] & 0x80),
+            (0x88, 0x80),
+            "our Close right behind the frame: {head:?}"
+        );
     }
 }

@@ -184,6 +184,7 @@ pub async fn forward<C, H>(
             Attempt::Upgraded(mut up, resp) => {
                 // A call from its 101: a stopping process waits for it.
                 let counted = shared.count_call();
+                lease.server.call_upgraded();
                 shared.changed.signal();
                 let pinned =
                     pool.balance == Balance::Cookie && sticky.as_deref() != Some(lease.server.cookie_id.as_str());
@@ -295,8 +296,7 @@ pub async fn forward<C, H>(
         if status == 429 {
             pool.passed_429_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let _ = client.write_all(&bytes).await;
-        let _ = client.shutdown().await;
+        http1::send_and_close(&mut client, &bytes).await;
         (status, "answered")
     } else if let Some(reason) = local_failure {
         // Ours, not the fleets': say so, and never as "no fleet".

@@ -106,38 +106,45 @@ pub async fn start(
     tracing::info!(exe = %exe.display(), pid, "upgrade: new process started");
     ours.set_nonblocking(true).map_err(|e| e.to_string())?;
     let ours = tokio::net::UnixStream::from_std(ours).map_err(|e| e.to_string())?;
-    let mut lines = tokio::io::BufReader::new(ours).lines();
-    let failed = tokio::select! {
-        line = lines.next_line() => match line {
-            Ok(Some(line)) => match serde_json::from_str::<Message>(&line) {
-                // A new process that sees no healthy fleet where this one
-                // does has a config or checks that do not work: not ready.
-                Ok(Message::Ready { healthy: 0, .. }) if handover::healthy(data) > 0 => format!(
-                    "the new process sees no healthy server (this one sees {}): its configuration or its checks do not work",
-                    handover::healthy(data)
-                ),
-                Ok(Message::Ready { pid: said, version, .. }) => {
-                    return Ok(NewProcess { pid: said, version, routed_before, channel: lines.into_inner().into_inner() });
-                }
-                Ok(Message::Failed { error }) => format!("the new process could not start: {error}"),
-                _ => format!("the new process said something unexpected: {line}"),
+    let failed = {
+        let mut lines = tokio::io::BufReader::new(ours).lines();
+        tokio::select! {
+            line = lines.next_line() => match line {
+                Ok(Some(line)) => match serde_json::from_str::<Message>(&line) {
+                    // A new process that sees no healthy fleet where this one
+                    // does has a config or checks that do not work: not ready.
+                    Ok(Message::Ready { healthy: 0, .. }) if handover::healthy(data) > 0 => format!(
+                        "the new process sees no healthy server (this one sees {}): its configuration or its checks do not work",
+                        handover::healthy(data)
+                    ),
+                    Ok(Message::Ready { pid: said, version, .. }) => {
+                        let mut channel = lines.into_inner().into_inner();
+                        match channel.write_all(Message::Go.line().as_bytes()).await {
+                            Ok(()) => return Ok(NewProcess { pid: said, version, routed_before, channel }),
+                            Err(e) => format!("telling the new process to go: {e}"),
+                        }
+                    }
+                    Ok(Message::Failed { error }) => format!("the new process could not start: {error}"),
+                    _ => format!("the new process said something unexpected: {line}"),
+                },
+                // It closed the channel without a word: its exit says the rest.
+                Ok(None) | Err(_) => match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                    Ok(Ok(status)) => format!("the new process exited before it was ready ({status})"),
+                    _ => "the new process closed the handover channel before it was ready".to_owned(),
+                },
             },
-            // It closed the channel without a word: its exit says the rest.
-            Ok(None) | Err(_) => match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
-                Ok(Ok(status)) => format!("the new process exited before it was ready ({status})"),
-                _ => "the new process closed the handover channel before it was ready".to_owned(),
+            status = child.wait() => match status {
+                Ok(status) => format!("the new process exited before it was ready ({status})"),
+                Err(e) => format!("waiting for the new process: {e}"),
             },
-        },
-        status = child.wait() => match status {
-            Ok(status) => format!("the new process exited before it was ready ({status})"),
-            Err(e) => format!("waiting for the new process: {e}"),
-        },
-        () = tokio::time::sleep(timeout) => format!(
-            "the new process was not ready within {}",
-            humantime::format_duration(timeout)
-        ),
+            () = tokio::time::sleep(timeout) => format!(
+                "the new process was not ready within {}",
+                humantime::format_duration(timeout)
+            ),
+        }
+        // The channel closes here: never told go, the new process takes
+        // nothing over and exits; it is also asked to stop (SIGINT), then killed.
     };
-    // Asked to stop first (it holds nothing yet: SIGINT, no grace), then killed.
     if let Some(pid) = child.id() {
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGINT);
     }
