@@ -358,6 +358,25 @@ impl<R: AsyncRead, W: AsyncWrite> Direction<R, W> {
     }
 }
 
+/// Wakes a call's task when its ending may have come, and remembers that
+/// it did: the ending (notifications every call shares) is polled only
+/// then, not on every read.
+struct EndWake {
+    woken: std::sync::atomic::AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for EndWake {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.woken.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake();
+    }
+}
+
 /// A masking key for our Close to the fleet (a client's frames must be
 /// masked with a key the server cannot predict).
 fn mask() -> [u8; 4] {
@@ -398,6 +417,11 @@ where
     let mut up = Direction::new(cr, sw, up_frames);
     let mut down = Direction::new(sr, cw, down_frames);
     let mut end = std::pin::pin!(end);
+    let end_wake = std::sync::Arc::new(EndWake {
+        woken: std::sync::atomic::AtomicBool::new(true),
+        task: futures_util::task::AtomicWaker::new(),
+    });
+    let end_waker = std::task::Waker::from(std::sync::Arc::clone(&end_wake));
     // One clock: the idle timeout while both sides are open, then the
     // linger after one closed, or the reply window once ending.
     let mut clock: Pin<&mut Sleep> = std::pin::pin!(tokio::time::sleep(idle));
@@ -406,7 +430,13 @@ where
     // Who closed first: the first Close frame seen, or the first EOF.
     let mut first: Option<CloseReason> = None;
     let reason = std::future::poll_fn(|cx| {
-        if !ending && let Poll::Ready(how) = end.as_mut().poll(cx) {
+        if !ending {
+            end_wake.task.register(cx.waker());
+        }
+        if !ending
+            && end_wake.woken.swap(false, std::sync::atomic::Ordering::AcqRel)
+            && let Poll::Ready(how) = end.as_mut().poll(&mut Context::from_waker(&end_waker))
+        {
             if how == Ending::Cut || !websocket {
                 return Poll::Ready(CloseReason::Cut);
             }
