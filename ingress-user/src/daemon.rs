@@ -8,7 +8,7 @@
 
 use std::{
     io::Write as _,
-    os::fd::{AsFd as _, OwnedFd},
+    os::fd::AsFd as _,
     path::{Path, PathBuf},
     sync::{Arc, atomic::AtomicU32},
     time::Duration,
@@ -32,8 +32,8 @@ use crate::{
     },
     data::DataCtx,
     lifecycle::{
-        stop::{Signals, wind_down},
-        upgrade::{self, NewProcess, Offered},
+        stop::{self, Signals, wind_down},
+        upgrade::{self, Handover, NewProcess},
     },
     model::{VERSION, monotonic_ns},
 };
@@ -105,100 +105,10 @@ pub async fn run(config_path: &Path, exe: PathBuf, inherited: Option<Inherited>)
     result
 }
 
-/// The sockets and the XDP link a new process would be offered.
-struct Handover {
-    data: Arc<DataCtx>,
-    exe: PathBuf,
-    config_path: PathBuf,
-    admin_unix: (PathBuf, OwnedFd),
-    admin_tcp: Option<(std::net::SocketAddr, OwnedFd)>,
-    /// Where the XDP link is pinned for a new process, and the sync task's mailbox.
-    xdp: Option<(PathBuf, mpsc::Sender<bpf::sync::LinkRequest>)>,
-}
-
-impl Handover {
-    /// Starts the binary at `exe` with everything offered; on failure the
-    /// XDP link's pin is taken away again (this process still holds the link).
-    async fn upgrade(&self, control: &Mutex<Control>) -> Result<NewProcess, String> {
-        let xdp_link = match &self.xdp {
-            None => None,
-            Some((path, tx)) => {
-                let (reply, answer) = tokio::sync::oneshot::channel();
-                tx.send(bpf::sync::LinkRequest::Pin {
-                    path: path.clone(),
-                    reply,
-                })
-                .await
-                .map_err(|_| "the XDP sync task is gone".to_owned())?;
-                let mode = answer
-                    .await
-                    .map_err(|_| "the XDP sync task is gone".to_owned())?
-                    .map_err(|e| format!("pinning the XDP link: {e}"))?;
-                Some((path.clone(), mode))
-            }
-        };
-        // The control lock is held throughout: no change races the handover.
-        let control = control.lock().await;
-        let timeout = control.config.limits.upgrade_timeout.0;
-        let offered = Offered {
-            listeners: control.listeners.offer(),
-            admin_unix: Some((self.admin_unix.0.clone(), self.admin_unix.1.as_fd())),
-            admin_tcp: self.admin_tcp.as_ref().map(|(a, fd)| (*a, fd.as_fd())),
-            xdp_link,
-        };
-        let started = upgrade::start(&self.exe, &self.config_path, offered, timeout, &self.data).await;
-        drop(control);
-        if started.is_ok()
-            && let Some((path, _)) = &self.xdp
-        {
-            // The new process holds the link now: no pin left for another.
-            let _ = std::fs::remove_file(path);
-        }
-        if started.is_err()
-            && let Some((path, tx)) = &self.xdp
-        {
-            // The new process may have put its program on the link and its
-            // ports and carriers in the maps: ours go back.
-            let _ = std::fs::remove_file(path);
-            let (reply, answer) = tokio::sync::oneshot::channel();
-            if tx.send(bpf::sync::LinkRequest::Reclaim { reply }).await.is_ok()
-                && let Ok(Err(e)) = answer.await
-            {
-                tracing::error!(error = %e, "taking the XDP link back after the abandoned upgrade");
-            }
-        }
-        started
-    }
-}
-
 /// How the loop ended.
 enum End {
     Stop { graceful: bool },
     Upgraded(NewProcess),
-}
-
-/// Waits (a little) until every admin connection closed: the answer to
-/// `ctl upgrade` must have gone out before the old process exits.
-async fn admin_answered(open: &std::sync::atomic::AtomicUsize) {
-    let until = tokio::time::Instant::now() + Duration::from_secs(2);
-    while open.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// Until every server had its first check (at most `limit`): a process
-/// started by an upgrade says ready only then, so that it routes by the
-/// fleets' reports from its first call.
-async fn first_checks(data: &DataCtx, limit: Duration) {
-    let until = tokio::time::Instant::now() + limit;
-    let mut changes = data.changed.subscribe();
-    while !data.runtime.load().server_views().iter().all(|v| v.check.at.is_some()) {
-        tokio::select! {
-            _ = changes.changed() => {}
-            () = tokio::time::sleep(Duration::from_millis(50)) => {}
-            () = tokio::time::sleep_until(until) => return,
-        }
-    }
 }
 
 async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited>) -> anyhow::Result<()> {
@@ -357,7 +267,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     // name itself to systemd. Not told go, it leaves without a trace.
     let followed = match inherited.as_mut().and_then(|i| i.channel.take()) {
         Some(channel) => {
-            first_checks(&data, config.limits.upgrade_timeout.0 / 2).await;
+            handover::first_checks(&data, config.limits.upgrade_timeout.0 / 2).await;
             let said = Message::Ready {
                 pid: std::process::id(),
                 version: VERSION.to_owned(),
@@ -488,7 +398,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
                 signals,
             )
             .await;
-            admin_answered(&admin_open).await;
+            stop::admin_answered(&admin_open).await;
             report.abort();
             control.lock().await.stop_health();
             return Ok(());

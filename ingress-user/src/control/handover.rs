@@ -223,3 +223,18 @@ pub fn calls_held(data: &DataCtx, since: &Routed) -> Message {
         .collect();
     Message::Calls { servers }
 }
+
+/// Until every server had its first check (at most `limit`): a process
+/// started by an upgrade says ready only then, so that it routes by the
+/// fleets' reports from its first call.
+pub async fn first_checks(data: &DataCtx, limit: std::time::Duration) {
+    let until = tokio::time::Instant::now() + limit;
+    let mut changes = data.changed.subscribe();
+    while !data.runtime.load().server_views().iter().all(|v| v.check.at.is_some()) {
+        tokio::select! {
+            _ = changes.changed() => {}
+            () = tokio::time::sleep(std::time::Duration::from_millis(50)) => {}
+            () = tokio::time::sleep_until(until) => return,
+        }
+    }
+}

@@ -58,3 +58,12 @@ pub async fn wind_down(data: &DataCtx, grace: Duration, mut term_grace: Option<D
         }
     }
 }
+
+/// Waits (a little) until every admin connection closed: the answer to
+/// `ctl upgrade` must have gone out before the old process exits.
+pub async fn admin_answered(open: &std::sync::atomic::AtomicUsize) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while open.load(std::sync::atomic::Ordering::Relaxed) > 0 && tokio::time::Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

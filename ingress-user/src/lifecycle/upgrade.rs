@@ -4,11 +4,12 @@
 //! (see [`crate::control::handover`]), and wait until it says ready; a new
 //! process that fails, exits or is not ready in time is stopped and the
 //! reason returned (this process serves on as before). After the handover,
-//! tells the new process how many calls this one still holds.
+//! tells the new process how many calls this one still holds. [`Handover`]
+//! holds what is offered and runs one attempt.
 
 use std::{
     net::SocketAddr,
-    os::fd::{AsRawFd as _, BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, OwnedFd},
     path::{Path, PathBuf},
     sync::Arc,
     time::Duration,
@@ -16,8 +17,14 @@ use std::{
 
 use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
 
+use tokio::sync::{Mutex, mpsc};
+
 use crate::{
-    control::handover::{self, Message, Offer},
+    bpf,
+    control::{
+        Control,
+        handover::{self, Message, Offer},
+    },
     data::DataCtx,
 };
 
@@ -179,5 +186,71 @@ pub async fn report_calls(mut channel: tokio::net::UnixStream, data: Arc<DataCtx
             _ = changes.changed() => {}
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+/// The sockets and the XDP link a new process would be offered.
+pub struct Handover {
+    pub data: Arc<DataCtx>,
+    pub exe: PathBuf,
+    pub config_path: PathBuf,
+    pub admin_unix: (PathBuf, OwnedFd),
+    pub admin_tcp: Option<(std::net::SocketAddr, OwnedFd)>,
+    /// Where the XDP link is pinned for a new process, and the sync task's mailbox.
+    pub xdp: Option<(PathBuf, mpsc::Sender<bpf::sync::LinkRequest>)>,
+}
+
+impl Handover {
+    /// Starts the binary at `exe` with everything offered; on failure the
+    /// XDP link's pin is taken away again (this process still holds the link).
+    pub async fn upgrade(&self, control: &Mutex<Control>) -> Result<NewProcess, String> {
+        let xdp_link = match &self.xdp {
+            None => None,
+            Some((path, tx)) => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                tx.send(bpf::sync::LinkRequest::Pin {
+                    path: path.clone(),
+                    reply,
+                })
+                .await
+                .map_err(|_| "the XDP sync task is gone".to_owned())?;
+                let mode = answer
+                    .await
+                    .map_err(|_| "the XDP sync task is gone".to_owned())?
+                    .map_err(|e| format!("pinning the XDP link: {e}"))?;
+                Some((path.clone(), mode))
+            }
+        };
+        // The control lock is held throughout: no change races the handover.
+        let control = control.lock().await;
+        let timeout = control.config.limits.upgrade_timeout.0;
+        let offered = Offered {
+            listeners: control.listeners.offer(),
+            admin_unix: Some((self.admin_unix.0.clone(), self.admin_unix.1.as_fd())),
+            admin_tcp: self.admin_tcp.as_ref().map(|(a, fd)| (*a, fd.as_fd())),
+            xdp_link,
+        };
+        let started = start(&self.exe, &self.config_path, offered, timeout, &self.data).await;
+        drop(control);
+        if started.is_ok()
+            && let Some((path, _)) = &self.xdp
+        {
+            // The new process holds the link now: no pin left for another.
+            let _ = std::fs::remove_file(path);
+        }
+        if started.is_err()
+            && let Some((path, tx)) = &self.xdp
+        {
+            // The new process may have put its program on the link and its
+            // ports and carriers in the maps: ours go back.
+            let _ = std::fs::remove_file(path);
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            if tx.send(bpf::sync::LinkRequest::Reclaim { reply }).await.is_ok()
+                && let Ok(Err(e)) = answer.await
+            {
+                tracing::error!(error = %e, "taking the XDP link back after the abandoned upgrade");
+            }
+        }
+        started
     }
 }
