@@ -257,14 +257,10 @@ impl Successor {
 
     /// Waits up to `limit` for the process to be gone; whether it is.
     pub fn wait_gone(&self, limit: Duration) -> bool {
-        let until = Instant::now() + limit;
-        while self.alive() {
-            if Instant::now() >= until {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
+        testbed::poll::wait_for("the process to be gone", limit, Duration::from_millis(20), || {
+            !self.alive()
+        })
+        .is_ok()
     }
 }
 

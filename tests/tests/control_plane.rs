@@ -562,20 +562,26 @@ async fn changes_are_refused_from_non_loopback_peers() {
     drop(held);
 }
 
+/// A datagram socket standing in for systemd's `NOTIFY_SOCKET` (reads
+/// time out after 10 s), and its path.
+fn notify_socket(dir: &TestDir) -> (std::os::unix::net::UnixDatagram, String) {
+    let path = dir.path("notify.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    (sock, path.display().to_string())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_is_told_ready_reloading_the_main_pid_after_an_upgrade_and_stopping() {
     let dir = TestDir::new("notify");
     let pki = Pki::new(&dir);
     let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
-    let sock_path = dir.path("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (sock, path) = notify_socket(&dir);
     let recv = || {
         let mut buf = [0u8; 512];
         let n = sock.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let path = sock_path.display().to_string();
     let mut ingress = Ingress::start_full(
         &dir,
         &config(&dir, &pki, &[("fleet1", f1.https)], "", ""),
@@ -683,10 +689,7 @@ async fn a_new_process_turned_down_after_it_said_ready_never_tells_systemd_anyth
     let dir = TestDir::new("notify-abandon");
     let pki = Pki::new(&dir);
     let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
-    let sock_path = dir.path("notify.sock");
-    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
-    sock.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let path = sock_path.display().to_string();
+    let (sock, path) = notify_socket(&dir);
     let cfg = config(&dir, &pki, &[("fleet1", f1.https)], "", "");
     let ingress = Ingress::start_full(&dir, &cfg, None, &[("NOTIFY_SOCKET", path.as_str())]);
     let mut buf = [0u8; 512];

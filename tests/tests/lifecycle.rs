@@ -12,20 +12,21 @@ use futures_util::StreamExt as _;
 use ingress_tests::{Fleet, Ingress, Pki, Successor, TestDir, client, config, echo, install_binary};
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_graceful_stop_keeps_calls_for_the_grace_then_closes_both_sides_with_1001() {
-    let dir = TestDir::new("stop");
+/// A fleet and an ingress in front of it with `shutdown_grace = grace`, UP.
+async fn with_grace(name: &str, grace: &str) -> (TestDir, Pki, Fleet, Ingress) {
+    let dir = TestDir::new(name);
     let pki = Pki::new(&dir);
     let fleet = Fleet::start(&dir, &pki, "fleet1", 16);
-    let cfg = config(
-        &dir,
-        &pki,
-        &[("fleet1", fleet.https)],
-        "",
-        "[limits]\nshutdown_grace = \"2s\"\n",
-    );
-    let mut ingress = Ingress::start(&dir, &cfg);
+    let limits = format!("[limits]\nshutdown_grace = \"{grace}\"\n");
+    let cfg = config(&dir, &pki, &[("fleet1", fleet.https)], "", &limits);
+    let ingress = Ingress::start(&dir, &cfg);
     ingress.wait_state(&["fleet1"], "UP").await;
+    (dir, pki, fleet, ingress)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_keeps_calls_for_the_grace_then_closes_both_sides_with_1001() {
+    let (_dir, pki, fleet, mut ingress) = with_grace("stop", "2s").await;
     let mut calls = Vec::new();
     for i in 0..8 {
         calls.push(
@@ -67,18 +68,7 @@ async fn a_graceful_stop_keeps_calls_for_the_grace_then_closes_both_sides_with_1
 /// `ctl stop` is the first SIGTERM: the grace begins; a SIGTERM then ends it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ctl_stop_begins_the_grace_and_a_sigterm_ends_it_at_once() {
-    let dir = TestDir::new("stop2");
-    let pki = Pki::new(&dir);
-    let fleet = Fleet::start(&dir, &pki, "fleet1", 16);
-    let cfg = config(
-        &dir,
-        &pki,
-        &[("fleet1", fleet.https)],
-        "",
-        "[limits]\nshutdown_grace = \"60s\"\n",
-    );
-    let mut ingress = Ingress::start(&dir, &cfg);
-    ingress.wait_state(&["fleet1"], "UP").await;
+    let (_dir, pki, _fleet, mut ingress) = with_grace("stop2", "60s").await;
     let mut ws = client::connect(ingress.https, "localhost", "/ws/twice", pki.client_tls())
         .await
         .unwrap();

@@ -6,7 +6,7 @@
 //! how many calls it still holds on each server until its last one ends.
 
 use std::{
-    io::{BufRead as _, Write as _},
+    io::BufRead as _,
     net::SocketAddr,
     os::fd::{FromRawFd as _, OwnedFd, RawFd},
     path::PathBuf,
@@ -118,14 +118,6 @@ impl Inherited {
             got.admin_tcp = Some((addr, l));
         }
         Ok(Some(got))
-    }
-
-    /// Tells the old process, on the channel, `message` (ready, or failed).
-    pub fn tell(&self, message: &Message) -> std::io::Result<()> {
-        match &self.channel {
-            Some(c) => (&*c).write_all(message.line().as_bytes()),
-            None => Ok(()),
-        }
     }
 }
 

@@ -326,7 +326,7 @@ pub async fn forward<C, H>(
         (503, "no_capacity")
     };
     shared.metrics.response(status);
-    log.emit(status, attempts, &server_name, 0, 0, reason);
+    log.emit(status, attempts, &server_name, (0, 0), reason, None);
 }
 
 /// The call's log line, owned so that it can outlive the handshake.
@@ -339,7 +339,17 @@ struct CallLog {
 }
 
 impl CallLog {
-    fn emit(&self, status: u16, attempts: u32, server: &str, to_server: u64, to_client: u64, reason: &str) {
+    /// The call's one log line: bytes (to the server, to the client);
+    /// `closed_by` for a call past its 101.
+    fn emit(
+        &self,
+        status: u16,
+        attempts: u32,
+        server: &str,
+        (to_server, to_client): (u64, u64),
+        reason: &str,
+        closed_by: Option<&str>,
+    ) {
         tracing::info!(
             target: "call",
             bot_id = %self.bot_id,
@@ -352,6 +362,7 @@ impl CallLog {
             bytes_to_server = to_server,
             bytes_to_client = to_client,
             close_reason = reason,
+            closed_by,
             client = %self.peer,
             "call"
         );
@@ -363,21 +374,13 @@ impl CallLog {
         shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
         shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
         shared.metrics.tunnel_closed(reason, closed_by);
-        tracing::info!(
-            target: "call",
-            bot_id = %self.bot_id,
-            route = %self.route,
-            pool = %self.pool,
-            server,
-            status = 101,
+        self.emit(
+            101,
             attempts,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            bytes_to_server = stats.to_server,
-            bytes_to_client = stats.to_client,
-            close_reason = reason,
-            closed_by,
-            client = %self.peer,
-            "call"
+            server,
+            (stats.to_server, stats.to_client),
+            reason,
+            Some(closed_by),
         );
     }
 }

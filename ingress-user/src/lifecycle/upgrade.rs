@@ -117,21 +117,20 @@ pub async fn start(
         let mut lines = tokio::io::BufReader::new(ours).lines();
         tokio::select! {
             line = lines.next_line() => match line {
-                Ok(Some(line)) => match serde_json::from_str::<Message>(&line) {
+                Ok(Some(line)) => match (serde_json::from_str::<Message>(&line), handover::healthy(data)) {
                     // A new process that sees no healthy fleet where this one
                     // does has a config or checks that do not work: not ready.
-                    Ok(Message::Ready { healthy: 0, .. }) if handover::healthy(data) > 0 => format!(
-                        "the new process sees no healthy server (this one sees {}): its configuration or its checks do not work",
-                        handover::healthy(data)
+                    (Ok(Message::Ready { healthy: 0, .. }), ours) if ours > 0 => format!(
+                        "the new process sees no healthy server (this one sees {ours}): its configuration or its checks do not work"
                     ),
-                    Ok(Message::Ready { pid: said, version, .. }) => {
+                    (Ok(Message::Ready { pid: said, version, .. }), _) => {
                         let mut channel = lines.into_inner().into_inner();
                         match channel.write_all(Message::Go.line().as_bytes()).await {
                             Ok(()) => return Ok(NewProcess { pid: said, version, routed_before, channel }),
                             Err(e) => format!("telling the new process to go: {e}"),
                         }
                     }
-                    Ok(Message::Failed { error }) => format!("the new process could not start: {error}"),
+                    (Ok(Message::Failed { error }), _) => format!("the new process could not start: {error}"),
                     _ => format!("the new process said something unexpected: {line}"),
                 },
                 // It closed the channel without a word: its exit says the rest.

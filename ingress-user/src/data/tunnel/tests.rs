@@ -5,6 +5,28 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::*;
 
+/// A WebSocket tunnel over two in-memory pipes starting at `frames`: the
+/// carrier's end, the fleet's end, the sender that asks it to go away, and
+/// the tunnel.
+fn going_away_tunnel(
+    frames: Frames,
+) -> (
+    tokio::io::DuplexStream,
+    tokio::io::DuplexStream,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<TunnelStats>,
+) {
+    let (client, carrier) = tokio::io::duplex(64 * 1024);
+    let (server, fleet) = tokio::io::duplex(64 * 1024);
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let end = async move {
+        let _ = end_rx.await;
+        Ending::GoingAway
+    };
+    let tunnel = tokio::spawn(run(client, server, Duration::from_secs(30), end, Some(frames)));
+    (carrier, fleet, end_tx, tunnel)
+}
+
 /// 1 MB each way through pipes of 1 KiB, read in odd-sized bites on the
 /// far side: writes go pending all the time, and every byte still
 /// arrives once and in order.
@@ -85,20 +107,7 @@ async fn a_holding_writer_is_flushed_when_the_reader_goes_quiet() {
 /// was in flight its way); both replies end the tunnel as `GoingAway`.
 #[tokio::test]
 async fn going_away_closes_each_side_at_its_next_message_boundary() {
-    let (client, mut carrier) = tokio::io::duplex(64 * 1024);
-    let (server, mut fleet) = tokio::io::duplex(64 * 1024);
-    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let end = async move {
-        let _ = end_rx.await;
-        Ending::GoingAway
-    };
-    let tunnel = tokio::spawn(run(
-        client,
-        server,
-        Duration::from_secs(30),
-        end,
-        Some(Frames::default()),
-    ));
+    let (mut carrier, mut fleet, end_tx, tunnel) = going_away_tunnel(Frames::default());
     let mask = [1u8, 2, 3, 4];
     let frame = |fin: bool, opcode: u8, payload: &[u8]| {
         let mut f = vec![if fin { 0x80 } else { 0 } | opcode, 0x80 | payload.len() as u8];
@@ -152,20 +161,7 @@ async fn going_away_closes_each_side_at_its_next_message_boundary() {
 /// direction at once; the carrier gets our Close as its reply.
 #[tokio::test]
 async fn a_side_already_closing_gets_no_second_close() {
-    let (client, mut carrier) = tokio::io::duplex(64 * 1024);
-    let (server, mut fleet) = tokio::io::duplex(64 * 1024);
-    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let end = async move {
-        let _ = end_rx.await;
-        Ending::GoingAway
-    };
-    let tunnel = tokio::spawn(run(
-        client,
-        server,
-        Duration::from_secs(30),
-        end,
-        Some(Frames::default()),
-    ));
+    let (mut carrier, mut fleet, end_tx, tunnel) = going_away_tunnel(Frames::default());
     let close = [0x88u8, 0x82, 1, 2, 3, 4, 0x03 ^ 1, 0xe8 ^ 2];
     carrier.write_all(&close).await.unwrap();
     let mut got = [0u8; 8];
@@ -194,19 +190,14 @@ async fn a_side_already_closing_gets_no_second_close() {
 /// cursor mid-frame: the Close waits for that frame's end.
 #[tokio::test]
 async fn frames_begun_before_the_tunnel_are_followed() {
-    let (client, mut carrier) = tokio::io::duplex(64 * 1024);
-    let (server, mut fleet) = tokio::io::duplex(64 * 1024);
     // The fleet's greeting: a 10-byte text frame, 4 bytes of it sent with the 101.
     let greeting = [0x81u8, 8, b'h', b'e', b'l', b'l', b'o', b'!', b'!', b'!'];
-    let frames = Frames::after(&[], &greeting[..4]);
-    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let end = async move {
-        let _ = end_rx.await;
-        Ending::GoingAway
-    };
-    let _tunnel = tokio::spawn(run(client, server, Duration::from_secs(30), end, Some(frames)));
+    let (mut carrier, mut fleet, end_tx, _tunnel) = going_away_tunnel(Frames::after(&[], &greeting[..4]));
     end_tx.send(()).unwrap();
-    tokio::task::yield_now().await;
+    // The ending is in force once the fleet has our Close (its way was at a boundary).
+    let mut ours = [0u8; 26];
+    fleet.read_exact(&mut ours).await.unwrap();
+    assert_eq!(ours[0], 0x88);
     fleet.write_all(&greeting[4..]).await.unwrap();
     let mut got = [0u8; 6];
     carrier.read_exact(&mut got).await.unwrap();
@@ -244,20 +235,7 @@ async fn a_failed_write_blames_the_side_written_to() {
 /// first frame's end and our Close, nothing of the frames after it.
 #[tokio::test]
 async fn a_close_at_a_boundary_inside_a_read_goes_right_behind_it() {
-    let (client, mut carrier) = tokio::io::duplex(64 * 1024);
-    let (server, mut fleet) = tokio::io::duplex(64 * 1024);
-    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
-    let end = async move {
-        let _ = end_rx.await;
-        Ending::GoingAway
-    };
-    let _tunnel = tokio::spawn(run(
-        client,
-        server,
-        Duration::from_secs(30),
-        end,
-        Some(Frames::default()),
-    ));
+    let (mut carrier, mut fleet, end_tx, _tunnel) = going_away_tunnel(Frames::default());
     let mask = [9u8, 9, 9, 9];
     let frame = |payload: &[u8]| {
         let mut f = vec![0x82, 0x80 | payload.len() as u8];
