@@ -111,6 +111,15 @@ impl Ingress {
         )
     }
 
+    /// `ctl upgrade`, which must succeed: what it printed, and the new process.
+    pub async fn upgrade(&self) -> (Value, Successor) {
+        let (code, out, err) = self.ctl(&["upgrade"]).await;
+        assert_eq!(code, 0, "ctl upgrade: {out}{err}\n{}", self.proc.log_tail(30));
+        let up: Value = serde_json::from_str(&out).expect("ctl upgrade prints JSON");
+        let pid = up["pid"].as_i64().expect("the new PID") as i32;
+        (up, Successor(pid))
+    }
+
     /// GET on the admin API over its unix socket.
     pub async fn admin_get(&self, path: &str) -> (u16, String) {
         self.admin_request("GET", path, "").await

@@ -597,10 +597,7 @@ async fn systemd_is_told_ready_reloading_the_main_pid_after_an_upgrade_and_stopp
     assert!(ready.starts_with("READY=1") && ready.contains("reloaded"), "{ready}");
     // An upgrade: the new process names itself the main one (the unit's
     // NotifyAccess=all); the old one leaves without saying it stops.
-    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
-    assert_eq!(code, 0, "{out}{err}");
-    let up: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let successor = ingress_tests::Successor(up["pid"].as_i64().unwrap() as i32);
+    let (_, successor) = ingress.upgrade().await;
     let handover = recv();
     assert!(
         handover.starts_with(&format!("MAINPID={}\nREADY=1", successor.0)),

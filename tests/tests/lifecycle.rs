@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt as _;
-use ingress_tests::{Fleet, Ingress, Pki, Successor, TestDir, client, config, echo, install_binary};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, echo, install_binary};
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 /// A fleet and an ingress in front of it with `shutdown_grace = grace`, UP.
@@ -156,12 +156,9 @@ async fn an_upgrade_to_a_new_build_keeps_every_call_and_refuses_no_connection() 
     // A package upgrade: a new build at the same path, then `ctl upgrade`.
     install_binary(&exe, Some("1111111111111111"));
     let asked = Instant::now();
-    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
-    assert_eq!(code, 0, "ctl upgrade: {out}{err}\n{}", ingress.proc.log_tail(30));
-    eprintln!("ctl upgrade answered in {:?}: {out}", asked.elapsed());
-    let up: serde_json::Value = serde_json::from_str(&out).expect("ctl upgrade prints JSON");
-    let new_pid = up["pid"].as_i64().expect("the new PID") as i32;
-    let successor = Successor(new_pid);
+    let (up, successor) = ingress.upgrade().await;
+    eprintln!("ctl upgrade answered in {:?}: {up}", asked.elapsed());
+    let new_pid = successor.0;
     assert_ne!(new_pid, old_pid);
     assert_eq!(up["old_pid"], old_pid);
     assert!(
@@ -449,10 +446,7 @@ async fn a_call_still_being_set_up_when_the_upgrade_lands_is_kept_by_the_old_pro
     while fleet.state().await["calls_total"] == 0 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let (code, out, err) = ingress.ctl(&["upgrade"]).await;
-    assert_eq!(code, 0, "{out}{err}");
-    let up: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let _successor = Successor(up["pid"].as_i64().unwrap() as i32);
+    let (_, _successor) = ingress.upgrade().await;
     let mut ws = dialing
         .await
         .unwrap()

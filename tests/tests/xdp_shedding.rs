@@ -376,10 +376,7 @@ async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_proces
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (code, out, err) = s.ingress.ctl(&["upgrade"]).await;
-    assert_eq!(code, 0, "{out}{err}\n{}", s.ingress.proc.log_tail(30));
-    let up: Value = serde_json::from_str(&out).unwrap();
-    let successor = ingress_tests::Successor(up["pid"].as_i64().unwrap() as i32);
+    let (_, successor) = s.ingress.upgrade().await;
     // The old process has no call to keep: it leaves at once.
     let exited = tokio::task::spawn_blocking(move || {
         let exit = s.ingress.proc.child.wait();
