@@ -219,11 +219,18 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     let xdp_task = match bpf::sync::start(&config, &xdp_ports, inherited_link.as_ref()) {
         Ok(handle) => {
             xdp_pin = Some((config.xdp.pin_path.join("link"), pins));
-            tracing::info!(interface = %handle.interface, mode = handle.mode, pins = %config.xdp.pin_path.display(), "XDP program attached");
+            tracing::info!(
+                interface = %handle.interface,
+                mode = handle.mode,
+                mode_reason = handle.mode_reason.as_deref().unwrap_or("as configured"),
+                pins = %config.xdp.pin_path.display(),
+                "XDP program attached"
+            );
             shared.xdp.update(|s| {
                 s.attached = true;
                 s.interface = Some(handle.interface.clone());
                 s.mode = Some(handle.mode.to_owned());
+                s.mode_reason.clone_from(&handle.mode_reason);
             });
             Some(tokio::spawn(bpf::sync::run_sync(
                 Arc::clone(&data),

@@ -17,5 +17,5 @@ pub mod proc;
 pub use admin::Admin;
 pub use config::IngressConfig;
 pub use fleet::{Fleet, FleetControl, FleetSpec};
-pub use netns::NetPair;
+pub use netns::{HostPair, NetPair};
 pub use proc::Proc;

@@ -1,6 +1,7 @@
 //! Two network namespaces, "ingress" and "carrier", joined by a veth pair
 //! with 10.77.0.1 on the ingress side and 10.77.0.2 (plus a second address,
-//! 10.77.0.3) on the carrier side. Everything is deleted on drop, also when
+//! 10.77.0.3) on the carrier side ([`NetPair`]); or a carrier namespace
+//! joined to the root namespace ([`HostPair`]). Everything is deleted on drop, also when
 //! the owner panics; namespaces of a process that no longer runs are swept
 //! at the next creation. Traffic never leaves them.
 
@@ -69,14 +70,54 @@ pub struct NetPair {
     pub other_ip: Ipv4Addr,
 }
 
+/// Names made here are unique within the process: `{tag}{pid}…{n}`.
+static N: AtomicU32 = AtomicU32::new(0);
+
+/// A veth pair, `a_if` in `a_ns` (`None`: the root namespace) with
+/// `a_addr`, `b_if` in `b_ns` with `b_addrs`; every end up, with loopback.
+fn veth(
+    a_ns: Option<&str>,
+    a_if: &str,
+    a_addr: Ipv4Addr,
+    b_ns: &str,
+    b_if: &str,
+    b_addrs: &[Ipv4Addr],
+) -> anyhow::Result<()> {
+    ip(&["link", "add", a_if, "type", "veth", "peer", "name", b_if])?;
+    if let Some(ns) = a_ns {
+        ip(&["link", "set", a_if, "netns", ns])?;
+    }
+    ip(&["link", "set", b_if, "netns", b_ns])?;
+    // `ip -n NS`, or no `-n` for the root namespace.
+    let ip_in = |ns: Option<&str>, args: &[&str]| {
+        let mut all: Vec<&str> = ns.map(|n| vec!["-n", n]).unwrap_or_default();
+        all.extend_from_slice(args);
+        ip(&all)
+    };
+    for (ns, dev, addrs) in [(a_ns, a_if, &[a_addr][..]), (Some(b_ns), b_if, b_addrs)] {
+        for a in addrs {
+            ip_in(ns, &["addr", "add", &format!("{a}/24"), "dev", dev])?;
+        }
+        if ns.is_some() {
+            ip_in(ns, &["link", "set", "lo", "up"])?;
+        }
+        ip_in(ns, &["link", "set", dev, "up"])?;
+    }
+    Ok(())
+}
+
+fn need_root() -> anyhow::Result<()> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("network namespaces need root; run as root, as CI does");
+    }
+    sweep_stale();
+    Ok(())
+}
+
 impl NetPair {
     /// Creates a pair; `tag` (one ASCII letter) tells whose it is in `ip netns list`.
     pub fn new(tag: char) -> anyhow::Result<Self> {
-        if !nix::unistd::geteuid().is_root() {
-            bail!("network namespaces need root; run as root, as CI does");
-        }
-        sweep_stale();
-        static N: AtomicU32 = AtomicU32::new(0);
+        need_root()?;
         let n = N.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
         let pair = Self {
@@ -92,28 +133,14 @@ impl NetPair {
         // A failure below drops `pair`, which deletes whatever was made.
         ip(&["netns", "add", &pair.ingress_ns])?;
         ip(&["netns", "add", &pair.carrier_ns])?;
-        ip(&[
-            "link",
-            "add",
+        veth(
+            Some(&pair.ingress_ns),
             &pair.ingress_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
+            pair.ingress_ip,
+            &pair.carrier_ns,
             &pair.carrier_if,
-        ])?;
-        ip(&["link", "set", &pair.ingress_if, "netns", &pair.ingress_ns])?;
-        ip(&["link", "set", &pair.carrier_if, "netns", &pair.carrier_ns])?;
-        for (ns, dev, addrs) in [
-            (&pair.ingress_ns, &pair.ingress_if, vec![pair.ingress_ip]),
-            (&pair.carrier_ns, &pair.carrier_if, vec![pair.carrier_ip, pair.other_ip]),
-        ] {
-            for a in addrs {
-                ip(&["-n", ns, "addr", "add", &format!("{a}/24"), "dev", dev])?;
-            }
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-        }
+            &[pair.carrier_ip, pair.other_ip],
+        )?;
         Ok(pair)
     }
 
@@ -154,6 +181,60 @@ impl Drop for NetPair {
                 .stderr(std::process::Stdio::null())
                 .status();
         }
+    }
+}
+
+/// A carrier namespace joined by a veth pair to the root namespace, as on a
+/// container host: the ingress end (`host_if`, 10.78.N.1/24) stays in the
+/// root namespace, the carrier end (10.78.N.2/24) is in `carrier_ns`. The
+/// subnet is the pair's own (N counts pairs of this process), routed only
+/// over the veth; deleting the namespace on drop deletes both ends.
+pub struct HostPair {
+    pub carrier_ns: String,
+    pub host_if: String,
+    pub carrier_if: String,
+    pub host_ip: Ipv4Addr,
+    pub carrier_ip: Ipv4Addr,
+}
+
+impl HostPair {
+    /// Creates the pair; `tag` as for [`NetPair::new`].
+    pub fn new(tag: char) -> anyhow::Result<Self> {
+        need_root()?;
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        let net = u8::try_from(n % 250).unwrap_or(0);
+        let pair = Self {
+            carrier_ns: format!("{PREFIX}{tag}{pid}c{n}"),
+            host_if: format!("v{tag}h{pid}x{n}"),
+            carrier_if: format!("v{tag}c{pid}x{n}"),
+            host_ip: Ipv4Addr::new(10, 78, net, 1),
+            carrier_ip: Ipv4Addr::new(10, 78, net, 2),
+        };
+        ip(&["netns", "add", &pair.carrier_ns])?;
+        veth(
+            None,
+            &pair.host_if,
+            pair.host_ip,
+            &pair.carrier_ns,
+            &pair.carrier_if,
+            &[pair.carrier_ip],
+        )?;
+        Ok(pair)
+    }
+}
+
+impl Drop for HostPair {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.carrier_ns])
+            .stderr(std::process::Stdio::null())
+            .status();
+        // Gone with the namespace; removed here should it have been moved back.
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 

@@ -188,6 +188,28 @@ impl Ingress {
         }
     }
 
+    /// `GET /api/status` as JSON.
+    pub async fn status(&self) -> Value {
+        let (code, body) = self.admin_get("/api/status").await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Waits until `/api/status` says XDP shedding is `want`; returns how long that took.
+    pub async fn wait_shedding(&self, want: bool) -> Duration {
+        let started = Instant::now();
+        loop {
+            if self.status().await["xdp"]["shedding"] == want {
+                return started.elapsed();
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "shedding never became {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until every named server is in `state`.
     pub async fn wait_state(&self, names: &[&str], state: &str) {
         let what = format!("{names:?} to be {state}");

@@ -66,26 +66,6 @@ async fn from(net: &NetPair, src: std::net::Ipv4Addr, dst: SocketAddr, timeout: 
         .expect("connect task")
 }
 
-async fn status(ingress: &Ingress) -> Value {
-    let (code, body) = ingress.admin_get("/api/status").await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).expect("status JSON")
-}
-
-async fn wait_shedding(ingress: &Ingress, want: bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if status(ingress).await["xdp"]["shedding"] == want {
-            return started.elapsed();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "shedding never became {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn dump(pins: &std::path::Path) -> Value {
     let out = std::process::Command::new(bin("ingress"))
         .args(["bpf", "dump", "--json", "--pin-path"])
@@ -110,7 +90,7 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
     s.fleet.control("/occupy?n=4").await;
     s.ingress.wait_state(&["fleet1"], "FULL").await;
     eprintln!("FULL after {:?}", filled.elapsed());
-    let took = wait_shedding(&s.ingress, true).await;
+    let took = s.ingress.wait_shedding(true).await;
     eprintln!(
         "fleet full → XDP shedding after {:?} (check interval 200ms)",
         filled.elapsed()
@@ -183,7 +163,7 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
 
     // Full again, then the daemon dies hard: shedding must stop by itself.
     s.fleet.control("/occupy?n=1").await;
-    wait_shedding(&s.ingress, true).await;
+    s.ingress.wait_shedding(true).await;
     assert_eq!(
         from(net, net.carrier_ip, s.https, Duration::from_millis(500)).await,
         Connect::TimedOut
@@ -203,45 +183,6 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
         );
     }
     eprintln!("SIGKILL → carrier SYNs no longer dropped after {:?}", killed.elapsed());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rst_mode_refuses_carriers_at_once() {
-    let s = setup("rst").await;
-    let net = &s.net;
-    // XDP_TX on a veth reaches the peer only when the peer runs NAPI: give the
-    // carrier side a pass-through XDP program (ours, with shedding off).
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let (ns, dev) = (net.carrier_ns.clone(), net.carrier_if.clone());
-    let peer = std::thread::spawn(move || {
-        ingress_tests::netns::run_in(&ns, move || {
-            let mut h = ingress_user::bpf::XdpHandle::load_detached(ingress_user::model::XdpAction::Drop, &[], &[])
-                .expect("load the pass-through program");
-            h.attach_to(&dev, true).expect("attach on the carrier side");
-            ready_tx.send(()).unwrap();
-            let _ = rx.recv();
-        })
-    });
-    ready_rx.recv().expect("peer program attached");
-    s.fleet.control("/occupy?n=4").await;
-    wait_shedding(&s.ingress, true).await;
-    let started = Instant::now();
-    let got = from(net, net.carrier_ip, s.https, Duration::from_secs(2)).await;
-    assert_eq!(
-        got,
-        Connect::Refused,
-        "the carrier gets a RST; counters: {}",
-        dump(&s.pins_path)["counters"]
-    );
-    eprintln!("RST mode: carrier refused in {:?}", started.elapsed());
-    assert!(dump(&s.pins_path)["counters"]["shed_rst"].as_u64().unwrap() >= 1);
-    assert_eq!(
-        from(net, net.other_ip, s.https, Duration::from_secs(2)).await,
-        Connect::Connected
-    );
-    drop(tx);
-    peer.join().unwrap();
 }
 
 /// The lowest descriptor number `pid` has free.
@@ -322,7 +263,7 @@ async fn out_of_descriptors_the_ingress_answers_503_itself_and_neither_marks_fle
 
     set_nofile(pid, soft_before);
     assert_eq!(s.ingress.server("fleet1").await["state"], "UP");
-    assert_eq!(status(&s.ingress).await["xdp"]["shedding"], false);
+    assert_eq!(s.ingress.status().await["xdp"]["shedding"], false);
     let m = s.ingress.metrics().await;
     assert!(
         ingress_tests::metric(&m, "ingress_local_errors_total", &[("reason", "call")]) >= Some(1.0),
@@ -341,7 +282,7 @@ async fn out_of_descriptors_the_ingress_answers_503_itself_and_neither_marks_fle
 async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_process_dies() {
     let mut s = setup("drop").await;
     s.fleet.control("/occupy?n=4").await;
-    wait_shedding(&s.ingress, true).await;
+    s.ingress.wait_shedding(true).await;
     let before = dump(&s.pins_path)["counters"]["shed_drop"].as_u64().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The control entry read every millisecond: it must say "shed" with a
@@ -405,7 +346,7 @@ async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_proces
     eprintln!(
         "{attempts} carrier SYNs during the upgrade, every one dropped; CONTROL read {reads} times ({writes} generations), shedding at every read"
     );
-    let st = status(&ingress).await;
+    let st = ingress.status().await;
     assert_eq!(st["pid"], successor.0, "{st}");
     assert_eq!(st["xdp"]["attached"], true, "{st}");
     assert_eq!(st["xdp"]["shedding"], true, "{st}");
@@ -440,7 +381,7 @@ async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_proces
 async fn an_abandoned_upgrade_gives_the_old_process_its_xdp_program_and_maps_back() {
     let s = setup("drop").await;
     s.fleet.control("/occupy?n=4").await;
-    wait_shedding(&s.ingress, true).await;
+    s.ingress.wait_shedding(true).await;
     // The file on disk now names another carrier and a check path that
     // fails: the new process takes the link and writes its carriers, then
     // sees no healthy server where the old one does, and is abandoned.
@@ -467,7 +408,7 @@ async fn an_abandoned_upgrade_gives_the_old_process_its_xdp_program_and_maps_bac
         Connect::Connected,
         "the other source is not a carrier here"
     );
-    let st = status(&s.ingress).await;
+    let st = s.ingress.status().await;
     assert_eq!(st["pid"], s.ingress.proc.pid(), "{st}");
     assert_eq!(st["xdp"]["shedding"], true, "{st}");
     assert!(!s.pins_path.join("link").exists());

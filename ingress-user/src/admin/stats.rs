@@ -58,9 +58,13 @@ pub fn stats_html(shared: &Shared) -> String {
     let xdp_line = if xdp.attached {
         let counters: Vec<String> = xdp.counters.iter().map(|(k, v)| format!("{k} {v}")).collect();
         format!(
-            "XDP attached on {} ({}), shedding: <b>{}</b> &middot; {}",
+            "XDP attached on {} ({}{}), shedding: <b>{}</b> &middot; {}",
             escape(xdp.interface.as_deref().unwrap_or("?")),
             xdp.mode.as_deref().unwrap_or("?"),
+            xdp.mode_reason
+                .as_deref()
+                .map(|r| format!(": {}", escape(r)))
+                .unwrap_or_default(),
             if xdp.shedding { "ON" } else { "off" },
             counters.join(", ")
         )

@@ -19,8 +19,9 @@ use aya::{
 };
 use ingress_common::{ControlEntry, FleetEntry, action, counter, map_names};
 
+use super::mode::Attempt;
 use crate::config::XdpConfig;
-use crate::model::{XdpAction, XdpMode, addr::parse_prefix, monotonic_ns};
+use crate::model::{XdpAction, addr::parse_prefix, monotonic_ns};
 
 /// The compiled XDP object, built by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ingress-xdp"));
@@ -56,6 +57,8 @@ pub struct XdpHandle {
     ebpf: Ebpf,
     pub interface: String,
     pub mode: &'static str,
+    /// Why `mode` is not the configured one, when it is not.
+    pub mode_reason: Option<String>,
     action: u32,
     generation: u64,
     /// The attachment while this program holds it.
@@ -112,29 +115,45 @@ impl XdpHandle {
             let link = XdpLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
             handle.link = Some(handle.program_mut()?.attach_to_link(link)?);
             handle.mode = if mode == "native" { "native" } else { "skb" };
+            // The old process chose the mode; the reason for it is the same.
+            let driver = super::mode::driver(&interface).ok();
+            handle.mode_reason = super::mode::plan(cfg.mode, cfg.action, &interface, driver.as_deref())
+                .ok()
+                .filter(|p| (p.attempt == Attempt::Skb) == (handle.mode == "skb"))
+                .and_then(|p| p.reason);
             return Ok(handle);
         }
+        let driver = super::mode::driver(&interface).ok();
+        let plan = super::mode::plan(cfg.mode, cfg.action, &interface, driver.as_deref()).map_err(|reason| {
+            XdpError::Attach {
+                interface: interface.clone(),
+                reason,
+            }
+        })?;
+        let mut reason = plan.reason;
         let program = handle.program_mut()?;
         let attach_err = |e: aya::programs::ProgramError| XdpError::Attach {
             interface: interface.clone(),
             reason: e.to_string(),
         };
-        let (link, mode) = match cfg.mode {
-            XdpMode::Native => (
+        let (link, mode) = match plan.attempt {
+            Attempt::Native => (
                 program.attach(&interface, AyaXdpMode::Driver).map_err(attach_err)?,
                 "native",
             ),
-            XdpMode::Skb => (program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?, "skb"),
-            XdpMode::Auto | XdpMode::Off => match program.attach(&interface, AyaXdpMode::Driver) {
+            Attempt::Skb => (program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?, "skb"),
+            Attempt::NativeElseSkb => match program.attach(&interface, AyaXdpMode::Driver) {
                 Ok(link) => (link, "native"),
                 Err(native) => {
                     tracing::info!(error = %native, "native XDP refused; trying SKB mode");
+                    reason = Some(format!("native mode refused by the driver: {native}"));
                     (program.attach(&interface, AyaXdpMode::Skb).map_err(attach_err)?, "skb")
                 }
             },
         };
         handle.link = Some(link);
         handle.mode = mode;
+        handle.mode_reason = reason;
         Ok(handle)
     }
 
@@ -210,6 +229,7 @@ impl XdpHandle {
             ebpf,
             interface: String::new(),
             mode: "detached",
+            mode_reason: None,
             action: match action {
                 XdpAction::Drop => action::DROP,
                 XdpAction::Rst => action::RST,

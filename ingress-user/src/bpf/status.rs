@@ -12,6 +12,8 @@ pub struct XdpView {
     pub interface: Option<String>,
     /// `native` or `skb` when attached.
     pub mode: Option<String>,
+    /// Why `mode` is not the configured one (e.g. RST on a veth), when it is not.
+    pub mode_reason: Option<String>,
     pub shedding: bool,
     pub total_capacity: u64,
     /// Why XDP is not attached, when it is not.
