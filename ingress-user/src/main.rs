@@ -158,6 +158,11 @@ fn main() -> anyhow::Result<()> {
                 c.pools.len(),
                 servers
             );
+            match ingress_user::bpf::mode::check(&c.xdp) {
+                Some(Ok(line)) => println!("{line}"),
+                Some(Err(refused)) => anyhow::bail!("{}: [xdp] {refused}", config.display()),
+                None => {}
+            }
             if probe {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let failed = rt.block_on(probe_all(&c, &desired))?;

@@ -157,19 +157,6 @@ impl NetPair {
             .map(str::to_owned)
             .with_context(|| format!("no MAC address for {dev} in {ns}"))
     }
-
-    /// GRO on the carrier's end: XDP_TX replies sent by a program on the
-    /// ingress end reach the carrier only when its end runs NAPI.
-    pub fn carrier_gro_on(&self) -> anyhow::Result<()> {
-        let st = nsenter(&self.carrier_ns, "ethtool")
-            .args(["-K", &self.carrier_if, "gro", "on"])
-            .status()
-            .context("ethtool")?;
-        if !st.success() {
-            bail!("ethtool -K {} gro on: {st}", self.carrier_if);
-        }
-        Ok(())
-    }
 }
 
 impl Drop for NetPair {

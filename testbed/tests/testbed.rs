@@ -61,6 +61,23 @@ fn a_net_pair_exists_while_held_and_is_gone_after_drop() {
 }
 
 #[test]
+fn a_host_pair_reaches_the_root_namespace_and_is_gone_after_drop() {
+    let pair = testbed::HostPair::new('s').unwrap();
+    let ip = pair.host_ip;
+    let listener = std::net::TcpListener::bind((ip, 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    netns::run_in(&pair.carrier_ns, move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect over the veth")
+    });
+    listener.accept().expect("accepted in the root namespace");
+    let (ns, dev) = (pair.carrier_ns.clone(), pair.host_if.clone());
+    drop(pair);
+    assert!(!namespaces().contains(&ns));
+    let shown = Command::new("ip").args(["link", "show", "dev", &dev]).output().unwrap();
+    assert!(!shown.status.success(), "{dev} is gone with its peer's namespace");
+}
+
+#[test]
 fn the_config_builder_writes_each_table_once_with_quoted_values() {
     use testbed::{
         IngressConfig,

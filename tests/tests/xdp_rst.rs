@@ -10,7 +10,7 @@ use std::{
 };
 
 use ingress_tests::{
-    Fleet, Ingress, Pki, TestDir, config,
+    Fleet, Ingress, Pki, TestDir, bin, config,
     netns::{BpfPins, Connect, NetPair, connect_from},
 };
 use serde_json::Value;
@@ -69,6 +69,20 @@ async fn every_mode_refuses_the_carrier_or_says_why(veth: Veth) {
                 "the refusal names the interface and the reason: {error}"
             );
             assert_eq!(attached_as(&veth), None, "nothing left attached");
+            // `ingress check` on the host says so before a start does.
+            let exe = bin("ingress");
+            let mut check = match &veth.ingress_ns {
+                Some(ns) => testbed::netns::nsenter(ns, &exe.to_string_lossy()),
+                None => std::process::Command::new(&exe),
+            };
+            let out = check
+                .arg("check")
+                .arg("--config")
+                .arg(dir.path("ingress.toml"))
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success() && stderr.contains(&veth.ingress_if), "{stderr}");
             continue;
         }
         assert_eq!(ready["attached"], true, "{ready}");

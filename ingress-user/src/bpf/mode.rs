@@ -59,6 +59,29 @@ pub fn plan(mode: XdpMode, action: XdpAction, interface: &str, driver: Option<&s
     }
 }
 
+/// For `ingress check`: the attach the daemon would make on this host, as a
+/// line; an error when it would refuse it. `None` with `mode = "off"`.
+pub fn check(cfg: &crate::config::XdpConfig) -> Option<Result<String, String>> {
+    if cfg.mode == XdpMode::Off {
+        return None;
+    }
+    let interface = cfg.interface.as_deref().unwrap_or_default();
+    let Ok(driver) = driver(interface) else {
+        return Some(Ok(format!(
+            "xdp: interface {interface} not found in this network namespace; its mode is chosen at start"
+        )));
+    };
+    Some(plan(cfg.mode, cfg.action, interface, Some(&driver)).map(|p| {
+        let attempt = match p.attempt {
+            Attempt::Native => "native",
+            Attempt::Skb => "skb",
+            Attempt::NativeElseSkb => "native, else skb",
+        };
+        let why = p.reason.map(|r| format!(" ({r})")).unwrap_or_default();
+        format!("xdp: {interface} (driver {driver}): {attempt}{why}")
+    }))
+}
+
 /// The kernel driver behind `interface` in this network namespace
 /// (`ethtool -i`'s `driver:`).
 pub fn driver(interface: &str) -> std::io::Result<String> {

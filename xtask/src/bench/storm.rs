@@ -1,8 +1,8 @@
 //! Figure 5: every fleet full. (a) Carriers storm with TLS + upgrade
 //! attempts from a namespace over a veth, against ours with XDP dropping,
 //! answering RST and off, and against HAProxy and nginx; (b) a bounded SYN
-//! flood, XDP vs the kernel stack. Also the carrier-side pass-through XDP
-//! program that RST mode needs.
+//! flood, XDP vs the kernel stack. RST mode runs as the daemon attaches it
+//! on a veth (SKB mode: native XDP_TX replies would not reach the peer).
 
 use std::{
     net::SocketAddr,
@@ -13,12 +13,7 @@ use std::{
 
 use anyhow::bail;
 use serde_json::Value;
-use testbed::{
-    IngressConfig, NetPair, Proc,
-    config::{Pool, Server, Xdp as XdpTable},
-    poll::wait_for,
-    proc::launcher,
-};
+use testbed::{NetPair, poll::wait_for};
 
 use super::{
     Ctx, LOAD_CORE, figure, net,
@@ -72,8 +67,6 @@ fn counter_delta(before: &Value, after: &Value, key: &str) -> u64 {
 pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
     let s = ctx.sizes;
     let pair = NetPair::new('b')?;
-    // RST mode answers with XDP_TX from the ingress end.
-    pair.carrier_gro_on()?;
     let ns = pair.ingress_ns.clone();
     let fleets = ctx.start_fleets(2, 16, Some(&ns), "storm")?;
     for f in &fleets {
@@ -101,13 +94,6 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
                 action,
                 pin_path: pins.0.clone(),
             });
-            // XDP_TX on a veth reaches the peer only when the peer runs NAPI: give the
-            // carrier side a pass-through XDP program (a second ingress that sheds nothing).
-            let _peer = if xdp == Some("rst") {
-                Some(xdp_peer(ctx, &pair)?)
-            } else {
-                None
-            };
             let p = ctx.start(&spec, dial)?;
             let mut attached = Value::Null;
             if let Some(admin) = &p.admin {
@@ -188,46 +174,6 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
     drop(fleets);
     drop(pair);
     Ok(Storm { runs, flood: floods })
-}
-
-/// An `ingress` in the carrier namespace whose XDP program (native, on the carrier
-/// side of the veth) passes every packet: carriers = a TEST-NET address, port 9.
-fn xdp_peer(ctx: &Ctx, pair: &NetPair) -> anyhow::Result<(Proc, Pins)> {
-    let pins = Pins::new("peer");
-    let socket = ctx.dir.join("xdp-peer.sock");
-    let _ = std::fs::remove_file(&socket);
-    let config = ctx.dir.join("xdp-peer.toml");
-    IngressConfig::new("127.0.0.1:0", &ctx.pki.certs_dir, &socket)
-        .comment("Written by `cargo xtask bench`: a pass-through XDP program on the carrier side (RST mode needs NAPI there).")
-        .route("/ws/{bot_id}", "none")
-        .pool(
-            Pool::new("none")
-                .server(Server::new("none", "127.0.0.1:9"))
-                .tls_ca(&ctx.pki.ca),
-        )
-        .xdp(
-            XdpTable::on(&pair.carrier_if)
-                .mode("native")
-                .carriers(&["192.0.2.1/32"])
-                .ports(&[9])
-                .pin_path(&pins.0),
-        )
-        .write(&config)?;
-    let mut cmd = launcher(&ctx.bins.join("ingress"), Some(&pair.carrier_ns), Some(LOAD_CORE));
-    cmd.arg("run").arg("--config").arg(&config).env("INGRESS_LOG", "warn");
-    let p = Proc::start(
-        "xdp peer",
-        &mut cmd,
-        Some(&ctx.dir.join("xdp-peer.log")),
-        Some(Duration::from_secs(30)),
-    )?;
-    if p.ready["xdp"]["attached"] != true {
-        bail!(
-            "the carrier-side pass-through XDP program did not attach: {}",
-            p.ready["xdp"]
-        );
-    }
-    Ok((p, pins))
 }
 
 fn name_tag(name: &str) -> String {
