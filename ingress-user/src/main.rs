@@ -158,10 +158,8 @@ fn main() -> anyhow::Result<()> {
                 c.pools.len(),
                 servers
             );
-            match ingress_user::bpf::mode::check(&c.xdp) {
-                Some(Ok(line)) => println!("{line}"),
-                Some(Err(refused)) => anyhow::bail!("{}: [xdp] {refused}", config.display()),
-                None => {}
+            if let Some(line) = ingress_user::bpf::mode::check(&c.xdp) {
+                println!("{line}");
             }
             if probe {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

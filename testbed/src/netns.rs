@@ -37,8 +37,24 @@ pub fn nsenter(ns: &str, program: &str) -> Command {
     c
 }
 
-/// Removes namespaces of earlier processes that no longer run.
+/// Removes namespaces of earlier processes that no longer run, and the
+/// root-namespace ends (`v{tag}h{pid}x{n}`) a killed one left behind.
 fn sweep_stale() {
+    if let Ok(out) = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            // `17: vrh1234x0@if16: <…`
+            let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) else {
+                continue;
+            };
+            let Some(rest) = name.strip_prefix('v').filter(|r| r.chars().nth(1) == Some('h')) else {
+                continue;
+            };
+            let pid: String = rest.chars().skip(2).take_while(char::is_ascii_digit).collect();
+            if !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = Command::new("ip").args(["link", "del", name]).status();
+            }
+        }
+    }
     let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
         return;
     };
@@ -172,16 +188,19 @@ impl Drop for NetPair {
 }
 
 /// A carrier namespace joined by a veth pair to the root namespace, as on a
-/// container host: the ingress end (`host_if`, 10.78.N.1/24) stays in the
-/// root namespace, the carrier end (10.78.N.2/24) is in `carrier_ns`. The
-/// subnet is the pair's own (N counts pairs of this process), routed only
-/// over the veth; deleting the namespace on drop deletes both ends.
+/// container host: the ingress end (`host_if`, `.1`) stays in the root
+/// namespace, the carrier end (`.2`, and `.3` as a second address) is in
+/// `carrier_ns`. The /24 is one of the benchmarking range 198.18.0.0/15
+/// (RFC 2544) that no interface of the root namespace uses yet, routed
+/// only over the veth; deleting the namespace on drop deletes both ends.
 pub struct HostPair {
     pub carrier_ns: String,
     pub host_if: String,
     pub carrier_if: String,
     pub host_ip: Ipv4Addr,
     pub carrier_ip: Ipv4Addr,
+    /// A second address on the carrier's end (e.g. a non-carrier source).
+    pub other_ip: Ipv4Addr,
 }
 
 impl HostPair {
@@ -190,13 +209,15 @@ impl HostPair {
         need_root()?;
         let n = N.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        let net = u8::try_from(n % 250).unwrap_or(0);
+        let net = free_benchmark_subnet(pid.wrapping_mul(31).wrapping_add(n))?;
+        let at = |host| Ipv4Addr::new(198, 18 + net[0], net[1], host);
         let pair = Self {
             carrier_ns: format!("{PREFIX}{tag}{pid}c{n}"),
             host_if: format!("v{tag}h{pid}x{n}"),
             carrier_if: format!("v{tag}c{pid}x{n}"),
-            host_ip: Ipv4Addr::new(10, 78, net, 1),
-            carrier_ip: Ipv4Addr::new(10, 78, net, 2),
+            host_ip: at(1),
+            carrier_ip: at(2),
+            other_ip: at(3),
         };
         ip(&["netns", "add", &pair.carrier_ns])?;
         veth(
@@ -205,10 +226,28 @@ impl HostPair {
             pair.host_ip,
             &pair.carrier_ns,
             &pair.carrier_if,
-            &[pair.carrier_ip],
+            &[pair.carrier_ip, pair.other_ip],
         )?;
         Ok(pair)
     }
+}
+
+/// The first /24 of 198.18.0.0/15, from `start` on, that no address of the
+/// root namespace is in: `[second octet - 18, third octet]`.
+fn free_benchmark_subnet(start: u32) -> anyhow::Result<[u8; 2]> {
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .context("ip addr show")?;
+    let used = String::from_utf8_lossy(&out.stdout).into_owned();
+    for k in 0..512 {
+        let k = (start + k) % 512;
+        let net = [u8::try_from(k / 256)?, u8::try_from(k % 256)?];
+        if !used.contains(&format!(" 198.{}.{}.", 18 + net[0], net[1])) {
+            return Ok(net);
+        }
+    }
+    bail!("every /24 of 198.18.0.0/15 is in use in the root namespace")
 }
 
 impl Drop for HostPair {

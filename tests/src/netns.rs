@@ -64,20 +64,33 @@ pub fn connect_from(
     dst: std::net::SocketAddr,
     timeout: std::time::Duration,
 ) -> Connect {
+    connect_timed(ns, src, dst, timeout).0
+}
+
+/// [`connect_from`], and how long the connect itself took (from its SYN
+/// to its answer, without entering the namespace).
+pub fn connect_timed(
+    ns: &str,
+    src: std::net::Ipv4Addr,
+    dst: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> (Connect, std::time::Duration) {
     block_on_in(ns, move || async move {
         let sock = match tokio::net::TcpSocket::new_v4() {
             Ok(s) => s,
-            Err(e) => return Connect::Other(e.to_string()),
+            Err(e) => return (Connect::Other(e.to_string()), std::time::Duration::ZERO),
         };
         if let Err(e) = sock.bind(std::net::SocketAddr::from((src, 0))) {
-            return Connect::Other(format!("bind {src}: {e}"));
+            return (Connect::Other(format!("bind {src}: {e}")), std::time::Duration::ZERO);
         }
-        match tokio::time::timeout(timeout, sock.connect(dst)).await {
+        let started = std::time::Instant::now();
+        let got = match tokio::time::timeout(timeout, sock.connect(dst)).await {
             Ok(Ok(_)) => Connect::Connected,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Connect::Refused,
             Ok(Err(e)) => Connect::Other(e.to_string()),
             Err(_) => Connect::TimedOut,
-        }
+        };
+        (got, started.elapsed())
     })
 }
 
@@ -108,6 +121,19 @@ impl BpfPins {
             "/sys/fs/bpf/ingress-test-{tag}-{}-{n}",
             std::process::id()
         )))
+    }
+}
+
+impl BpfPins {
+    /// `ingress bpf dump --json` of these pins.
+    pub fn dump(&self) -> serde_json::Value {
+        let out = std::process::Command::new(crate::bin("ingress"))
+            .args(["bpf", "dump", "--json", "--pin-path"])
+            .arg(&self.0)
+            .output()
+            .expect("bpf dump");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("dump JSON")
     }
 }
 

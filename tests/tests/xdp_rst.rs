@@ -6,12 +6,12 @@
 
 use std::{
     net::{Ipv4Addr, SocketAddr},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use ingress_tests::{
     Fleet, Ingress, Pki, TestDir, bin, config,
-    netns::{BpfPins, Connect, NetPair, connect_from},
+    netns::{BpfPins, Connect, NetPair, connect_timed},
 };
 use serde_json::Value;
 
@@ -23,6 +23,8 @@ struct Veth {
     ingress_ip: Ipv4Addr,
     carrier_ns: String,
     carrier_ip: Ipv4Addr,
+    /// A second address on the carrier's end, not a carrier.
+    other_ip: Ipv4Addr,
 }
 
 /// The program as the kernel shows it on the interface (`ip -d link`): `xdp` or `xdpgeneric`, or none.
@@ -69,7 +71,7 @@ async fn every_mode_refuses_the_carrier_or_says_why(veth: Veth) {
                 "the refusal names the interface and the reason: {error}"
             );
             assert_eq!(attached_as(&veth), None, "nothing left attached");
-            // `ingress check` on the host says so before a start does.
+            // `ingress check` on the host warns before a start does.
             let exe = bin("ingress");
             let mut check = match &veth.ingress_ns {
                 Some(ns) => testbed::netns::nsenter(ns, &exe.to_string_lossy()),
@@ -81,23 +83,35 @@ async fn every_mode_refuses_the_carrier_or_says_why(veth: Veth) {
                 .arg(dir.path("ingress.toml"))
                 .output()
                 .unwrap();
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            assert!(!out.status.success() && stderr.contains(&veth.ingress_if), "{stderr}");
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                stdout.contains("WARNING: XDP will not attach") && stdout.contains(&veth.ingress_if),
+                "{stdout}"
+            );
             continue;
         }
         assert_eq!(ready["attached"], true, "{ready}");
         ingress.wait_state(&["fleet1"], "FULL").await;
         ingress.wait_shedding(true).await;
         let dst = SocketAddr::from((veth.ingress_ip, ingress.https.port()));
-        let (ns, src) = (veth.carrier_ns.clone(), veth.carrier_ip);
-        let started = Instant::now();
-        let got = tokio::task::spawn_blocking(move || connect_from(&ns, src, dst, Duration::from_secs(2)))
-            .await
-            .expect("connect task");
-        let took = started.elapsed();
+        let shed_before = pins.dump()["counters"]["shed_rst"].as_u64().unwrap();
+        let connect = |src| {
+            let ns = veth.carrier_ns.clone();
+            tokio::task::spawn_blocking(move || connect_timed(&ns, src, dst, Duration::from_secs(2)))
+        };
+        let (got, took) = connect(veth.carrier_ip).await.expect("connect task");
         assert_eq!(got, Connect::Refused, "mode {mode}: the carrier gets the RST");
         assert!(took < Duration::from_millis(100), "mode {mode}: refused after {took:?}");
         eprintln!("mode {mode} on a veth: carrier refused in {took:?}");
+        let shed = pins.dump()["counters"]["shed_rst"].as_u64().unwrap();
+        assert!(shed > shed_before, "counted as shed_rst");
+        let (other, _) = connect(veth.other_ip).await.expect("connect task");
+        assert_eq!(
+            other,
+            Connect::Connected,
+            "mode {mode}: a source that is no carrier passes"
+        );
         // Said at start: the mode used, and why it is not native.
         assert_eq!(ready["mode"], "skb", "{mode}: {ready}");
         assert_eq!(attached_as(&veth).as_deref(), Some("xdpgeneric"));
@@ -121,6 +135,7 @@ async fn rst_reaches_a_carrier_whose_veth_ends_in_the_root_namespace() {
         ingress_ip: pair.host_ip,
         carrier_ns: pair.carrier_ns.clone(),
         carrier_ip: pair.carrier_ip,
+        other_ip: pair.other_ip,
     })
     .await;
 }
@@ -134,6 +149,7 @@ async fn rst_reaches_a_carrier_whose_veth_ends_in_the_ingress_namespace() {
         ingress_ip: pair.ingress_ip,
         carrier_ns: pair.carrier_ns.clone(),
         carrier_ip: pair.carrier_ip,
+        other_ip: pair.other_ip,
     })
     .await;
 }

@@ -8,15 +8,14 @@ use std::{
 };
 
 use ingress_tests::{
-    Fleet, Ingress, Pki, TestDir, bin, config,
+    Fleet, Ingress, Pki, TestDir, config,
     netns::{BpfPins, Connect, NetPair, connect_from},
 };
 use serde_json::Value;
 
 struct Setup {
     net: NetPair,
-    _pins: BpfPins,
-    pins_path: std::path::PathBuf,
+    pins: BpfPins,
     _dir: TestDir,
     pki: Pki,
     fleet: Fleet,
@@ -25,14 +24,14 @@ struct Setup {
     http: SocketAddr,
 }
 
-async fn setup(action: &str) -> Setup {
+async fn setup() -> Setup {
     let net = NetPair::new();
     let dir = TestDir::new("shed");
     let pki = Pki::new(&dir);
     let pins = BpfPins::new("shed");
     let fleet = Fleet::start_with(&dir, &pki, "fleet1", 4, Some(&net.ingress_ns));
     let xdp = format!(
-        "[xdp]\ninterface = \"{}\"\naction = \"{action}\"\ncarriers = [\"{}/32\"]\nlease = \"2s\"\npin_path = \"{}\"\n",
+        "[xdp]\ninterface = \"{}\"\naction = \"drop\"\ncarriers = [\"{}/32\"]\nlease = \"2s\"\npin_path = \"{}\"\n",
         net.ingress_if,
         net.carrier_ip,
         pins.0.display()
@@ -45,11 +44,9 @@ async fn setup(action: &str) -> Setup {
     ingress.wait_state(&["fleet1"], "UP").await;
     let https = SocketAddr::from((net.ingress_ip, ingress.https.port()));
     let http = SocketAddr::from((net.ingress_ip, ingress.http.expect("http").port()));
-    let pins_path = pins.0.clone();
     Setup {
         net,
-        _pins: pins,
-        pins_path,
+        pins,
         _dir: dir,
         pki,
         fleet,
@@ -66,19 +63,9 @@ async fn from(net: &NetPair, src: std::net::Ipv4Addr, dst: SocketAddr, timeout: 
         .expect("connect task")
 }
 
-fn dump(pins: &std::path::Path) -> Value {
-    let out = std::process::Command::new(bin("ingress"))
-        .args(["bpf", "dump", "--json", "--pin-path"])
-        .arg(pins)
-        .output()
-        .expect("bpf dump");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("dump JSON")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() {
-    let mut s = setup("drop").await;
+    let mut s = setup().await;
     let net = &s.net;
     assert_eq!(
         from(net, net.carrier_ip, s.https, Duration::from_secs(2)).await,
@@ -104,7 +91,7 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
         Connect::TimedOut,
         "the carrier's SYN is dropped"
     );
-    assert!(dump(&s.pins_path)["counters"]["shed_drop"].as_u64().unwrap() >= 1);
+    assert!(s.pins.dump()["counters"]["shed_drop"].as_u64().unwrap() >= 1);
     assert_eq!(
         from(net, net.other_ip, s.https, Duration::from_secs(2)).await,
         Connect::Connected,
@@ -115,7 +102,7 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
         Connect::Connected,
         "a port not listed still connects"
     );
-    let d = dump(&s.pins_path);
+    let d = s.pins.dump();
     assert!(
         d["counters"]["not_carrier"].as_u64().unwrap() >= 1 && d["counters"]["not_port"].as_u64().unwrap() >= 1,
         "{d}"
@@ -124,7 +111,7 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
     // bpftool reads FLEETS with field names, and the numbers are the admin view's.
     let out = std::process::Command::new("bpftool")
         .args(["-j", "map", "dump", "pinned"])
-        .arg(s.pins_path.join("FLEETS"))
+        .arg(s.pins.0.join("FLEETS"))
         .output()
         .expect("bpftool");
     let fleets: Value = serde_json::from_slice(&out.stdout)
@@ -137,7 +124,7 @@ async fn carriers_are_shed_while_every_fleet_is_full_and_fail_open_on_sigkill() 
     assert_eq!(entry["maxconn"], admin["maxconn"]);
     let control = std::process::Command::new("bpftool")
         .args(["map", "dump", "pinned"])
-        .arg(s.pins_path.join("CONTROL"))
+        .arg(s.pins.0.join("CONTROL"))
         .output()
         .expect("bpftool");
     let text = String::from_utf8_lossy(&control.stdout);
@@ -209,7 +196,7 @@ fn set_nofile(pid: u32, soft: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_ingress_answers_503_itself_and_neither_marks_fleets_down_nor_sheds() {
-    let s = setup("drop").await;
+    let s = setup().await;
     let pid = s.ingress.proc.child.id();
     let log = s._dir.path("ingress.log");
     let soft_before = std::fs::read_to_string(format!("/proc/{pid}/limits"))
@@ -280,16 +267,16 @@ async fn out_of_descriptors_the_ingress_answers_503_itself_and_neither_marks_fle
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_process_dies() {
-    let mut s = setup("drop").await;
+    let mut s = setup().await;
     s.fleet.control("/occupy?n=4").await;
     s.ingress.wait_shedding(true).await;
-    let before = dump(&s.pins_path)["counters"]["shed_drop"].as_u64().unwrap();
+    let before = s.pins.dump()["counters"]["shed_drop"].as_u64().unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The control entry read every millisecond: it must say "shed" with a
     // lease in force at every read (a fresh process clears it until its
     // first checks; one that took over must not).
     let watcher = {
-        let (pins, stop) = (s.pins_path.clone(), stop.clone());
+        let (pins, stop) = (s.pins.0.clone(), stop.clone());
         std::thread::spawn(move || {
             let (mut reads, mut gaps, mut writes) = (0u64, Vec::new(), std::collections::BTreeSet::new());
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -350,9 +337,9 @@ async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_proces
     assert_eq!(st["pid"], successor.0, "{st}");
     assert_eq!(st["xdp"]["attached"], true, "{st}");
     assert_eq!(st["xdp"]["shedding"], true, "{st}");
-    let after = dump(&s.pins_path)["counters"]["shed_drop"].as_u64().unwrap();
+    let after = s.pins.dump()["counters"]["shed_drop"].as_u64().unwrap();
     assert!(after >= before + attempts as u64, "shed_drop {before} → {after}");
-    assert!(!s.pins_path.join("link").exists(), "the link's pin is gone once taken");
+    assert!(!s.pins.0.join("link").exists(), "the link's pin is gone once taken");
     // The new process dies hard: its link goes with it, carriers fail open.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(successor.0),
@@ -379,7 +366,7 @@ async fn carriers_are_shed_throughout_an_upgrade_and_fail_open_if_the_new_proces
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_upgrade_gives_the_old_process_its_xdp_program_and_maps_back() {
-    let s = setup("drop").await;
+    let s = setup().await;
     s.fleet.control("/occupy?n=4").await;
     s.ingress.wait_shedding(true).await;
     // The file on disk now names another carrier and a check path that
@@ -411,5 +398,5 @@ async fn an_abandoned_upgrade_gives_the_old_process_its_xdp_program_and_maps_bac
     let st = s.ingress.status().await;
     assert_eq!(st["pid"], s.ingress.proc.pid(), "{st}");
     assert_eq!(st["xdp"]["shedding"], true, "{st}");
-    assert!(!s.pins_path.join("link").exists());
+    assert!(!s.pins.0.join("link").exists());
 }

@@ -115,21 +115,15 @@ impl XdpHandle {
             let link = XdpLink::try_from(link).map_err(|e| pin_err(e.to_string()))?;
             handle.link = Some(handle.program_mut()?.attach_to_link(link)?);
             handle.mode = if mode == "native" { "native" } else { "skb" };
-            // The old process chose the mode; the reason for it is the same.
-            let driver = super::mode::driver(&interface).ok();
-            handle.mode_reason = super::mode::plan(cfg.mode, cfg.action, &interface, driver.as_deref())
-                .ok()
-                .filter(|p| (p.attempt == Attempt::Skb) == (handle.mode == "skb"))
-                .and_then(|p| p.reason);
+            handle.mode_reason = inherited_reason(cfg, &interface, handle.mode);
             return Ok(handle);
         }
-        let driver = super::mode::driver(&interface).ok();
-        let plan = super::mode::plan(cfg.mode, cfg.action, &interface, driver.as_deref()).map_err(|reason| {
-            XdpError::Attach {
+        let link = read_link(&interface);
+        let plan =
+            super::mode::plan(cfg.mode, cfg.action, &interface, link.as_ref()).map_err(|reason| XdpError::Attach {
                 interface: interface.clone(),
                 reason,
-            }
-        })?;
+            })?;
         let mut reason = plan.reason;
         let program = handle.program_mut()?;
         let attach_err = |e: aya::programs::ProgramError| XdpError::Attach {
@@ -253,19 +247,6 @@ impl XdpHandle {
             .program_mut(ingress_common::PROGRAM_NAME)
             .ok_or(XdpError::MissingProgram(ingress_common::PROGRAM_NAME))?
             .try_into()?)
-    }
-
-    /// Attaches an already loaded (detached) program to `interface` in the
-    /// caller's network namespace; it detaches when the handle drops.
-    pub fn attach_to(&mut self, interface: &str, native: bool) -> Result<(), XdpError> {
-        let mode = if native { AyaXdpMode::Driver } else { AyaXdpMode::Skb };
-        let program = self.program_mut()?;
-        program.attach(interface, mode).map_err(|e| XdpError::Attach {
-            interface: interface.to_owned(),
-            reason: e.to_string(),
-        })?;
-        self.interface = interface.to_owned();
-        Ok(())
     }
 
     /// Runs one packet through the loaded program; returns the XDP verdict and the packet as the program left it.
@@ -393,6 +374,46 @@ impl XdpHandle {
         };
         sum_counters(&arr)
     }
+}
+
+/// The interface's driver for the mode plan; a failed read is said (the
+/// plan then takes the interface as one with its own transmit ring).
+fn read_link(interface: &str) -> Option<super::mode::Link> {
+    super::mode::link(interface)
+        .inspect_err(|e| tracing::warn!(%interface, error = %e, "reading the interface's driver for the XDP mode"))
+        .ok()
+}
+
+/// Why a link taken over from the replaced process has its mode: the
+/// reason the plan gives for it, or, when the plan would attach otherwise
+/// (the old process was built before the rule, or the action changed), a
+/// loud warning: the mode of a link cannot change, only a restart does it.
+fn inherited_reason(cfg: &XdpConfig, interface: &str, mode: &str) -> Option<String> {
+    let link = read_link(interface);
+    let plan = super::mode::plan(cfg.mode, cfg.action, interface, link.as_ref());
+    let fits = match &plan {
+        Ok(p) => match p.attempt {
+            Attempt::Native => mode == "native",
+            Attempt::Skb => mode == "skb",
+            Attempt::NativeElseSkb => true,
+        },
+        Err(_) => false,
+    };
+    if fits {
+        return plan.ok().and_then(|p| p.reason);
+    }
+    let why = match plan {
+        Ok(p) => p.reason.unwrap_or_default(),
+        Err(refused) => refused,
+    };
+    let reason = format!(
+        "{mode} mode taken over from the replaced process, which this config would not attach ({why}); \
+         restart the daemon (an upgrade keeps the link's mode) to attach as configured"
+    );
+    tracing::warn!("################################################################");
+    tracing::warn!(%interface, %reason, "XDP link kept in the wrong mode");
+    tracing::warn!("################################################################");
+    Some(reason)
 }
 
 fn load(pin_dir: Option<&Path>) -> Result<Ebpf, aya::EbpfError> {

@@ -391,7 +391,7 @@ impl Default for AdminConfig {
 }
 
 /// `[xdp]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct XdpConfig {
     /// Carrier-facing interface; required unless `mode = "off"`.

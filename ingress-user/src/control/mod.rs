@@ -405,6 +405,11 @@ impl Control {
             .sync(&config.listen)
             .await
             .map_err(|e| ControlError::Invalid(format!("listeners: {e}")))?;
+        if config.xdp != self.config.xdp {
+            tracing::warn!(
+                "[xdp] changed: not applied by a reload; an upgrade applies action, ports, carriers and lease, a restart everything (an upgrade keeps the attached link: its interface and mode)"
+            );
+        }
         self.config = config.clone();
         self.install(rt, next);
         self.listeners.start();

@@ -74,7 +74,7 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
     }
     let configs: [(&str, Kind, Option<&'static str>); 5] = [
         ("ours, XDP drop", Kind::Ingress, Some("drop")),
-        ("ours, XDP rst", Kind::Ingress, Some("rst")),
+        ("ours, XDP rst (SKB mode on the veth)", Kind::Ingress, Some("rst")),
         ("ours, XDP off", Kind::Ingress, None),
         ("HAProxy", Kind::Haproxy, None),
         ("nginx", Kind::Nginx, None),
