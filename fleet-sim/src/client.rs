@@ -59,6 +59,12 @@ pub async fn connect(addr: SocketAddr, host: &str, path: &str, tls: Arc<ClientCo
     let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| CallError::Other(format!("connect {addr}: {e}")))?;
+    connect_on(tcp, host, path, tls).await
+}
+
+/// [`connect`] over a TCP connection already made (e.g. from another network namespace).
+pub async fn connect_on(tcp: TcpStream, host: &str, path: &str, tls: Arc<ClientConfig>) -> Result<Wss, CallError> {
+    let addr = tcp.peer_addr().map_err(|e| CallError::Other(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let name = ServerName::try_from(host.to_owned()).map_err(|e| CallError::Other(e.to_string()))?;
     let stream = TlsConnector::from(tls)

@@ -32,6 +32,7 @@ use crate::{
     },
     data::DataCtx,
     lifecycle::{
+        announce::Announcer,
         stop::{self, Signals, wind_down},
         upgrade::{self, Handover, NewProcess},
     },
@@ -291,6 +292,17 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     };
     let _ = go_tx.send(true);
     control.lock().await.listeners.start();
+    // Announced once the fleets had their first checks (calls routed at
+    // once), renewed until this process stops or hands over.
+    let announcer = Announcer::from_config(&config.group);
+    let (announce_stop, announce_stop_rx) = watch::channel(false);
+    let announcing = announcer.clone().map(|a| {
+        let (data, wait) = (Arc::clone(&data), config.limits.upgrade_timeout.0 / 2);
+        tokio::spawn(async move {
+            handover::first_checks(&data, wait).await;
+            a.run(announce_stop_rx).await;
+        })
+    });
     tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
     if let Some(l) = admin_tcp {
         tokio::spawn(admin::serve_tcp(l, admin, stop_rx.clone()));
@@ -377,10 +389,15 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
             }
         }
     });
-    let signals = Signals {
+    let mut signals = Signals {
         term: &mut term,
         int: &mut int,
     };
+    // No renewal from here on: a new process renews, a stopping one withdraws.
+    let _ = announce_stop.send(true);
+    if let Some(t) = announcing {
+        let _ = t.await;
+    }
     match end {
         End::Upgraded(p) => {
             // The new process serves: the XDP sync lets go of the maps
@@ -420,8 +437,10 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
             } else {
                 Duration::ZERO
             };
-            tracing::info!(calls = data.calls_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
             sdnotify::notify("STOPPING=1");
+            let leave_grace = if graceful { config.group.leave.0 } else { Duration::ZERO };
+            stop::leave(&data, announcer.as_ref(), leave_grace, &mut signals).await;
+            tracing::info!(calls = data.calls_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
             let _ = stop_tx.send(true);
             control.lock().await.listeners.close_all();
             wind_down(&data, grace, None, signals).await;

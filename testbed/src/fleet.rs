@@ -68,6 +68,8 @@ pub struct FleetSpec<'a> {
     pub threads: Option<u32>,
     /// Run inside this network namespace.
     pub netns: Option<&'a str>,
+    /// Where calls and health checks are taken (`--listen`); loopback, port 0 when `None`.
+    pub listen: Option<&'a str>,
     /// Pin to this core.
     pub core: Option<u32>,
     /// Stderr goes here (to ours when `None`).
@@ -93,6 +95,9 @@ impl Fleet {
             .args(["--workers", &spec.workers.to_string()]);
         if let Some(t) = spec.threads {
             cmd.args(["--threads", &t.to_string()]);
+        }
+        if let Some(l) = spec.listen {
+            cmd.args(["--listen", l]);
         }
         let proc = Proc::start(name, &mut cmd, spec.log, Some(spec.ready))?;
         let addr = |k: &str| -> anyhow::Result<SocketAddr> {

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod config;
 pub mod fleet;
 pub mod http;
+pub mod lab;
 pub mod netns;
 pub mod poll;
 pub mod proc;

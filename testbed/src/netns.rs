@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 /// Every namespace made here starts with this, then the owner's tag letter and PID.
-const PREFIX: &str = "ingtb";
+pub(crate) const PREFIX: &str = "ingtb";
 
 fn ip(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new("ip")
@@ -39,7 +39,7 @@ pub fn nsenter(ns: &str, program: &str) -> Command {
 
 /// Removes namespaces of earlier processes that no longer run, and the
 /// root-namespace ends (`v{tag}h{pid}x{n}`) a killed one left behind.
-fn sweep_stale() {
+pub(crate) fn sweep_stale() {
     if let Ok(out) = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output() {
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             // `17: vrh1234x0@if16: <…`

@@ -17,12 +17,25 @@ impl Fleet {
 
     /// `netns`: run inside that namespace (via nsenter).
     pub fn start_with(dir: &TestDir, pki: &Pki, name: &str, workers: u32, netns: Option<&str>) -> Self {
+        Self::start_on(dir, pki, name, workers, netns, None)
+    }
+
+    /// `listen`: the address calls and health checks are taken on (loopback when `None`).
+    pub fn start_on(
+        dir: &TestDir,
+        pki: &Pki,
+        name: &str,
+        workers: u32,
+        netns: Option<&str>,
+        listen: Option<&str>,
+    ) -> Self {
         let spec = FleetSpec {
             bin: &bin("fleet-sim"),
             cert: &pki.fleet_bundle,
             workers,
             threads: Some(1),
             netns,
+            listen,
             core: None,
             log: Some(&dir.path(&format!("{name}.log"))),
             ready: READY,

@@ -7,6 +7,7 @@
 
 mod chromium;
 mod fleet;
+pub mod group;
 mod ingress;
 mod metrics;
 pub mod netns;

@@ -110,6 +110,34 @@ pub async fn tcp_from(ns: &str, dst: std::net::SocketAddr) -> tokio::net::TcpStr
     tokio::net::TcpStream::from_std(std_stream).expect("tokio stream")
 }
 
+/// A WSS call opened from inside `ns` to `dst` (`wss://localhost{path}`),
+/// bounded by `timeout` (SYN retransmits included): the socket is made in
+/// the namespace, the call runs on the caller's runtime.
+pub async fn call_from(
+    ns: &str,
+    dst: std::net::SocketAddr,
+    path: &str,
+    tls: std::sync::Arc<rustls::ClientConfig>,
+    timeout: std::time::Duration,
+) -> Result<fleet_sim::client::Wss, fleet_sim::client::CallError> {
+    use fleet_sim::client::CallError;
+    let ns = ns.to_owned();
+    let socket = tokio::task::spawn_blocking(move || run_in(&ns, tokio::net::TcpSocket::new_v4))
+        .await
+        .map_err(|e| CallError::Other(e.to_string()))?
+        .map_err(|e| CallError::Other(format!("socket: {e}")))?;
+    let call = async {
+        let tcp = socket
+            .connect(dst)
+            .await
+            .map_err(|e| CallError::Other(format!("connect {dst}: {e}")))?;
+        fleet_sim::client::connect_on(tcp, "localhost", path, tls).await
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or_else(|_| Err(CallError::Other(format!("no call to {dst} within {timeout:?}"))))
+}
+
 /// A bpffs directory for one test's pinned maps, removed on drop.
 pub struct BpfPins(pub std::path::PathBuf);
 

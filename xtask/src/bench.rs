@@ -166,6 +166,7 @@ impl Ctx {
                     workers,
                     threads: Some(1),
                     netns,
+                    listen: None,
                     core: Some(LOAD_CORE),
                     log: Some(&self.dir.join(format!("fleet-{tag}-{}.log", i + 1))),
                     ready: Duration::from_secs(20),

@@ -71,6 +71,7 @@ pub fn run() -> anyhow::Result<()> {
             workers: 16,
             threads: None,
             netns: None,
+            listen: None,
             core: None,
             log: None,
             ready: READY,

@@ -9,6 +9,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "pid": std::process::id(),
         "version": crate::model::VERSION,
         "calls_open": shared.data.calls_open(),
+        "leaving": shared.data.is_leaving(),
         "generation": rt.generation,
         "xdp": shared.xdp.view(),
         "certs": shared.certs.summary(),

@@ -330,11 +330,22 @@ impl XdpHandle {
 
     /// Writes the control entry; `lease` 0 means shedding cannot hold.
     pub fn write_control(&mut self, shed: bool, total: u64, lease_ns: u64) -> Result<(), XdpError> {
+        self.write_control_as(shed, self.action, total, lease_ns)
+    }
+
+    /// [`Self::write_control`] with every shed SYN dropped, whatever the
+    /// action: a process leaving its group (the carrier's retransmit finds
+    /// the member that took the traffic; a RST would fail the call).
+    pub fn write_control_leaving(&mut self, total: u64, lease_ns: u64) -> Result<(), XdpError> {
+        self.write_control_as(true, action::DROP, total, lease_ns)
+    }
+
+    fn write_control_as(&mut self, shed: bool, action: u32, total: u64, lease_ns: u64) -> Result<(), XdpError> {
         self.generation += 1;
         let value = ControlEntry {
             total_capacity: u32::try_from(total).unwrap_or(u32::MAX),
             shed: u32::from(shed),
-            action: self.action,
+            action,
             _pad: 0,
             lease_deadline_ns: if shed {
                 monotonic_ns().saturating_add(lease_ns)

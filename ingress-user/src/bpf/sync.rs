@@ -120,13 +120,24 @@ pub async fn run_sync(
             tracing::error!(error = %e, "writing FLEETS");
         }
         hold_control &= !all_checked;
-        if !hold_control && let Err(e) = handle.write_control(shed, total, lease.as_nanos() as u64) {
+        let leaving = ctx.is_leaving();
+        let shed = shed || leaving;
+        let written = if leaving {
+            handle.write_control_leaving(total, lease.as_nanos() as u64)
+        } else if hold_control {
+            Ok(())
+        } else {
+            handle.write_control(shed, total, lease.as_nanos() as u64)
+        };
+        if let Err(e) = written {
             tracing::error!(error = %e, "writing CONTROL");
         }
         let counters = handle.counters();
         let was = status.view().shedding;
         if was != shed {
-            if shed {
+            if leaving {
+                tracing::info!(interface = %handle.interface, "leaving the group: new carrier SYNs dropped in XDP");
+            } else if shed {
                 tracing::warn!(interface = %handle.interface, "no fleet has capacity: shedding new carrier connections in XDP");
             } else {
                 tracing::info!(interface = %handle.interface, total_capacity = total, "capacity is back: XDP shedding off");

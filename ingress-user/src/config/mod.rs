@@ -1,5 +1,6 @@
 //! Configuration: the TOML schema and its defaults (this file), validation
-//! ([`validate`], pure), and the `servers_file` format ([`servers_file`]).
+//! ([`validate`], pure), the `servers_file` format ([`servers_file`]) and
+//! `[group]` ([`group`]).
 //! Unknown keys are rejected by serde; values that parse but make no sense
 //! are rejected by [`Config::validate`] with the key's name and the reason.
 //! Imports only the leaves.
@@ -13,6 +14,7 @@ use std::{
 
 use serde::Deserialize;
 
+mod group;
 mod servers_file;
 mod validate;
 mod values;
@@ -20,6 +22,7 @@ mod values;
 pub use servers_file::{
     FileServers, parse_servers_file, read_all as read_servers_files, render_servers_file, write_atomically,
 };
+pub use group::GroupConfig;
 pub use values::{Addrs, Dur};
 
 use crate::model::{Balance, OnMarkedDown, RetryOn, RouteKind, TlsVersion, XdpAction, XdpMode};
@@ -66,6 +69,9 @@ pub struct Config {
     /// The XDP fast path.
     #[serde(default)]
     pub xdp: XdpConfig,
+    /// Leaving a group of ingresses; announced addresses.
+    #[serde(default)]
+    pub group: GroupConfig,
 }
 
 /// `[listen]`.

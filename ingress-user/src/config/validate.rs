@@ -15,6 +15,7 @@ use crate::model::{
 impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.group.validate()?;
         if self.listen.https.0.is_empty() {
             return Err(invalid("listen.https", "at least one address is needed"));
         }

@@ -143,10 +143,16 @@ async fn handle_https(
     let host = head.header_str("host").map(str::to_owned);
     match rt.routes.lookup(&head.target, host.as_deref()) {
         Target::Health => {
-            shared.metrics.response(200);
-            let body = "ok";
+            // Leaving the group: a VRRP peer's tracked check sees it first.
+            let (code, body) = if shared.is_leaving() {
+                (503, "leaving")
+            } else {
+                (200, "ok")
+            };
+            shared.metrics.response(code);
+            let reason = if code == 200 { "OK" } else { "Service Unavailable" };
             let bytes = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {code} {reason}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
             );
             let _ = tls.write_all(bytes.as_bytes()).await;

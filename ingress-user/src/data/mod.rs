@@ -56,6 +56,9 @@ pub struct DataCtx {
     calls_ending: std::sync::atomic::AtomicBool,
     /// Wakes the calls when `calls_ending` is set.
     end_calls: tokio::sync::Notify,
+    /// Set when a graceful stop leaves the group: the health path answers
+    /// 503 and the BPF sync drops new carrier SYNs.
+    leaving: std::sync::atomic::AtomicBool,
     /// Idle keep-alive connections to fleets, for `http` routes.
     pub idle: Arc<exchange::IdleConns>,
 }
@@ -72,6 +75,7 @@ impl DataCtx {
             tls: ArcSwap::new(tls),
             calls_ending: std::sync::atomic::AtomicBool::new(false),
             end_calls: tokio::sync::Notify::new(),
+            leaving: std::sync::atomic::AtomicBool::new(false),
             calls_open: AtomicUsize::new(0),
             setups: AtomicUsize::new(0),
             idle: Arc::default(),
@@ -144,6 +148,16 @@ impl DataCtx {
     pub fn end_calls(&self) {
         self.calls_ending.store(true, std::sync::atomic::Ordering::Release);
         self.end_calls.notify_waiters();
+    }
+
+    /// This process leaves its group (see `[group] leave`).
+    pub fn leave(&self) {
+        self.leaving.store(true, std::sync::atomic::Ordering::Release);
+        self.changed.signal();
+    }
+
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Resolves once [`Self::end_calls`] has been called.

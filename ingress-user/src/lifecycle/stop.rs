@@ -1,17 +1,53 @@
-//! Lifecycle: winding a process down — its listeners are already closed;
-//! live calls go on until they end or the grace is over, then each gets a
-//! Close 1001 at its next message boundary and a short window to finish.
+//! Lifecycle: winding a process down — leaving its group first when it is
+//! in one (withdrawn, health path 503, new carrier SYNs dropped, calls
+//! closed with 1001 while their path still works); then, the listeners
+//! closed, live calls go on until they end or the grace is over, and each
+//! gets a Close 1001 at its next message boundary and a short window to finish.
 
 use std::time::Duration;
 
 use tokio::{signal::unix::Signal, time::Instant};
 
+use super::announce::Announcer;
 use crate::data::{DataCtx, tunnel};
 
 /// The signals that shorten a wind-down.
 pub struct Signals<'a> {
     pub term: &'a mut Signal,
     pub int: &'a mut Signal,
+}
+
+/// Withdraws the announced addresses; with a `grace` (`[group] leave`),
+/// then leaves the group while the listeners stay open for it: the health
+/// path answers 503 (a VRRP peer's tracked check moves the address), the
+/// BPF sync drops new carrier SYNs (their retransmits find the member that
+/// took the traffic; a RST would fail them) and every call gets its Close
+/// 1001 now, while the path to its carrier still works. A signal ends the
+/// grace early.
+pub async fn leave(data: &DataCtx, announcer: Option<&Announcer>, grace: Duration, signals: &mut Signals<'_>) {
+    if let Some(a) = announcer {
+        let a = a.clone();
+        match tokio::task::spawn_blocking(move || a.withdraw()).await {
+            Ok(Ok(())) => tracing::info!("announced addresses withdrawn"),
+            Ok(Err(e)) => tracing::error!(error = %e, "withdrawing the announced addresses (their lease ends them)"),
+            Err(e) => tracing::error!(error = %e, "withdrawing the announced addresses (their lease ends them)"),
+        }
+    }
+    if grace.is_zero() {
+        return;
+    }
+    tracing::info!(
+        calls = data.calls_open(),
+        grace = %humantime::format_duration(grace),
+        "leaving the group: health path 503, new carrier SYNs dropped, calls closed with 1001; listeners open for the grace"
+    );
+    data.leave();
+    data.end_calls();
+    tokio::select! {
+        () = tokio::time::sleep(grace) => {}
+        _ = signals.term.recv() => {}
+        _ = signals.int.recv() => {}
+    }
 }
 
 /// Calls, and connections on their way to being one.

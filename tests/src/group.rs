@@ -1,0 +1,175 @@
+//! What the tests of more than one ingress share: a member's config (TLS on
+//! 0.0.0.0:8443 in its namespace, fleets on another host of the lab, XDP
+//! dropping on its carrier-facing interface, a `[group]` table), calls
+//! from the carriers' namespace that record how they ended, and waits on
+//! what the kernel shows (`ip addr`, `ip route`).
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt as _;
+use testbed::config::{Check, IngressConfig, Pool, Server, Xdp};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::{Pki, TestDir, netns::call_from};
+
+
+/// Where every member takes calls, in its own namespace.
+pub const MEMBER_PORT: u16 = 8443;
+
+/// A member's config: pool `fleets` with `fleets` (`name`, address; SNI
+/// `localhost`), XDP on `interface` shedding `carriers` with DROP, `group`
+/// (a `[group]` table, or "").
+pub fn member_config(
+    dir: &TestDir,
+    pki: &Pki,
+    fleets: &[(&str, SocketAddr)],
+    interface: &str,
+    carriers: &[&str],
+    pins: &std::path::Path,
+    group: &str,
+) -> String {
+    let pool = fleets
+        .iter()
+        .fold(Pool::new("fleets").maxconn(16), |p, (name, addr)| {
+            p.server(Server::new(name, addr).sni("localhost"))
+        })
+        .tls_ca(&pki.ca_path)
+        .check(Check::default().interval("200ms").timeout("500ms"));
+    IngressConfig::new(
+        format!("0.0.0.0:{MEMBER_PORT}"),
+        &pki.certs_dir,
+        dir.path("admin.sock"),
+    )
+    .call_routes("fleets")
+    .pool(pool)
+    .xdp(Xdp::on(interface).carriers(carriers).lease("2s").pin_path(pins))
+    .raw(group)
+    .render()
+}
+
+/// How a call ended, as its carrier saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Still open (echoing) when asked.
+    Open,
+    /// A Close frame with this code came first.
+    Closed(u16),
+    /// The connection failed without a Close frame (reset, timeout).
+    Broken(String),
+}
+
+/// A call from the carriers' namespace that echoes every 100 ms in the
+/// background and records how it ended.
+pub struct Call {
+    pub ended: Arc<Mutex<Ended>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Call {
+    /// Opens `wss://{dst}/ws/{bot}` from `ns`; `Err` when the call could
+    /// not be set up within `timeout`.
+    pub async fn open(
+        ns: &str,
+        dst: SocketAddr,
+        bot: &str,
+        tls: Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut ws = call_from(ns, dst, &format!("/ws/{bot}"), tls, timeout)
+            .await
+            .map_err(|e| e.to_string())?;
+        let ended = Arc::new(Mutex::new(Ended::Open));
+        let record = Arc::clone(&ended);
+        let task = tokio::spawn(async move {
+            use futures_util::SinkExt as _;
+            let end = loop {
+                if let Err(e) = ws.send(Message::text("ping")).await {
+                    break Ended::Broken(format!("send: {e}"));
+                }
+                match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(_) | Message::Pong(_) | Message::Ping(_)))) => {}
+                    Ok(Some(Ok(Message::Close(frame)))) => {
+                        break Ended::Closed(frame.map_or(1005, |f| u16::from(f.code)));
+                    }
+                    other => break Ended::Broken(format!("{other:?}")),
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            *record.lock().unwrap() = end;
+        });
+        Ok(Self { ended, task })
+    }
+
+    pub fn ended(&self) -> Ended {
+        self.ended.lock().unwrap().clone()
+    }
+
+    /// Waits (up to `limit`) for the call to end; how it ended.
+    pub async fn wait_end(&mut self, limit: Duration) -> Ended {
+        let _ = tokio::time::timeout(limit, &mut self.task).await;
+        self.ended()
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The code of a Close 1001 ("going away").
+pub const GOING_AWAY: u16 = 1001;
+
+/// New calls to `dst` from `ns`, one every `every` until `done` says stop,
+/// each given `timeout` to be set up (SYN retransmits included): how many
+/// were tried, why those that failed did, and the slowest set-up.
+pub async fn stream_of_calls(
+    ns: &str,
+    dst: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    every: Duration,
+    timeout: Duration,
+    done: impl Fn() -> bool,
+) -> (usize, Vec<String>, Duration) {
+    let mut pending = Vec::new();
+    while !done() {
+        let (ns, tls, bot) = (ns.to_owned(), Arc::clone(tls), format!("stream-{}", pending.len()));
+        pending.push(tokio::spawn(async move {
+            let started = Instant::now();
+            Call::open(&ns, dst, &bot, tls, timeout)
+                .await
+                .map(|_| started.elapsed())
+                .map_err(|e| format!("{bot} after {:?}: {e}", started.elapsed()))
+        }));
+        tokio::time::sleep(every).await;
+    }
+    let tried = pending.len();
+    let (mut failed, mut slowest) = (Vec::new(), Duration::ZERO);
+    for p in pending {
+        match p.await.map_err(|e| e.to_string()) {
+            Ok(Ok(took)) => slowest = slowest.max(took),
+            Ok(Err(e)) | Err(e) => failed.push(e),
+        }
+    }
+    (tried, failed, slowest)
+}
+
+/// Polls `what` every 20 ms until it holds; how long it took. Panics after `limit`.
+pub async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+/// Whether `addr` (e.g. "10.80.0.100") is on `dev` in namespace `ns`.
+pub fn has_address(ns: &str, dev: &str, addr: &str) -> bool {
+    testbed::lab::ip_out(ns, &["-o", "-4", "addr", "show", "dev", dev])
+        .is_ok_and(|out| out.split_whitespace().any(|w| w.split('/').next() == Some(addr)))
+}

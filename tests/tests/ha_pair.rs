@@ -1,0 +1,264 @@
+//! An HA pair on keepalived (Debian's package) with the shipped
+//! `ops/keepalived/keepalived.conf`: a LAN (a bridge in its own namespace)
+//! with a carrier, two ingress hosts and a fleet host; keepalived in each
+//! ingress namespace moves the virtual IP. Measured: the daemon on the
+//! master SIGKILL-ed (time until a call through the VIP succeeds, the
+//! backup's calls untouched), the old master coming back (the VIP stays,
+//! no call cut), the master stopped gracefully (no new call fails, its
+//! calls get the 1001 close).
+
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
+
+use ingress_tests::{
+    Fleet, Ingress, Pki, Proc, TestDir,
+    group::{Call, Ended, GOING_AWAY, MEMBER_PORT, has_address, member_config, stream_of_calls, until},
+    netns::BpfPins,
+};
+use testbed::lab::Lab;
+
+const VIP: &str = "10.80.0.100";
+const CARRIER: &str = "10.80.0.10";
+const FLEETS: &str = "10.80.0.20";
+
+/// One ingress host: its namespace, daemon and keepalived.
+struct Node {
+    ns: String,
+    ip: &'static str,
+    dir: TestDir,
+    pins: BpfPins,
+    config: String,
+    ingress: Option<Ingress>,
+    keepalived: Option<Proc>,
+}
+
+impl Node {
+    fn start_ingress(&mut self) {
+        let ingress = Ingress::start_with(&self.dir, &self.config, Some(&self.ns));
+        assert_eq!(ingress.proc.ready["xdp"]["attached"], true, "{}", ingress.proc.ready);
+        self.ingress = Some(ingress);
+    }
+
+    /// keepalived as shipped, its site file written for this host.
+    fn start_keepalived(&mut self, peer: &str) {
+        let conf = self.dir.path("keepalived/keepalived.conf");
+        std::fs::create_dir_all(conf.parent().unwrap()).unwrap();
+        let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../ops/keepalived/keepalived.conf");
+        std::fs::copy(shipped, &conf).unwrap();
+        let site = format!(
+            "$INTERFACE=eth0\n$ROUTER_ID=51\n$SELF={}\n$PEER={peer}\n$VIP={VIP}/24\n$SECRET=t3st-s3c\n$HEALTH_URL=https://127.0.0.1:{MEMBER_PORT}/haproxy-health\n",
+            self.ip
+        );
+        std::fs::write(conf.with_file_name("ingress-site.conf"), site).unwrap();
+        let d = conf.parent().unwrap().display().to_string();
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c").arg(format!(
+            "exec keepalived --dont-fork --log-console --log-detail --vrrp --no-syslog --namespace {ns} \
+             --use-file {d}/keepalived.conf --pid {d}/keepalived.pid --vrrp_pid {d}/vrrp.pid >&2",
+            ns = self.ns
+        ));
+        let log = self.dir.path("keepalived.log");
+        self.keepalived = Some(Proc::start("keepalived", &mut cmd, Some(&log), None).unwrap());
+    }
+
+    fn has_vip(&self) -> bool {
+        has_address(&self.ns, "eth0", VIP)
+    }
+
+    fn keepalived_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path("keepalived.log")).unwrap_or_default()
+    }
+}
+
+struct Pair {
+    _lab: Lab,
+    carrier: String,
+    _fleets: Vec<Fleet>,
+    pki: Pki,
+    _shared: TestDir,
+    a: Node,
+    b: Node,
+}
+
+async fn pair() -> Pair {
+    let mut lab = Lab::new('h').unwrap();
+    let lan = lab.ns("lan").unwrap();
+    let carrier = lab.ns("car").unwrap();
+    let fl = lab.ns("fl").unwrap();
+    let (na, nb) = (lab.ns("a").unwrap(), lab.ns("b").unwrap());
+    lab.bridge(&lan, "br0").unwrap();
+    for (ns, port, addr) in [
+        (&carrier, "pc", format!("{CARRIER}/24")),
+        (&fl, "pf", format!("{FLEETS}/24")),
+        (&na, "pa", "10.80.0.1/24".to_owned()),
+        (&nb, "pb", "10.80.0.2/24".to_owned()),
+    ] {
+        lab.veth((ns, "eth0", &[&addr]), (&lan, port, &[])).unwrap();
+        lab.enslave(&lan, port, "br0").unwrap();
+    }
+    let shared = TestDir::new("ha");
+    let pki = Pki::new(&shared);
+    let fleets: Vec<Fleet> = ["fleet1", "fleet2"]
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let listen = format!("0.0.0.0:{}", 9443 + i);
+            Fleet::start_on(&shared, &pki, name, 16, Some(&fl), Some(&listen))
+        })
+        .collect();
+    let addrs: Vec<(&str, SocketAddr)> = fleets
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let name = if i == 0 { "fleet1" } else { "fleet2" };
+            (name, SocketAddr::new(FLEETS.parse().unwrap(), f.https.port()))
+        })
+        .collect();
+    let node = |ns: String, ip: &'static str, tag: &str| {
+        let dir = TestDir::new(tag);
+        let pins = BpfPins::new(tag);
+        let config = member_config(
+            &dir,
+            &pki,
+            &addrs,
+            "eth0",
+            &[&format!("{CARRIER}/32")],
+            &pins.0,
+            "[group]\nleave = \"3s\"\n",
+        );
+        Node {
+            ns,
+            ip,
+            dir,
+            pins,
+            config,
+            ingress: None,
+            keepalived: None,
+        }
+    };
+    let mut a = node(na, "10.80.0.1", "ha-a");
+    let mut b = node(nb, "10.80.0.2", "ha-b");
+    a.start_ingress();
+    b.start_ingress();
+    for n in [&a, &b] {
+        n.ingress.as_ref().unwrap().wait_state(&["fleet1", "fleet2"], "UP").await;
+    }
+    // a first: it becomes master; b, started after, stays backup.
+    a.start_keepalived("10.80.0.2");
+    until("the VIP on a", Duration::from_secs(10), || a.has_vip()).await;
+    b.start_keepalived("10.80.0.1");
+    until("b in BACKUP", Duration::from_secs(10), || {
+        b.keepalived_log().contains("Entering BACKUP STATE")
+    })
+    .await;
+    Pair {
+        _lab: lab,
+        carrier,
+        _fleets: fleets,
+        pki,
+        _shared: shared,
+        a,
+        b,
+    }
+}
+
+fn vip() -> SocketAddr {
+    SocketAddr::new(VIP.parse().unwrap(), MEMBER_PORT)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keepalived_pair_fails_over_keeps_the_vip_where_it_is_and_hands_it_over_gracefully() {
+    let mut p = pair().await;
+    let backup_direct = SocketAddr::new(p.b.ip.parse().unwrap(), MEMBER_PORT);
+    let mut on_backup = Vec::new();
+    for i in 0..4 {
+        on_backup.push(
+            Call::open(&p.carrier, backup_direct, &format!("direct-{i}"), p.pki.client_tls(), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut on_master = Vec::new();
+    for i in 0..4 {
+        on_master.push(
+            Call::open(&p.carrier, vip(), &format!("vip-{i}"), p.pki.client_tls(), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+    }
+    assert_eq!(p.a.ingress.as_ref().unwrap().status().await["calls_open"], 4, "calls through the VIP on a");
+
+    // (a) The master's daemon SIGKILL-ed: keepalived's tracked check fails,
+    // the backup takes the VIP.
+    let killed = Instant::now();
+    p.a.ingress.as_ref().unwrap().proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    let failover = loop {
+        if Call::open(&p.carrier, vip(), "after-kill", p.pki.client_tls(), Duration::from_millis(500))
+            .await
+            .is_ok()
+        {
+            break killed.elapsed();
+        }
+        assert!(killed.elapsed() < Duration::from_secs(10), "no call through the VIP 10 s after the kill");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("(a) master's daemon SIGKILL-ed: a new call through the VIP succeeded after {failover:?}");
+    assert!(p.b.has_vip());
+    assert!(failover <= Duration::from_secs(3), "failover took {failover:?} (goal ≤ 3 s)");
+    for (i, c) in on_backup.iter().enumerate() {
+        assert_eq!(c.ended(), Ended::Open, "the backup's call {i}");
+    }
+    drop(on_master);
+
+    // (c) The old master comes back: it stays backup, the VIP stays on b.
+    let mut on_new_master = Vec::new();
+    for i in 0..4 {
+        on_new_master.push(
+            Call::open(&p.carrier, vip(), &format!("b-{i}"), p.pki.client_tls(), Duration::from_secs(5))
+                .await
+                .unwrap(),
+        );
+    }
+    p.a.ingress = None;
+    p.a.start_ingress();
+    let seen = p.a.keepalived_log().matches("Entering BACKUP STATE").count();
+    until("a back in BACKUP", Duration::from_secs(15), || {
+        p.a.keepalived_log().matches("Entering BACKUP STATE").count() > seen
+    })
+    .await;
+    // A few adverts later still: a preempting master would have taken it by now.
+    let a_backup = Instant::now();
+    until("three adverts after a is back", Duration::from_secs(5), || {
+        a_backup.elapsed() >= Duration::from_secs(3)
+    })
+    .await;
+    assert!(p.b.has_vip() && !p.a.has_vip(), "the VIP moved back:\n{}", p.a.keepalived_log());
+    for (i, c) in on_new_master.iter().chain(&on_backup).enumerate() {
+        assert_eq!(c.ended(), Ended::Open, "call {i} on b after a came back");
+    }
+    eprintln!("(c) old master back: VIP stayed on b, {} calls on b untouched", on_new_master.len() + on_backup.len());
+
+    // (b) The master (now b) stopped gracefully while calls keep coming.
+    let stop = Instant::now();
+    p.b.ingress.as_ref().unwrap().proc.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    let (tried, failed, slowest) = stream_of_calls(
+        &p.carrier,
+        vip(),
+        &p.pki.client_tls(),
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+        || stop.elapsed() >= Duration::from_secs(5),
+    )
+    .await;
+    eprintln!(
+        "(b) graceful stop of the master: {tried} new calls through the VIP in 5 s, {} failed, the slowest set up in {slowest:?}",
+        failed.len(),
+    );
+    assert!(failed.is_empty(), "new calls failed: {failed:?}");
+    assert!(p.a.has_vip(), "the VIP moved to a");
+    for (i, c) in on_new_master.iter_mut().chain(on_backup.iter_mut()).enumerate() {
+        assert_eq!(c.wait_end(Duration::from_secs(5)).await, Ended::Closed(GOING_AWAY), "call {i} on b");
+    }
+}
