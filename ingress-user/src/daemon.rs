@@ -439,7 +439,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
             };
             sdnotify::notify("STOPPING=1");
             let leave_grace = if graceful { config.group.leave.0 } else { Duration::ZERO };
-            stop::leave(&data, announcer.as_ref(), leave_grace, &mut signals).await;
+            stop::leave(&data, &shared.xdp, announcer.as_ref(), leave_grace, &mut signals).await;
             tracing::info!(calls = data.calls_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
             let _ = stop_tx.send(true);
             control.lock().await.listeners.close_all();

@@ -45,7 +45,10 @@ impl Lab {
     /// for both is allowed), both up, each with its addresses (`"10.0.0.1/24"`).
     pub fn veth(&self, a: (&str, &str, &[&str]), b: (&str, &str, &[&str])) -> anyhow::Result<()> {
         let ((a_ns, a_if, a_addrs), (b_ns, b_if, b_addrs)) = (a, b);
-        ip(a_ns, &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b_ns])?;
+        ip(
+            a_ns,
+            &["link", "add", a_if, "type", "veth", "peer", "name", b_if, "netns", b_ns],
+        )?;
         for (ns, dev, addrs) in [(a_ns, a_if, a_addrs), (b_ns, b_if, b_addrs)] {
             for addr in addrs {
                 ip(ns, &["addr", "add", addr, "dev", dev])?;
@@ -92,13 +95,19 @@ pub fn ip(ns: &str, args: &[&str]) -> anyhow::Result<()> {
 pub fn ip_out(ns: &str, args: &[&str]) -> anyhow::Result<String> {
     let out = Command::new("ip").args(["-n", ns]).args(args).output().context("ip")?;
     if !out.status.success() {
-        bail!("ip -n {ns} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "ip -n {ns} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
-    let out = cmd.output().with_context(|| format!("{cmd:?} (is iproute2 installed?)"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("{cmd:?} (is iproute2 installed?)"))?;
     if !out.status.success() {
         bail!("{cmd:?}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }

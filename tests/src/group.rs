@@ -16,39 +16,46 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::{Pki, TestDir, netns::call_from};
 
-
 /// Where every member takes calls, in its own namespace.
 pub const MEMBER_PORT: u16 = 8443;
 
-/// A member's config: pool `fleets` with `fleets` (`name`, address; SNI
-/// `localhost`), XDP on `interface` shedding `carriers` with DROP, `group`
-/// (a `[group]` table, or "").
-pub fn member_config(
-    dir: &TestDir,
-    pki: &Pki,
-    fleets: &[(&str, SocketAddr)],
-    interface: &str,
-    carriers: &[&str],
-    pins: &std::path::Path,
-    group: &str,
-) -> String {
+/// A member of a group of ingresses.
+pub struct Member<'a> {
+    /// Pool `fleets`: `name`, address (SNI `localhost`).
+    pub fleets: &'a [(&'a str, SocketAddr)],
+    /// Each fleet's `maxconn`.
+    pub maxconn: u32,
+    /// XDP on this interface sheds `carriers` with DROP.
+    pub interface: &'a str,
+    pub carriers: &'a [&'a str],
+    pub pins: &'a std::path::Path,
+    /// A `[group]` table, or "".
+    pub group: &'a str,
+}
+
+/// A member's config.
+pub fn member_config(dir: &TestDir, pki: &Pki, m: &Member<'_>) -> String {
+    let Member {
+        fleets,
+        maxconn,
+        interface,
+        carriers,
+        pins,
+        group,
+    } = *m;
     let pool = fleets
         .iter()
-        .fold(Pool::new("fleets").maxconn(16), |p, (name, addr)| {
+        .fold(Pool::new("fleets").maxconn(maxconn), |p, (name, addr)| {
             p.server(Server::new(name, addr).sni("localhost"))
         })
         .tls_ca(&pki.ca_path)
         .check(Check::default().interval("200ms").timeout("500ms"));
-    IngressConfig::new(
-        format!("0.0.0.0:{MEMBER_PORT}"),
-        &pki.certs_dir,
-        dir.path("admin.sock"),
-    )
-    .call_routes("fleets")
-    .pool(pool)
-    .xdp(Xdp::on(interface).carriers(carriers).lease("2s").pin_path(pins))
-    .raw(group)
-    .render()
+    IngressConfig::new(format!("0.0.0.0:{MEMBER_PORT}"), &pki.certs_dir, dir.path("admin.sock"))
+        .call_routes("fleets")
+        .pool(pool)
+        .xdp(Xdp::on(interface).carriers(carriers).lease("2s").pin_path(pins))
+        .raw(group)
+        .render()
 }
 
 /// How a call ended, as its carrier saw it.
@@ -62,8 +69,8 @@ pub enum Ended {
     Broken(String),
 }
 
-/// A call from the carriers' namespace that echoes every 100 ms in the
-/// background and records how it ended.
+/// A call from the carriers' namespace that sends a message every 100 ms,
+/// reads all the time, and records how it ended.
 pub struct Call {
     pub ended: Arc<Mutex<Ended>>,
     task: tokio::task::JoinHandle<()>,
@@ -86,18 +93,29 @@ impl Call {
         let record = Arc::clone(&ended);
         let task = tokio::spawn(async move {
             use futures_util::SinkExt as _;
+            // Reads all the time, as a carrier does: a Close is seen the
+            // moment it arrives, not at the next send.
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut last_echo = Instant::now();
             let end = loop {
-                if let Err(e) = ws.send(Message::text("ping")).await {
-                    break Ended::Broken(format!("send: {e}"));
-                }
-                match tokio::time::timeout(Duration::from_secs(3), ws.next()).await {
-                    Ok(Some(Ok(Message::Text(_) | Message::Pong(_) | Message::Ping(_)))) => {}
-                    Ok(Some(Ok(Message::Close(frame)))) => {
-                        break Ended::Closed(frame.map_or(1005, |f| u16::from(f.code)));
+                tokio::select! {
+                    msg = ws.next() => match msg {
+                        Some(Ok(Message::Text(_))) => last_echo = Instant::now(),
+                        Some(Ok(Message::Pong(_) | Message::Ping(_) | Message::Binary(_) | Message::Frame(_))) => {}
+                        Some(Ok(Message::Close(frame))) => {
+                            break Ended::Closed(frame.map_or(1005, |f| u16::from(f.code)));
+                        }
+                        other => break Ended::Broken(format!("{other:?}")),
+                    },
+                    _ = tick.tick() => {
+                        if last_echo.elapsed() > Duration::from_secs(3) {
+                            break Ended::Broken("no echo for 3 s".to_owned());
+                        }
+                        if let Err(e) = ws.send(Message::text("ping")).await {
+                            break Ended::Broken(format!("send: {e}"));
+                        }
                     }
-                    other => break Ended::Broken(format!("{other:?}")),
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
             };
             *record.lock().unwrap() = end;
         });
@@ -158,11 +176,21 @@ pub async fn stream_of_calls(
     (tried, failed, slowest)
 }
 
+/// Lets the calls run for `span` (10 messages a second each): a call whose
+/// packets a route change sent to another member breaks within it. A
+/// measuring window, not a wait for an event.
+pub async fn observe(span: Duration) {
+    tokio::time::sleep(span).await;
+}
+
 /// Polls `what` every 20 ms until it holds; how long it took. Panics after `limit`.
 pub async fn until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
     let started = Instant::now();
     while !f() {
-        assert!(started.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     started.elapsed()

@@ -5,7 +5,7 @@
 //! master SIGKILL-ed (time until a call through the VIP succeeds, the
 //! backup's calls untouched), the old master coming back (the VIP stays,
 //! no call cut), the master stopped gracefully (no new call fails, its
-//! calls get the 1001 close).
+//! calls get the 1001 close), the master host dying whole.
 
 use std::{
     net::SocketAddr,
@@ -14,7 +14,7 @@ use std::{
 
 use ingress_tests::{
     Fleet, Ingress, Pki, Proc, TestDir,
-    group::{Call, Ended, GOING_AWAY, MEMBER_PORT, has_address, member_config, stream_of_calls, until},
+    group::{Call, Ended, GOING_AWAY, MEMBER_PORT, Member, has_address, member_config, stream_of_calls, until},
     netns::BpfPins,
 };
 use testbed::lab::Lab;
@@ -28,7 +28,7 @@ struct Node {
     ns: String,
     ip: &'static str,
     dir: TestDir,
-    pins: BpfPins,
+    _pins: BpfPins,
     config: String,
     ingress: Option<Ingress>,
     keepalived: Option<Proc>,
@@ -119,20 +119,24 @@ async fn pair() -> Pair {
     let node = |ns: String, ip: &'static str, tag: &str| {
         let dir = TestDir::new(tag);
         let pins = BpfPins::new(tag);
+        let carriers = [format!("{CARRIER}/32")];
         let config = member_config(
             &dir,
             &pki,
-            &addrs,
-            "eth0",
-            &[&format!("{CARRIER}/32")],
-            &pins.0,
-            "[group]\nleave = \"3s\"\n",
+            &Member {
+                fleets: &addrs,
+                maxconn: 16,
+                interface: "eth0",
+                carriers: &[&carriers[0]],
+                pins: &pins.0,
+                group: "[group]\nleave = \"3s\"\n",
+            },
         );
         Node {
             ns,
             ip,
             dir,
-            pins,
+            _pins: pins,
             config,
             ingress: None,
             keepalived: None,
@@ -143,7 +147,11 @@ async fn pair() -> Pair {
     a.start_ingress();
     b.start_ingress();
     for n in [&a, &b] {
-        n.ingress.as_ref().unwrap().wait_state(&["fleet1", "fleet2"], "UP").await;
+        n.ingress
+            .as_ref()
+            .unwrap()
+            .wait_state(&["fleet1", "fleet2"], "UP")
+            .await;
     }
     // a first: it becomes master; b, started after, stays backup.
     a.start_keepalived("10.80.0.2");
@@ -175,38 +183,71 @@ async fn a_keepalived_pair_fails_over_keeps_the_vip_where_it_is_and_hands_it_ove
     let mut on_backup = Vec::new();
     for i in 0..4 {
         on_backup.push(
-            Call::open(&p.carrier, backup_direct, &format!("direct-{i}"), p.pki.client_tls(), Duration::from_secs(5))
-                .await
-                .unwrap(),
+            Call::open(
+                &p.carrier,
+                backup_direct,
+                &format!("direct-{i}"),
+                p.pki.client_tls(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap(),
         );
     }
     let mut on_master = Vec::new();
     for i in 0..4 {
         on_master.push(
-            Call::open(&p.carrier, vip(), &format!("vip-{i}"), p.pki.client_tls(), Duration::from_secs(5))
-                .await
-                .unwrap(),
+            Call::open(
+                &p.carrier,
+                vip(),
+                &format!("vip-{i}"),
+                p.pki.client_tls(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap(),
         );
     }
-    assert_eq!(p.a.ingress.as_ref().unwrap().status().await["calls_open"], 4, "calls through the VIP on a");
+    assert_eq!(
+        p.a.ingress.as_ref().unwrap().status().await["calls_open"],
+        4,
+        "calls through the VIP on a"
+    );
 
     // (a) The master's daemon SIGKILL-ed: keepalived's tracked check fails,
     // the backup takes the VIP.
     let killed = Instant::now();
-    p.a.ingress.as_ref().unwrap().proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
+    p.a.ingress
+        .as_ref()
+        .unwrap()
+        .proc
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
     let failover = loop {
-        if Call::open(&p.carrier, vip(), "after-kill", p.pki.client_tls(), Duration::from_millis(500))
-            .await
-            .is_ok()
+        if Call::open(
+            &p.carrier,
+            vip(),
+            "after-kill",
+            p.pki.client_tls(),
+            Duration::from_millis(500),
+        )
+        .await
+        .is_ok()
         {
             break killed.elapsed();
         }
-        assert!(killed.elapsed() < Duration::from_secs(10), "no call through the VIP 10 s after the kill");
+        assert!(
+            killed.elapsed() < Duration::from_secs(10),
+            "no call through the VIP 10 s after the kill"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     eprintln!("(a) master's daemon SIGKILL-ed: a new call through the VIP succeeded after {failover:?}");
     assert!(p.b.has_vip());
-    assert!(failover <= Duration::from_secs(3), "failover took {failover:?} (goal ≤ 3 s)");
+    assert!(
+        failover <= Duration::from_secs(3),
+        "failover took {failover:?} (goal ≤ 3 s)"
+    );
     for (i, c) in on_backup.iter().enumerate() {
         assert_eq!(c.ended(), Ended::Open, "the backup's call {i}");
     }
@@ -216,9 +257,15 @@ async fn a_keepalived_pair_fails_over_keeps_the_vip_where_it_is_and_hands_it_ove
     let mut on_new_master = Vec::new();
     for i in 0..4 {
         on_new_master.push(
-            Call::open(&p.carrier, vip(), &format!("b-{i}"), p.pki.client_tls(), Duration::from_secs(5))
-                .await
-                .unwrap(),
+            Call::open(
+                &p.carrier,
+                vip(),
+                &format!("b-{i}"),
+                p.pki.client_tls(),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap(),
         );
     }
     p.a.ingress = None;
@@ -234,15 +281,27 @@ async fn a_keepalived_pair_fails_over_keeps_the_vip_where_it_is_and_hands_it_ove
         a_backup.elapsed() >= Duration::from_secs(3)
     })
     .await;
-    assert!(p.b.has_vip() && !p.a.has_vip(), "the VIP moved back:\n{}", p.a.keepalived_log());
+    assert!(
+        p.b.has_vip() && !p.a.has_vip(),
+        "the VIP moved back:\n{}",
+        p.a.keepalived_log()
+    );
     for (i, c) in on_new_master.iter().chain(&on_backup).enumerate() {
         assert_eq!(c.ended(), Ended::Open, "call {i} on b after a came back");
     }
-    eprintln!("(c) old master back: VIP stayed on b, {} calls on b untouched", on_new_master.len() + on_backup.len());
+    eprintln!(
+        "(c) old master back: VIP stayed on b, {} calls on b untouched",
+        on_new_master.len() + on_backup.len()
+    );
 
     // (b) The master (now b) stopped gracefully while calls keep coming.
     let stop = Instant::now();
-    p.b.ingress.as_ref().unwrap().proc.signal(nix::sys::signal::Signal::SIGTERM).unwrap();
+    p.b.ingress
+        .as_ref()
+        .unwrap()
+        .proc
+        .signal(nix::sys::signal::Signal::SIGTERM)
+        .unwrap();
     let (tried, failed, slowest) = stream_of_calls(
         &p.carrier,
         vip(),
@@ -259,6 +318,64 @@ async fn a_keepalived_pair_fails_over_keeps_the_vip_where_it_is_and_hands_it_ove
     assert!(failed.is_empty(), "new calls failed: {failed:?}");
     assert!(p.a.has_vip(), "the VIP moved to a");
     for (i, c) in on_new_master.iter_mut().chain(on_backup.iter_mut()).enumerate() {
-        assert_eq!(c.wait_end(Duration::from_secs(5)).await, Ended::Closed(GOING_AWAY), "call {i} on b");
+        assert_eq!(
+            c.wait_end(Duration::from_secs(5)).await,
+            Ended::Closed(GOING_AWAY),
+            "call {i} on b"
+        );
     }
+
+    // (a') The master host dies whole (keepalived too): the backup waits
+    // three adverts and its skew.
+    p.b.ingress = None;
+    let seen = p.b.keepalived_log().matches("Entering BACKUP STATE").count();
+    p.b.start_ingress();
+    until("b back in BACKUP", Duration::from_secs(15), || {
+        p.b.keepalived_log().matches("Entering BACKUP STATE").count() > seen
+    })
+    .await;
+    // Its VRRP child first: killed after its parent, it would be told to stop
+    // and hand the address over at once.
+    let vrrp: i32 = std::fs::read_to_string(p.a.dir.path("keepalived/vrrp.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let died = Instant::now();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(vrrp), nix::sys::signal::Signal::SIGKILL).unwrap();
+    p.a.keepalived
+        .as_ref()
+        .unwrap()
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    p.a.ingress
+        .as_ref()
+        .unwrap()
+        .proc
+        .signal(nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let host_failover = loop {
+        if Call::open(
+            &p.carrier,
+            vip(),
+            "after-host",
+            p.pki.client_tls(),
+            Duration::from_millis(500),
+        )
+        .await
+        .is_ok()
+        {
+            break died.elapsed();
+        }
+        assert!(
+            died.elapsed() < Duration::from_secs(10),
+            "no call through the VIP 10 s after the host died"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("(a') master host dead (keepalived too): a new call through the VIP succeeded after {host_failover:?}");
+    assert!(
+        host_failover <= Duration::from_secs(5),
+        "3 adverts + skew is about 3.6 s: {host_failover:?}"
+    );
 }

@@ -10,6 +10,7 @@ pub fn status_json(shared: &Shared) -> serde_json::Value {
         "version": crate::model::VERSION,
         "calls_open": shared.data.calls_open(),
         "leaving": shared.data.is_leaving(),
+        "withdrawn": shared.data.is_withdrawn(),
         "generation": rt.generation,
         "xdp": shared.xdp.view(),
         "certs": shared.certs.summary(),

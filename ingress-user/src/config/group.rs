@@ -77,7 +77,10 @@ impl GroupConfig {
             Some(_) => {}
         }
         if self.announce_lease.0 < std::time::Duration::from_secs(1) {
-            return Err(invalid("group.announce_lease", "must be at least 1s (the kernel counts whole seconds)"));
+            return Err(invalid(
+                "group.announce_lease",
+                "must be at least 1s (the kernel counts whole seconds)",
+            ));
         }
         Ok(())
     }

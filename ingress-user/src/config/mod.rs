@@ -19,10 +19,10 @@ mod servers_file;
 mod validate;
 mod values;
 
+pub use group::GroupConfig;
 pub use servers_file::{
     FileServers, parse_servers_file, read_all as read_servers_files, render_servers_file, write_atomically,
 };
-pub use group::GroupConfig;
 pub use values::{Addrs, Dur};
 
 use crate::model::{Balance, OnMarkedDown, RetryOn, RouteKind, TlsVersion, XdpAction, XdpMode};

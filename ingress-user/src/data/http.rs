@@ -149,7 +149,7 @@ async fn handle(
             let keys = CallKeys::of(req.uri().path(), &params, &rt.pools[pool].hash_key);
             (route, pool, keys.hash_key, keys.bot_id)
         }
-        Target::Health if shared.is_leaving() => return local(StatusCode::SERVICE_UNAVAILABLE, "leaving"),
+        Target::Health if shared.is_withdrawn() => return local(StatusCode::SERVICE_UNAVAILABLE, "leaving"),
         Target::Health => return local(StatusCode::OK, "ok"),
         _ => {
             shared.metrics.response(404);

@@ -144,7 +144,7 @@ async fn handle_https(
     match rt.routes.lookup(&head.target, host.as_deref()) {
         Target::Health => {
             // Leaving the group: a VRRP peer's tracked check sees it first.
-            let (code, body) = if shared.is_leaving() {
+            let (code, body) = if shared.is_withdrawn() {
                 (503, "leaving")
             } else {
                 (200, "ok")

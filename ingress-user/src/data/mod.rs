@@ -56,9 +56,9 @@ pub struct DataCtx {
     calls_ending: std::sync::atomic::AtomicBool,
     /// Wakes the calls when `calls_ending` is set.
     end_calls: tokio::sync::Notify,
-    /// Set when a graceful stop leaves the group: the health path answers
-    /// 503 and the BPF sync drops new carrier SYNs.
-    leaving: std::sync::atomic::AtomicBool,
+    /// How far a graceful stop has left the group: 1, new carrier SYNs
+    /// dropped by the BPF sync; 2, withdrawn too (the health path answers 503).
+    leaving: std::sync::atomic::AtomicU8,
     /// Idle keep-alive connections to fleets, for `http` routes.
     pub idle: Arc<exchange::IdleConns>,
 }
@@ -75,7 +75,7 @@ impl DataCtx {
             tls: ArcSwap::new(tls),
             calls_ending: std::sync::atomic::AtomicBool::new(false),
             end_calls: tokio::sync::Notify::new(),
-            leaving: std::sync::atomic::AtomicBool::new(false),
+            leaving: std::sync::atomic::AtomicU8::new(0),
             calls_open: AtomicUsize::new(0),
             setups: AtomicUsize::new(0),
             idle: Arc::default(),
@@ -150,14 +150,25 @@ impl DataCtx {
         self.end_calls.notify_waiters();
     }
 
-    /// This process leaves its group (see `[group] leave`).
+    /// This process leaves its group (see `[group] leave`): no new carrier
+    /// connection from now on.
     pub fn leave(&self) {
-        self.leaving.store(true, std::sync::atomic::Ordering::Release);
+        self.leaving.fetch_max(1, std::sync::atomic::Ordering::AcqRel);
+        self.changed.signal();
+    }
+
+    /// Leaving, and the traffic given up: the health path answers 503.
+    pub fn withdraw(&self) {
+        self.leaving.store(2, std::sync::atomic::Ordering::Release);
         self.changed.signal();
     }
 
     pub fn is_leaving(&self) -> bool {
-        self.leaving.load(std::sync::atomic::Ordering::Acquire)
+        self.leaving.load(std::sync::atomic::Ordering::Acquire) >= 1
+    }
+
+    pub fn is_withdrawn(&self) -> bool {
+        self.leaving.load(std::sync::atomic::Ordering::Acquire) >= 2
     }
 
     /// Resolves once [`Self::end_calls`] has been called.

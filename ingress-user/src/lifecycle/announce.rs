@@ -47,11 +47,8 @@ impl Announcer {
             lease.ifa_preferred = secs;
             lease.ifa_valid = secs;
             msg.attributes.push(AddressAttribute::CacheInfo(lease));
-            request(
-                RouteNetlinkMessage::NewAddress(msg),
-                NLM_F_CREATE | NLM_F_REPLACE,
-            )
-            .map_err(|e| std::io::Error::new(e.kind(), format!("adding {ip}/{len} on {}: {e}", self.interface)))?;
+            request(RouteNetlinkMessage::NewAddress(msg), NLM_F_CREATE | NLM_F_REPLACE)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("adding {ip}/{len} on {}: {e}", self.interface)))?;
         }
         Ok(())
     }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use tokio::{signal::unix::Signal, time::Instant};
 
 use super::announce::Announcer;
-use crate::data::{DataCtx, tunnel};
+use crate::{
+    bpf::XdpStatus,
+    data::{DataCtx, tunnel},
+};
 
 /// The signals that shorten a wind-down.
 pub struct Signals<'a> {
@@ -17,14 +20,47 @@ pub struct Signals<'a> {
     pub int: &'a mut Signal,
 }
 
-/// Withdraws the announced addresses; with a `grace` (`[group] leave`),
-/// then leaves the group while the listeners stay open for it: the health
-/// path answers 503 (a VRRP peer's tracked check moves the address), the
-/// BPF sync drops new carrier SYNs (their retransmits find the member that
-/// took the traffic; a RST would fail them) and every call gets its Close
-/// 1001 now, while the path to its carrier still works. A signal ends the
-/// grace early.
-pub async fn leave(data: &DataCtx, announcer: Option<&Announcer>, grace: Duration, signals: &mut Signals<'_>) {
+/// Leaves the group before the listeners close. Without a `grace`
+/// (`[group] leave`), withdraws the announced addresses and is done. With
+/// one, the order keeps every call's path working until it is closed:
+/// first no new carrier connection (XDP drops their SYNs, whose
+/// retransmits find the member that takes the traffic; a RST would fail
+/// them), then a Close 1001 to every call, waited for (at most
+/// [`tunnel::CLOSE_WINDOW`] and a half), and only then the traffic given
+/// up: the addresses withdrawn and the health path answering 503 (a VRRP
+/// peer's tracked check moves the address). The listeners stay open for
+/// the grace after that. A signal ends the wait early.
+pub async fn leave(
+    data: &DataCtx,
+    xdp: &XdpStatus,
+    announcer: Option<&Announcer>,
+    grace: Duration,
+    signals: &mut Signals<'_>,
+) {
+    if !grace.is_zero() {
+        tracing::info!(
+            calls = data.calls_open(),
+            "leaving the group: new carrier SYNs dropped, calls closed with 1001"
+        );
+        data.leave();
+        // The drop is in the maps before a carrier hears 1001 and dials again.
+        let until = Instant::now() + Duration::from_millis(500);
+        while xdp.view().attached && !xdp.view().shedding && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        data.end_calls();
+        let mut changes = data.changed.subscribe();
+        let closing = Instant::now() + tunnel::CLOSE_WINDOW + Duration::from_millis(500);
+        while data.in_flight() > 0 {
+            tokio::select! {
+                _ = changes.changed() => {}
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = tokio::time::sleep_until(closing) => break,
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+            }
+        }
+    }
     if let Some(a) = announcer {
         let a = a.clone();
         match tokio::task::spawn_blocking(move || a.withdraw()).await {
@@ -36,13 +72,12 @@ pub async fn leave(data: &DataCtx, announcer: Option<&Announcer>, grace: Duratio
     if grace.is_zero() {
         return;
     }
+    data.withdraw();
     tracing::info!(
         calls = data.calls_open(),
         grace = %humantime::format_duration(grace),
-        "leaving the group: health path 503, new carrier SYNs dropped, calls closed with 1001; listeners open for the grace"
+        "left the group: withdrawn, health path 503; listeners open for the grace"
     );
-    data.leave();
-    data.end_calls();
     tokio::select! {
         () = tokio::time::sleep(grace) => {}
         _ = signals.term.recv() => {}
