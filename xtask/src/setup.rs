@@ -15,8 +15,19 @@ use crate::{root, run};
 
 /// Debian packages the tests need: `bpftool` reads the pinned maps like an operator would,
 /// `ip`/`nsenter` build and enter namespaces, `openssl s_client` offers old TLS versions,
-/// `promtool` (package prometheus) checks `/metrics`, headless `chromium` renders `/stats`.
-const TEST_PACKAGES: &[&str] = &["bpftool", "iproute2", "util-linux", "openssl", "prometheus", "chromium"];
+/// `promtool` (package prometheus) checks `/metrics`, headless `chromium` renders `/stats`,
+/// `keepalived` (with `curl` for its tracked check) and `bird2` run the HA pair and the ECMP set.
+const TEST_PACKAGES: &[&str] = &[
+    "bpftool",
+    "iproute2",
+    "util-linux",
+    "openssl",
+    "prometheus",
+    "chromium",
+    "keepalived",
+    "curl",
+    "bird2",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

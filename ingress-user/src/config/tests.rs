@@ -96,3 +96,30 @@ fn servers_file_errors_name_the_line() {
     let err = parse_servers_file("ok.example.com\nbad.example.com weight=3\n").unwrap_err();
     assert!(err.contains("line 2") && err.contains("weight"), "{err}");
 }
+
+#[test]
+fn group_defaults_to_the_one_ingress_stop_and_bad_announcements_are_named() {
+    let c = Config::parse(MINIMAL).unwrap();
+    assert!(c.group.leave.0.is_zero() && c.group.announce.is_empty());
+    let with = |group: &str| {
+        Config::parse(&format!("{MINIMAL}\n[group]\n{group}"))
+            .unwrap()
+            .validate()
+    };
+    with("leave = \"3s\"\nannounce = [\"192.0.2.10/32\"]\nannounce_interface = \"ingress-vip\"").unwrap();
+    for (group, named) in [
+        ("announce = [\"192.0.2.10/32\"]", "group.announce_interface"),
+        ("announce = [\"192.0.2.10/32\"]\nannounce_interface = \"lo\"", "not lo"),
+        (
+            "announce = [\"192.0.2.x/32\"]\nannounce_interface = \"v\"",
+            "group.announce[0]",
+        ),
+        (
+            "announce = [\"192.0.2.10/32\"]\nannounce_interface = \"v\"\nannounce_lease = \"500ms\"",
+            "group.announce_lease",
+        ),
+    ] {
+        let err = with(group).unwrap_err().to_string();
+        assert!(err.contains(named), "{group}: {err}");
+    }
+}

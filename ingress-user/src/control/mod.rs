@@ -410,6 +410,9 @@ impl Control {
                 "[xdp] changed: not applied by a reload; an upgrade applies action, ports, carriers and lease, a restart everything (an upgrade keeps the attached link: its interface and mode)"
             );
         }
+        if config.group != self.config.group {
+            tracing::warn!("[group] changed: not applied by a reload; an upgrade or a restart applies it");
+        }
         self.config = config.clone();
         self.install(rt, next);
         self.listeners.start();
