@@ -32,7 +32,7 @@ use crate::{
     },
     data::DataCtx,
     lifecycle::{
-        announce::Announcer,
+        announce::{Announcer, Announcing},
         stop::{self, Signals, wind_down},
         upgrade::{self, Handover, NewProcess},
     },
@@ -293,15 +293,11 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     let _ = go_tx.send(true);
     control.lock().await.listeners.start();
     // Announced once the fleets had their first checks (calls routed at
-    // once), renewed until this process stops or hands over.
-    let announcer = Announcer::from_config(&config.group);
-    let (announce_stop, announce_stop_rx) = watch::channel(false);
-    let announcing = announcer.clone().map(|a| {
-        let (data, wait) = (Arc::clone(&data), config.limits.upgrade_timeout.0 / 2);
-        tokio::spawn(async move {
-            handover::first_checks(&data, wait).await;
-            a.run(announce_stop_rx).await;
-        })
+    // once; an upgrade's new process had them before it said ready),
+    // renewed until this process leaves or hands over.
+    let mut announcing = Announcer::from_config(&config.group).map(|a| {
+        let wait = (followed.is_none()).then_some(config.limits.upgrade_timeout.0 / 2);
+        Announcing::start(a, Arc::clone(&data), wait)
     });
     tokio::spawn(admin::serve_unix(unix, admin.clone(), stop_rx.clone()));
     if let Some(l) = admin_tcp {
@@ -393,13 +389,12 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
         term: &mut term,
         int: &mut int,
     };
-    // No renewal from here on: a new process renews, a stopping one withdraws.
-    let _ = announce_stop.send(true);
-    if let Some(t) = announcing {
-        let _ = t.await;
-    }
     match end {
         End::Upgraded(p) => {
+            // The new process renews the announced addresses from now on.
+            if let Some(a) = announcing.take() {
+                a.stop_renewing().await;
+            }
             // The new process serves: the XDP sync lets go of the maps
             // (nothing cleared), then this one stops accepting and keeps
             // its calls, telling the new one how many it holds.
@@ -439,7 +434,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
             };
             sdnotify::notify("STOPPING=1");
             let leave_grace = if graceful { config.group.leave.0 } else { Duration::ZERO };
-            stop::leave(&data, &shared.xdp, announcer.as_ref(), leave_grace, &mut signals).await;
+            stop::leave(&data, &shared.xdp, announcing.take(), leave_grace, &mut signals).await;
             tracing::info!(calls = data.calls_open(), grace = %humantime::format_duration(grace), "stopping: listeners closed, live calls keep their grace");
             let _ = stop_tx.send(true);
             control.lock().await.listeners.close_all();

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::netns::{PREFIX, sweep_stale};
+use crate::netns::{PREFIX, kill_inside, sweep_stale};
 
 /// The namespaces of one test.
 pub struct Lab {
@@ -78,6 +78,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         for ns in self.made.iter().rev() {
+            kill_inside(ns);
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(std::process::Stdio::null())

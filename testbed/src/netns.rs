@@ -37,7 +37,20 @@ pub fn nsenter(ns: &str, program: &str) -> Command {
     c
 }
 
-/// Removes namespaces of earlier processes that no longer run, and the
+/// SIGKILLs every process left in namespace `ns` (a killed test's daemons).
+pub(crate) fn kill_inside(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
+/// Removes namespaces of earlier processes that no longer run (and what
+/// still runs in them), and the
 /// root-namespace ends (`v{tag}h{pid}x{n}`) a killed one left behind.
 pub(crate) fn sweep_stale() {
     if let Ok(out) = Command::new("ip").args(["-o", "link", "show", "type", "veth"]).output() {
@@ -68,6 +81,7 @@ pub(crate) fn sweep_stale() {
         if let Ok(pid) = digits.parse::<u32>()
             && !Path::new(&format!("/proc/{pid}")).exists()
         {
+            kill_inside(name);
             let _ = Command::new("ip").args(["netns", "del", name]).status();
         }
     }

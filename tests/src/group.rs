@@ -142,9 +142,22 @@ impl Drop for Call {
 /// The code of a Close 1001 ("going away").
 pub const GOING_AWAY: u16 = 1001;
 
+/// What a stream of new calls saw.
+#[derive(Debug, Default)]
+pub struct Stream {
+    pub tried: usize,
+    /// Calls not set up, or broken in their first second.
+    pub failed: Vec<String>,
+    /// Calls set up and then closed with 1001 in their first second: how
+    /// long after the stream began each one started.
+    pub going_away: Vec<Duration>,
+    pub slowest: Duration,
+}
+
 /// New calls to `dst` from `ns`, one every `every` until `done` says stop,
-/// each given `timeout` to be set up (SYN retransmits included): how many
-/// were tried, why those that failed did, and the slowest set-up.
+/// each given `timeout` to be set up (SYN retransmits included) and then
+/// kept for a second (a call set up by a member that is leaving gets its
+/// 1001 at once).
 pub async fn stream_of_calls(
     ns: &str,
     dst: SocketAddr,
@@ -152,28 +165,35 @@ pub async fn stream_of_calls(
     every: Duration,
     timeout: Duration,
     done: impl Fn() -> bool,
-) -> (usize, Vec<String>, Duration) {
+) -> Stream {
+    let begun = Instant::now();
     let mut pending = Vec::new();
     while !done() {
         let (ns, tls, bot) = (ns.to_owned(), Arc::clone(tls), format!("stream-{}", pending.len()));
         pending.push(tokio::spawn(async move {
-            let started = Instant::now();
-            Call::open(&ns, dst, &bot, tls, timeout)
+            let (started, offset) = (Instant::now(), begun.elapsed());
+            let call = Call::open(&ns, dst, &bot, tls, timeout)
                 .await
-                .map(|_| started.elapsed())
-                .map_err(|e| format!("{bot} after {:?}: {e}", started.elapsed()))
+                .map_err(|e| format!("{bot} after {:?}: {e}", started.elapsed()))?;
+            let took = started.elapsed();
+            observe(Duration::from_secs(1)).await;
+            Ok::<_, String>((took, offset, call.ended(), bot))
         }));
         tokio::time::sleep(every).await;
     }
-    let tried = pending.len();
-    let (mut failed, mut slowest) = (Vec::new(), Duration::ZERO);
+    let mut out = Stream {
+        tried: pending.len(),
+        ..Stream::default()
+    };
     for p in pending {
         match p.await.map_err(|e| e.to_string()) {
-            Ok(Ok(took)) => slowest = slowest.max(took),
-            Ok(Err(e)) | Err(e) => failed.push(e),
+            Ok(Ok((took, _, Ended::Open, _))) => out.slowest = out.slowest.max(took),
+            Ok(Ok((_, offset, Ended::Closed(GOING_AWAY), _))) => out.going_away.push(offset),
+            Ok(Ok((took, _, ended, bot))) => out.failed.push(format!("{bot} set up in {took:?}, then {ended:?}")),
+            Ok(Err(e)) | Err(e) => out.failed.push(e),
         }
     }
-    (tried, failed, slowest)
+    out
 }
 
 /// Lets the calls run for `span` (10 messages a second each): a call whose
@@ -181,6 +201,27 @@ pub async fn stream_of_calls(
 /// measuring window, not a wait for an event.
 pub async fn observe(span: Duration) {
     tokio::time::sleep(span).await;
+}
+
+/// Sets up a call to `dst` from `ns` every 50 ms (each given 500 ms) until
+/// one succeeds; how long after `from` that was. Panics after `limit`.
+pub async fn first_call(
+    ns: &str,
+    dst: SocketAddr,
+    tls: &Arc<rustls::ClientConfig>,
+    from: Instant,
+    limit: Duration,
+) -> Duration {
+    loop {
+        if Call::open(ns, dst, "probe", Arc::clone(tls), Duration::from_millis(500))
+            .await
+            .is_ok()
+        {
+            return from.elapsed();
+        }
+        assert!(from.elapsed() < limit, "no call to {dst} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Polls `what` every 20 ms until it holds; how long it took. Panics after `limit`.

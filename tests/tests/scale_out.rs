@@ -17,7 +17,7 @@ use std::{
 
 use ingress_tests::{
     Fleet, Ingress, Pki, Proc, TestDir,
-    group::{Call, Ended, GOING_AWAY, MEMBER_PORT, Member, member_config, observe, stream_of_calls, until},
+    group::{Call, Ended, GOING_AWAY, MEMBER_PORT, Member, Stream, member_config, observe, stream_of_calls, until},
     netns::BpfPins,
 };
 use testbed::lab::{Lab, ip, ip_out};
@@ -25,13 +25,14 @@ use testbed::lab::{Lab, ip, ip_out};
 const VIP: &str = "10.90.0.100";
 const FLEET_HOST: &str = "10.84.0.1";
 
+/// Fields drop in order: the processes before their files and pins.
 struct Member3 {
+    ingress: Option<Ingress>,
+    _bird: Proc,
     ns: String,
     dir: TestDir,
     _pins: BpfPins,
     config: String,
-    ingress: Option<Ingress>,
-    _bird: Proc,
 }
 
 impl Member3 {
@@ -46,16 +47,12 @@ impl Member3 {
     }
 }
 
-fn bird(ns: &str, dir: &std::path::Path, shipped: &str, site: &str, log: &std::path::Path) -> Proc {
+/// BIRD in `ns` with the shipped config `shipped` and its site file `site` (name, text).
+fn bird(ns: &str, dir: &std::path::Path, shipped: &str, site: (&str, &str), log: &std::path::Path) -> Proc {
     std::fs::create_dir_all(dir).unwrap();
     let conf = dir.join(std::path::Path::new(shipped).file_name().unwrap());
     std::fs::copy(shipped, &conf).unwrap();
-    let site_name = if shipped.ends_with("router-example.conf") {
-        "router-site.conf"
-    } else {
-        "ingress-site.conf"
-    };
-    std::fs::write(dir.join(site_name), site).unwrap();
+    std::fs::write(dir.join(site.0), site.1).unwrap();
     let mut cmd = testbed::netns::nsenter(ns, "bird");
     cmd.arg("-f")
         .arg("-c")
@@ -76,15 +73,16 @@ fn paths(router: &str) -> usize {
     }
 }
 
+/// Fields drop in order: processes, then their files, then the namespaces.
 struct Set {
-    _lab: Lab,
+    members: Vec<Member3>,
+    fleets: Vec<Fleet>,
+    _router_bird: Proc,
     router: String,
     carrier: String,
-    _shared: TestDir,
     pki: Pki,
-    fleets: Vec<Fleet>,
-    members: Vec<Member3>,
-    _router_bird: Proc,
+    _shared: TestDir,
+    _lab: Lab,
 }
 
 async fn set() -> Set {
@@ -128,12 +126,13 @@ async fn set() -> Set {
     let addrs: Vec<(&str, SocketAddr)> = addrs.iter().map(|(n, a)| (n.as_str(), *a)).collect();
     let shipped = |f: &str| format!("{}/../ops/bird/{f}", env!("CARGO_MANIFEST_DIR"));
     let router_site = "define ROUTER_ID = 10.81.0.1;\ndefine LOCAL_AS = 65000;\ndefine INGRESS_AS = 65001;\n\
-         define INGRESS1 = 10.82.1.2;\ndefine INGRESS2 = 10.82.2.2;\ndefine INGRESS3 = 10.82.3.2;\n";
+         define INGRESS1 = 10.82.1.2;\ndefine INGRESS2 = 10.82.2.2;\ndefine INGRESS3 = 10.82.3.2;\n\
+         define VIP = 10.90.0.100/32;\n";
     let router_bird = bird(
         &router,
         &shared.path("bird-router"),
         &shipped("router-example.conf"),
-        router_site,
+        ("router-site.conf", router_site),
         &shared.path("bird-router.log"),
     );
     let mut members = Vec::new();
@@ -173,16 +172,16 @@ async fn set() -> Set {
             &ns,
             &dir.path("bird"),
             &shipped("ingress.conf"),
-            &site,
+            ("ingress-site.conf", &site),
             &dir.path("bird.log"),
         );
         let mut m = Member3 {
+            ingress: None,
+            _bird: bird,
             ns,
             dir,
             _pins: pins,
             config,
-            ingress: None,
-            _bird: bird,
         };
         m.start();
         members.push(m);
@@ -193,14 +192,14 @@ async fn set() -> Set {
     .await;
     eprintln!("three ingresses announced and routed {took:?} after the last start");
     Set {
-        _lab: lab,
+        members,
+        fleets,
+        _router_bird: router_bird,
         router,
         carrier,
-        _shared: shared,
         pki,
-        fleets,
-        members,
-        _router_bird: router_bird,
+        _shared: shared,
+        _lab: lab,
     }
 }
 
@@ -224,6 +223,26 @@ async fn open_calls(s: &Set, prefix: &str, n: usize) -> Vec<Call> {
         );
     }
     calls
+}
+
+/// Waits until the members (all running) together hold `n` calls (the
+/// stream's calls closed).
+async fn settled(s: &Set, n: usize) {
+    let started = Instant::now();
+    loop {
+        let mut per = Vec::new();
+        for m in &s.members {
+            per.push(m.calls().await);
+        }
+        if per.iter().sum::<u64>() as usize == n {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "members hold {per:?} calls, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn count(calls: &[Call], pred: impl Fn(&Ended) -> bool) -> usize {
@@ -277,7 +296,7 @@ async fn three_ingresses_behind_bgp_ecmp_share_calls_and_leave_and_come_back() {
     let free = s.fleets[0].state().await["available"].as_u64().unwrap();
     s.fleets[0].control(&format!("/occupy?n={free}")).await;
     let filled = Instant::now();
-    let (tried, failed, _) = stream_of_calls(
+    let Stream { tried, failed, .. } = stream_of_calls(
         &s.carrier,
         vip(),
         &tls,
@@ -300,6 +319,7 @@ async fn three_ingresses_behind_bgp_ecmp_share_calls_and_leave_and_come_back() {
     // A graceful stop of member 1 while new calls keep coming. The kernel
     // lists the paths by address: member 1's is the first, so the plain
     // hash-threshold split moves some flows of member 2 to member 3.
+    settled(&s, calls.len()).await;
     let on_one = s.members[0].calls().await as usize;
     let stopped = Instant::now();
     s.members[0]
@@ -307,7 +327,7 @@ async fn three_ingresses_behind_bgp_ecmp_share_calls_and_leave_and_come_back() {
         .proc
         .signal(nix::sys::signal::Signal::SIGTERM)
         .unwrap();
-    let (tried, failed, slowest) = stream_of_calls(
+    let stream = stream_of_calls(
         &s.carrier,
         vip(),
         &tls,
@@ -321,11 +341,20 @@ async fn three_ingresses_behind_bgp_ecmp_share_calls_and_leave_and_come_back() {
     let going_away = count(&calls, |e| *e == Ended::Closed(GOING_AWAY));
     let broken = count(&calls, |e| matches!(e, Ended::Broken(_)));
     eprintln!(
-        "graceful stop of member 1 ({on_one} calls): {tried} new calls, {} failed (slowest set-up {slowest:?}); \
-         {going_away} calls ended with 1001; {broken} calls of the survivors broke (moved by the new split)",
-        failed.len()
+        "graceful stop of member 1 ({on_one} calls): {} new calls, {} failed, {} set up as the stop began and \
+         closed with 1001 (slowest set-up {:?}); {going_away} calls ended with 1001; {broken} calls of the \
+         survivors broke (moved by the new split)",
+        stream.tried,
+        stream.failed.len(),
+        stream.going_away.len(),
+        stream.slowest
     );
-    assert!(failed.is_empty(), "new calls failed: {failed:?}");
+    assert!(stream.failed.is_empty(), "new calls failed: {:?}", stream.failed);
+    assert!(
+        stream.going_away.iter().all(|at| *at < Duration::from_millis(100)),
+        "calls set up by the leaving member well after the stop: {:?}",
+        stream.going_away
+    );
     assert_eq!(going_away, on_one, "member 1's calls end with 1001");
     // They reconnect elsewhere.
     let ended: Vec<usize> = (0..calls.len()).filter(|&i| calls[i].ended() != Ended::Open).collect();

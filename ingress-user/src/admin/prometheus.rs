@@ -213,8 +213,13 @@ pub fn render(shared: &Shared) -> String {
     );
     r.register(
         "ingress_xdp_shedding",
-        "1 while the XDP program sheds carrier SYNs",
+        "1 while the XDP program sheds carrier SYNs for want of capacity",
         gauge(i64::from(xdp.shedding)),
+    );
+    r.register(
+        "ingress_group_leaving",
+        "1 while a graceful stop leaves the group (2 once withdrawn)",
+        gauge(i64::from(shared.data.is_leaving()) + i64::from(shared.data.is_withdrawn())),
     );
     let packets = Family::<OutcomeLabel, Counter>::default();
     for (name, v) in xdp.counters {

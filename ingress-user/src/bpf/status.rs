@@ -14,7 +14,10 @@ pub struct XdpView {
     pub mode: Option<String>,
     /// Why `mode` is not the configured one (e.g. RST on a veth), when it is not.
     pub mode_reason: Option<String>,
+    /// Shedding for want of capacity.
     pub shedding: bool,
+    /// Dropping every new carrier SYN: the process leaves its group.
+    pub leaving: bool,
     pub total_capacity: u64,
     /// Why XDP is not attached, when it is not.
     pub error: Option<String>,

@@ -121,7 +121,6 @@ pub async fn run_sync(
         }
         hold_control &= !all_checked;
         let leaving = ctx.is_leaving();
-        let shed = shed || leaving;
         let written = if leaving {
             handle.write_control_leaving(total, lease.as_nanos() as u64)
         } else if hold_control {
@@ -129,15 +128,16 @@ pub async fn run_sync(
         } else {
             handle.write_control(shed, total, lease.as_nanos() as u64)
         };
-        if let Err(e) = written {
+        if let Err(e) = &written {
             tracing::error!(error = %e, "writing CONTROL");
         }
         let counters = handle.counters();
-        let was = status.view().shedding;
-        if was != shed {
-            if leaving {
-                tracing::info!(interface = %handle.interface, "leaving the group: new carrier SYNs dropped in XDP");
-            } else if shed {
+        let was = status.view();
+        if leaving && !was.leaving {
+            tracing::info!(interface = %handle.interface, "leaving the group: new carrier SYNs dropped in XDP");
+        }
+        if was.shedding != shed {
+            if shed {
                 tracing::warn!(interface = %handle.interface, "no fleet has capacity: shedding new carrier connections in XDP");
             } else {
                 tracing::info!(interface = %handle.interface, total_capacity = total, "capacity is back: XDP shedding off");
@@ -145,6 +145,7 @@ pub async fn run_sync(
         }
         status.update(|s| {
             s.shedding = shed;
+            s.leaving = leaving && written.is_ok();
             s.total_capacity = total;
             s.counters = counters;
         });

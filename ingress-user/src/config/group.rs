@@ -13,14 +13,15 @@ use crate::model::addr::parse_prefix;
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct GroupConfig {
-    /// More than 0: a graceful stop first leaves the group — the health
-    /// path answers 503, `announce` is withdrawn, XDP drops new carrier SYNs
-    /// (their retransmits reach the member that takes the traffic) and live
-    /// calls get the Close 1001 at once — and closes the listeners only
-    /// after this long. 0 (default): the one-ingress stop (listeners closed
-    /// at once, calls keep `limits.shutdown_grace`).
+    /// More than 0: a graceful stop first leaves the group — XDP drops new
+    /// carrier SYNs (their retransmits reach the member that takes the
+    /// traffic), live calls get the Close 1001 and are waited for, then
+    /// `announce` is withdrawn and the health path answers 503 — and closes
+    /// the listeners only this long after that. 0 (default): the
+    /// one-ingress stop (listeners closed at once, calls keep
+    /// `limits.shutdown_grace`); `announce` is still withdrawn first.
     pub leave: Dur,
-    /// Addresses (`"192.0.2.10/32"`) held on `announce_interface` while the
+    /// Host addresses (`"192.0.2.10/32"`, or `/128`) held on `announce_interface` while the
     /// process serves, for a routing daemon to announce (BIRD's `protocol
     /// direct`); each with a kernel lease (`valid_lft`) renewed every third
     /// of `announce_lease`, so the announcement ends by itself when the
@@ -57,7 +58,15 @@ impl GroupConfig {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.prefixes()?;
+        for (i, (ip, len)) in self.prefixes()?.into_iter().enumerate() {
+            let host = if ip.is_ipv4() { 32 } else { 128 };
+            if len != host {
+                return Err(invalid(
+                    format!("group.announce[{i}]"),
+                    format!("{ip}/{len}: an address to announce is one host, /{host}"),
+                ));
+            }
+        }
         if self.announce.is_empty() {
             return Ok(());
         }

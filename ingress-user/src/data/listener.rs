@@ -42,7 +42,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<DataCtx>, tls: bool, mut s
                 continue;
             }
         };
-        let Some(permit) = shared.connection_slot() else {
+        let Some(permit) = shared.connection_slot_for(&peer) else {
             shared.metrics.refuse("max_connections");
             drop(tcp);
             continue;

@@ -40,6 +40,8 @@ pub struct DataCtx {
     /// the BPF sync and the add/remove workflows listen.
     pub changed: Changes,
     conn_limit: Arc<Semaphore>,
+    /// Slots for loopback peers once `conn_limit` has none.
+    local_reserve: Arc<Semaphore>,
     conn_limit_size: AtomicUsize,
     /// Permits a lowered `max_connections` could not take back yet (they
     /// were held by live connections): taken as they come back.
@@ -63,6 +65,9 @@ pub struct DataCtx {
     pub idle: Arc<exchange::IdleConns>,
 }
 
+/// Front connections kept for loopback peers beyond `max_connections`.
+pub const LOCAL_RESERVE: usize = 8;
+
 impl DataCtx {
     pub fn new(runtime: Runtime, tls: Arc<rustls::ServerConfig>, max_connections: usize) -> Self {
         Self {
@@ -70,6 +75,7 @@ impl DataCtx {
             metrics: Metrics::default(),
             changed: Changes::default(),
             conn_limit: Arc::new(Semaphore::new(max_connections)),
+            local_reserve: Arc::new(Semaphore::new(LOCAL_RESERVE)),
             conn_limit_size: AtomicUsize::new(max_connections),
             conn_limit_debt: AtomicUsize::new(0),
             tls: ArcSwap::new(tls),
@@ -104,6 +110,23 @@ impl DataCtx {
     }
 
     /// A `max_connections` slot for a new connection, or None at the limit.
+    /// [`Self::connection_slot`], or for a loopback peer (a local health
+    /// check, keepalived's tracked one among them) one of
+    /// [`LOCAL_RESERVE`] slots of its own: remote peers that take every
+    /// slot never fail the local check (which would move a VRRP address
+    /// and cut every call here).
+    pub fn connection_slot_for(&self, peer: &std::net::SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.connection_slot().or_else(|| {
+            let local = match peer.ip() {
+                std::net::IpAddr::V4(v4) => v4.is_loopback(),
+                std::net::IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+            };
+            local
+                .then(|| Arc::clone(&self.local_reserve).try_acquire_owned().ok())
+                .flatten()
+        })
+    }
+
     pub fn connection_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
         loop {
             let permit = Arc::clone(&self.conn_limit).try_acquire_owned().ok()?;

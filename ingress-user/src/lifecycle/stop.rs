@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::{signal::unix::Signal, time::Instant};
 
-use super::announce::Announcer;
+use super::announce::Announcing;
 use crate::{
     bpf::XdpStatus,
     data::{DataCtx, tunnel},
@@ -26,48 +26,57 @@ pub struct Signals<'a> {
 /// first no new carrier connection (XDP drops their SYNs, whose
 /// retransmits find the member that takes the traffic; a RST would fail
 /// them), then a Close 1001 to every call, waited for (at most
-/// [`tunnel::CLOSE_WINDOW`] and a half), and only then the traffic given
-/// up: the addresses withdrawn and the health path answering 503 (a VRRP
-/// peer's tracked check moves the address). The listeners stay open for
-/// the grace after that. A signal ends the wait early.
+/// [`CLOSING`]), and only then the traffic given up: the announced
+/// addresses withdrawn (their renewal stopped just before) and the health
+/// path answering 503 (a VRRP peer's tracked check moves the address). XDP
+/// goes on dropping new SYNs for the grace after that, the listeners still
+/// open. A signal skips to the withdrawal and ends the grace.
 pub async fn leave(
     data: &DataCtx,
     xdp: &XdpStatus,
-    announcer: Option<&Announcer>,
+    announcing: Option<Announcing>,
     grace: Duration,
     signals: &mut Signals<'_>,
 ) {
-    if !grace.is_zero() {
-        tracing::info!(
-            calls = data.calls_open(),
-            "leaving the group: new carrier SYNs dropped, calls closed with 1001"
-        );
+    let mut interrupted = grace.is_zero();
+    if !interrupted {
+        let dropping = xdp.view().attached;
+        if dropping {
+            tracing::info!(
+                calls = data.calls_open(),
+                "leaving the group: new carrier SYNs dropped, calls closed with 1001"
+            );
+        } else {
+            tracing::warn!(
+                calls = data.calls_open(),
+                "leaving the group without XDP: new calls are still accepted (and closed with 1001); calls closed with 1001"
+            );
+        }
         data.leave();
         // The drop is in the maps before a carrier hears 1001 and dials again.
-        let until = Instant::now() + Duration::from_millis(500);
-        while xdp.view().attached && !xdp.view().shedding && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        let written = Instant::now() + Duration::from_millis(500);
+        while dropping && !xdp.view().leaving && Instant::now() < written {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = signals.term.recv() => { interrupted = true; break; }
+                _ = signals.int.recv() => { interrupted = true; break; }
+            }
         }
         data.end_calls();
         let mut changes = data.changed.subscribe();
-        let closing = Instant::now() + tunnel::CLOSE_WINDOW + Duration::from_millis(500);
-        while data.in_flight() > 0 {
+        let closing = Instant::now() + CLOSING;
+        while !interrupted && data.calls_open() > 0 {
             tokio::select! {
                 _ = changes.changed() => {}
                 () = tokio::time::sleep(Duration::from_millis(50)) => {}
                 () = tokio::time::sleep_until(closing) => break,
-                _ = signals.term.recv() => break,
-                _ = signals.int.recv() => break,
+                _ = signals.term.recv() => interrupted = true,
+                _ = signals.int.recv() => interrupted = true,
             }
         }
     }
-    if let Some(a) = announcer {
-        let a = a.clone();
-        match tokio::task::spawn_blocking(move || a.withdraw()).await {
-            Ok(Ok(())) => tracing::info!("announced addresses withdrawn"),
-            Ok(Err(e)) => tracing::error!(error = %e, "withdrawing the announced addresses (their lease ends them)"),
-            Err(e) => tracing::error!(error = %e, "withdrawing the announced addresses (their lease ends them)"),
-        }
+    if let Some(a) = announcing {
+        a.stop_renewing().await.withdraw_now().await;
     }
     if grace.is_zero() {
         return;
@@ -76,14 +85,20 @@ pub async fn leave(
     tracing::info!(
         calls = data.calls_open(),
         grace = %humantime::format_duration(grace),
-        "left the group: withdrawn, health path 503; listeners open for the grace"
+        "left the group: withdrawn, health path 503; new carrier SYNs still dropped for the grace"
     );
+    if interrupted {
+        return;
+    }
     tokio::select! {
         () = tokio::time::sleep(grace) => {}
         _ = signals.term.recv() => {}
         _ = signals.int.recv() => {}
     }
 }
+
+/// How long leaving waits for the calls to answer their 1001.
+pub const CLOSING: Duration = Duration::from_millis(2500);
 
 /// Calls, and connections on their way to being one.
 fn calls(data: &DataCtx) -> usize {
