@@ -7,7 +7,8 @@
 //! directly while calls arrive at all of them), a graceful stop (no new
 //! call fails, its calls end with 1001 and reconnect elsewhere), a
 //! SIGKILL (only its calls end; the survivors' broken calls and the time
-//! until new calls all succeed), and the killed member coming back.
+//! until new calls all succeed), the killed member coming back, and a
+//! binary upgrade that keeps the route.
 
 use std::{
     net::SocketAddr,
@@ -418,5 +419,29 @@ async fn three_ingresses_behind_bgp_ecmp_share_calls_and_leave_and_come_back() {
         kept.len()
     );
     assert!(on_back > 0, "the member that came back takes new calls");
+
+    // A binary upgrade of member 2: the new process renews the address the
+    // old one held, so the route never loses it; the old process keeps its calls.
+    let open_before = count(&kept, |e| *e == Ended::Open);
+    let (_, successor) = s.members[1].ingress().upgrade().await;
+    let upgraded = Instant::now();
+    while upgraded.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            paths(&s.router),
+            2,
+            "a path lost {:?} after the upgrade",
+            upgraded.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        count(&kept, |e| *e == Ended::Open),
+        open_before,
+        "calls on member 2 through its upgrade"
+    );
+    eprintln!(
+        "member 2 upgraded (new pid {}): both paths held for 4 s (twice the lease), its calls kept",
+        successor.0
+    );
     drop(fresh);
 }
