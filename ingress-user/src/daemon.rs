@@ -200,6 +200,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
         control: Arc::clone(&control),
         policy: admin::access::Policy {
             token: config.admin.token.clone(),
+            pick_token: config.admin.pick_token.clone(),
             group: admin_group,
         },
         lifecycle: lifecycle_tx,

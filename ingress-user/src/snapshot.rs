@@ -56,6 +56,8 @@ pub struct ServerView {
     /// Calls the process this one replaced still holds here (an upgrade).
     pub inherited: u32,
     pub maxconn: u32,
+    /// Slots held for outbound dialers (`POST /api/pick`).
+    pub held: u32,
     pub reported: Option<u32>,
     pub effective: u32,
     pub check: CheckStatus,
@@ -90,6 +92,7 @@ impl Runtime {
                     active: s.active(),
                     inherited: s.inherited(),
                     maxconn: s.maxconn,
+                    held: s.held(),
                     reported: s.reported(),
                     effective: s.effective(),
                     check: s.check_status(),

@@ -309,3 +309,29 @@ impl Drop for Successor {
         }
     }
 }
+
+/// `cfg` with the admin API also on TCP `listen`, with `token` if given.
+pub fn admin_listen(cfg: &str, listen: &str, token: Option<&str>) -> String {
+    let token = token.map(|t| format!("\ntoken = \"{t}\"")).unwrap_or_default();
+    cfg.replacen("[admin]\n", &format!("[admin]\nlisten = \"{listen}\"{token}\n"), 1)
+}
+
+/// A raw admin request over TCP (a POST carries a drain body): the status
+/// and the body.
+pub async fn admin_tcp_answer(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = if method == "POST" { "{\"state\":\"drain\"}" } else { "" };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let (code, body) = crate::parse_response(&crate::http_raw(admin, req.as_bytes()).await);
+    (code, body)
+}
+
+/// [`admin_tcp_answer`]'s status.
+pub async fn admin_tcp(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> u16 {
+    admin_tcp_answer(admin, method, path, token).await.0
+}

@@ -26,7 +26,7 @@ pub use testbed::Proc;
 pub use self::{
     chromium::headless_chromium,
     fleet::Fleet,
-    ingress::{Ingress, Successor, config, install_binary},
+    ingress::{Ingress, Successor, admin_listen, admin_tcp, admin_tcp_answer, config, install_binary},
     metrics::{metric, metric_sum},
     scratch::{Pki, TestDir},
     wire::{

@@ -203,3 +203,75 @@ async fn plain_http_backend_checked_like_forgejo() {
         .expect("call");
     echo(&mut ws, "plain").await.unwrap();
 }
+
+/// `POST /api/pick/{pool}` holds what it hands out: 20 dialers asking at
+/// once, two fleets with 10 free workers each, get 10 and 10 (a read-only
+/// pick would send all 20 to one); the holds show in `ctl stat` and
+/// `/metrics`, and a pick token may pick and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_dialers_picking_at_once_are_spread_by_held_slots() {
+    use ingress_tests::{admin_listen, admin_tcp, admin_tcp_answer, metric_sum};
+    let dir = TestDir::new("hold");
+    let pki = Pki::new(&dir);
+    let (f1, f2) = (
+        Fleet::start(&dir, &pki, "fleet1", 10),
+        Fleet::start(&dir, &pki, "fleet2", 10),
+    );
+    // Reports 30 s apart: every hold lasts to its end while the test looks.
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
+        .replace("interval = \"200ms\"", "interval = \"30s\"")
+        .replacen("[admin]\n", "[admin]\npick_token = \"dial-0nly\"\n", 1);
+    let ingress = Ingress::start(&dir, &admin_listen(&cfg, "127.0.0.1:0", Some("4dmin")));
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let admin: std::net::SocketAddr = ingress.proc.ready["admin"].as_str().unwrap().parse().unwrap();
+
+    let (code, body) = ingress.admin_get("/api/pick/fleets").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        ingress.servers().await.iter().all(|s| s["held"] == 0),
+        "GET holds nothing"
+    );
+
+    let picks = futures_util::future::join_all(
+        (0..20).map(|_| admin_tcp_answer(admin, "POST", "/api/pick/fleets?hold=20s", Some("dial-0nly"))),
+    )
+    .await;
+    let mut got = std::collections::BTreeMap::<String, u32>::new();
+    for (code, body) in &picks {
+        assert_eq!(*code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(
+            v["hold_until"].is_string() && v["url"].as_str().unwrap().starts_with("wss://"),
+            "{v}"
+        );
+        *got.entry(v["name"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    eprintln!("20 dialers at once: {got:?}");
+    assert_eq!(got.values().copied().collect::<Vec<_>>(), [10, 10], "{got:?}");
+    let servers = ingress.servers().await;
+    assert!(
+        servers.iter().all(|s| s["held"] == 10 && s["effective"] == 0),
+        "{servers:#?}"
+    );
+    let (code, stat, err) = ingress.ctl(&["stat"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert!(stat.contains("HELD"), "{stat}");
+    assert_eq!(metric_sum(&ingress.metrics().await, "ingress_server_held", &[]), 20.0);
+    // Every slot is held: the next dialer is told so.
+    assert_eq!(
+        admin_tcp(admin, "POST", "/api/pick/fleets", Some("dial-0nly")).await,
+        503
+    );
+    // The pick token picks, and does nothing else.
+    assert_eq!(admin_tcp(admin, "GET", "/api/status", Some("dial-0nly")).await, 403);
+    assert_eq!(
+        admin_tcp(admin, "POST", "/api/servers/fleets/fleet1/state", Some("dial-0nly")).await,
+        403
+    );
+    assert_eq!(
+        admin_tcp(admin, "POST", "/api/pick/fleets?hold=2h", Some("dial-0nly")).await,
+        400
+    );
+    // Without it, a loopback reader may look but not hold.
+    assert_eq!(admin_tcp(admin, "POST", "/api/pick/fleets", None).await, 403);
+}

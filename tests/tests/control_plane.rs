@@ -6,7 +6,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use ingress_tests::{
-    Fleet, Ingress, Pki, TestDir, client, config, echo, http_get,
+    Fleet, Ingress, Pki, TestDir, admin_listen, admin_tcp, client, config, echo, http_get,
     netns::{self, NetPair},
 };
 
@@ -298,11 +298,6 @@ async fn reload_under_live_calls_and_refused_reload() {
     all_echo(&mut live).await;
 }
 
-fn admin_listen(cfg: &str, listen: &str, token: Option<&str>) -> String {
-    let token = token.map(|t| format!("\ntoken = \"{t}\"")).unwrap_or_default();
-    cfg.replacen("[admin]\n", &format!("[admin]\nlisten = \"{listen}\"{token}\n"), 1)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_the_stats_page_renders_in_chromium() {
     let dir = TestDir::new("stats");
@@ -381,19 +376,6 @@ async fn metrics_pass_promtool_and_the_stats_page_renders_in_chromium() {
         "screenshot at {}",
         shot.display()
     );
-}
-
-/// A raw admin request over TCP: the status.
-async fn admin_tcp(admin: SocketAddr, method: &str, path: &str, token: Option<&str>) -> u16 {
-    let auth = token
-        .map(|t| format!("Authorization: Bearer {t}\r\n"))
-        .unwrap_or_default();
-    let body = if method == "POST" { "{\"state\":\"drain\"}" } else { "" };
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    ingress_tests::parse_response(&ingress_tests::http_raw(admin, req.as_bytes()).await).0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

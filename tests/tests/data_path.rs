@@ -624,23 +624,22 @@ async fn limits_answer_with_proper_statuses() {
         .await
         .expect("closed by the header timeout");
     assert_eq!(n.unwrap_or(0), 0);
-    // max_connections = 3, and 8 more kept for loopback peers (these are
-    // loopback): the twelfth is closed at once.
+    // max_connections = 3: the fourth is closed at once.
     let accepted = |m: &str| metric(m, "ingress_connections_accepted_total", &[("listener", "https")]).unwrap_or(0.0);
     let before = accepted(&ingress.metrics().await);
     let held: Vec<_> =
-        futures_util::future::join_all((0..11).map(|_| tokio::net::TcpStream::connect(ingress.https))).await;
+        futures_util::future::join_all((0..3).map(|_| tokio::net::TcpStream::connect(ingress.https))).await;
     let deadline = Instant::now() + Duration::from_secs(5);
-    while accepted(&ingress.metrics().await) < before + 11.0 {
-        assert!(Instant::now() < deadline, "the eleven connections were not accepted");
+    while accepted(&ingress.metrics().await) < before + 3.0 {
+        assert!(Instant::now() < deadline, "the three connections were not accepted");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut twelfth = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    let mut fourth = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
     let mut b = [0u8; 1];
-    let r = tokio::time::timeout(Duration::from_millis(900), twelfth.read(&mut b)).await;
+    let r = tokio::time::timeout(Duration::from_millis(900), fourth.read(&mut b)).await;
     assert!(
         matches!(r, Ok(Ok(0)) | Ok(Err(_))),
-        "the twelfth connection must be closed at once: {r:?}"
+        "the fourth connection must be closed at once: {r:?}"
     );
     drop(held);
     let m = ingress.metrics().await;

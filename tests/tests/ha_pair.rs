@@ -134,7 +134,7 @@ async fn pair() -> Pair {
                 interface: "eth0",
                 carriers: &[&carriers[0]],
                 pins: &pins.0,
-                group: "[group]\nleave = \"3s\"\n",
+                group: "[group]\nleave = \"3s\"\n\n[limits]\nlocal_reserve = 8\n",
             },
         );
         Node {

@@ -419,3 +419,58 @@ async fn a_slow_body_never_stalls_other_requests_and_a_dropped_reused_connection
         )
         .await;
 }
+
+/// `limits.local_reserve`: with every `max_connections` slot taken, a
+/// loopback peer (keepalived's check of the health path) still gets one of
+/// its own and is answered; past the reserve it is closed like the rest.
+/// (The peers here are all loopback: that remote ones never use the
+/// reserve is the `is_loopback` test in `DataCtx::connection_slot_for`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_front_still_answers_the_local_health_check_from_its_reserve() {
+    use ingress_tests::{Fleet, metric, parse_response};
+    let dir = TestDir::new("reserve");
+    let pki = Pki::new(&dir);
+    let f1 = Fleet::start(&dir, &pki, "fleet1", 16);
+    let cfg = config(
+        &dir,
+        &pki,
+        &[("fleet1", f1.https)],
+        "",
+        "[limits]\nmax_connections = 2\nlocal_reserve = 1\n",
+    );
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let accepted = |m: &str| metric(m, "ingress_connections_accepted_total", &[("listener", "https")]).unwrap_or(0.0);
+    let before = accepted(&ingress.metrics().await);
+    let held: Vec<_> =
+        futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(ingress.https))).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while accepted(&ingress.metrics().await) < before + 2.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the two connections were not accepted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The reserve's one slot, held by this check while it is answered.
+    let health = b"GET /haproxy-health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    assert_eq!(
+        parse_response(&https_raw(ingress.https, pki.client_tls(), health).await).0,
+        200
+    );
+    // Reserve and slots all held: the next one is closed at once.
+    let _third = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while accepted(&ingress.metrics().await) < before + 3.0 {
+        assert!(std::time::Instant::now() < deadline, "the reserve was not used");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut fourth = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(std::time::Duration::from_millis(900), fourth.read(&mut b)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "past the reserve: closed at once: {r:?}"
+    );
+    drop(held);
+}

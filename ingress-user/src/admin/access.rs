@@ -45,6 +45,8 @@ pub struct Policy {
     pub token: Option<String>,
     /// Group whose members may use the unix socket (`[admin] group`).
     pub group: Option<u32>,
+    /// Bearer token for picks only (`[admin] pick_token`).
+    pub pick_token: Option<String>,
 }
 
 /// What a request may do, or why not (the status and the reason).
@@ -52,6 +54,8 @@ pub struct Policy {
 pub enum Access {
     Change,
     Read,
+    /// `GET`/`POST /api/pick/{pool}` only (the pick token).
+    Pick,
     Refused(u16, &'static str),
 }
 
@@ -70,6 +74,11 @@ impl Policy {
                 let loopback = addr.ip().to_canonical().is_loopback();
                 let token_ok = matches!((&self.token, presented),
                     (Some(t), Some(p)) if constant_time_eq(t.as_bytes(), p.as_bytes()));
+                let pick_ok = matches!((&self.pick_token, presented),
+                    (Some(t), Some(p)) if !t.is_empty() && constant_time_eq(t.as_bytes(), p.as_bytes()));
+                if pick_ok && !token_ok {
+                    return Access::Pick;
+                }
                 match (loopback, token_ok) {
                     (true, true) => Access::Change,
                     (true, false) | (false, true) => Access::Read,
@@ -89,6 +98,7 @@ impl Policy {
 pub fn change_refused(access: Access) -> Option<&'static str> {
     match access {
         Access::Change => None,
+        Access::Pick => Some("the pick token allows picks only"),
         Access::Read => Some(
             "changes need the unix socket (as its owner, root or [admin] group) or, from loopback, the bearer token",
         ),
@@ -188,6 +198,7 @@ mod tests {
         let p = Policy {
             token: Some("t0k".into()),
             group: None,
+            pick_token: None,
         };
         assert_eq!(p.access(tcp("127.0.0.1:1"), None), Access::Read);
         assert_eq!(p.access(tcp("127.0.0.1:1"), Some("t0k")), Access::Change);
@@ -209,11 +220,33 @@ mod tests {
     }
 
     #[test]
+    fn the_pick_token_picks_from_anywhere_and_does_nothing_else() {
+        let p = Policy {
+            token: Some("admin".into()),
+            group: None,
+            pick_token: Some("dial".into()),
+        };
+        assert_eq!(p.access(tcp("10.0.0.1:1"), Some("dial")), Access::Pick);
+        assert_eq!(p.access(tcp("127.0.0.1:1"), Some("dial")), Access::Pick);
+        assert_eq!(p.access(tcp("127.0.0.1:1"), Some("admin")), Access::Change);
+        assert!(change_refused(Access::Pick).is_some());
+        let empty = Policy {
+            pick_token: Some(String::new()),
+            ..Policy::default()
+        };
+        assert!(matches!(
+            empty.access(tcp("10.0.0.1:1"), Some("")),
+            Access::Refused(401, _)
+        ));
+    }
+
+    #[test]
     fn unix_peers_change_as_owner_root_or_group() {
         let me = nix::unistd::geteuid().as_raw();
         let p = Policy {
             token: None,
             group: Some(4242),
+            pick_token: None,
         };
         let creds = |uid, gid| Peer::Unix(Some(Creds::of(uid, gid, None, Some(4242))));
         assert_eq!(p.access(creds(me, 1), None), Access::Change);

@@ -89,6 +89,7 @@ pub fn servers_table(body: &Value) -> String {
             "STATE",
             "ACTIVE",
             "MAXCONN",
+            "HELD",
             "REPORTED",
             "EFFECTIVE",
             "LAST CHECK",
@@ -113,12 +114,13 @@ pub fn servers_table(body: &Value) -> String {
             text("state"),
             text("active"),
             text("maxconn"),
+            text("held"),
             text("reported"),
             text("effective"),
             format!("{}{latency}", check["reason"].as_str().unwrap_or("-")),
         ]);
     }
-    let widths: Vec<usize> = (0..9)
+    let widths: Vec<usize> = (0..10)
         .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
@@ -157,9 +159,12 @@ mod tests {
     #[test]
     fn table_lines_up() {
         let body = serde_json::json!({"servers": [{"pool": "fleets", "name": "fleet1", "addr": "10.0.0.1:443", "state": "UP",
-            "active": 3, "maxconn": 16, "reported": 9, "effective": 9, "check": {"ok": true, "reason": "9 available", "latency_ms": 2.4}}]});
+            "active": 3, "maxconn": 16, "held": 2, "reported": 9, "effective": 9, "check": {"ok": true, "reason": "9 available", "latency_ms": 2.4}}]});
         let t = servers_table(&body);
         assert!(t.starts_with("POOL"), "{t}");
-        assert!(t.contains("fleet1") && t.contains("9 available (2 ms)"), "{t}");
+        assert!(
+            t.contains("fleet1") && t.contains("9 available (2 ms)") && t.contains("HELD"),
+            "{t}"
+        );
     }
 }

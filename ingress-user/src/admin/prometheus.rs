@@ -59,6 +59,7 @@ pub fn render(shared: &Shared) -> String {
     let maxconn = Family::<ServerLabels, Gauge>::default();
     let reported = Family::<ServerLabels, Gauge>::default();
     let effective = Family::<ServerLabels, Gauge>::default();
+    let held = Family::<ServerLabels, Gauge>::default();
     let sessions = Family::<ServerLabels, Counter>::default();
     let answered_429 = Family::<ServerLabels, Counter>::default();
     let tls_handshakes = Family::<TlsLabels, Counter>::default();
@@ -99,6 +100,7 @@ pub fn render(shared: &Shared) -> String {
         maxconn.get_or_create(&l).set(i64::from(v.maxconn));
         reported.get_or_create(&l).set(v.reported.map_or(-1, i64::from));
         effective.get_or_create(&l).set(i64::from(v.effective));
+        held.get_or_create(&l).set(i64::from(v.held));
         let live = v.server.live();
         sessions.get_or_create(&l).inc_by(live.sessions_total.load(Relaxed));
         answered_429.get_or_create(&l).inc_by(live.answered_429.load(Relaxed));
@@ -134,6 +136,11 @@ pub fn render(shared: &Shared) -> String {
         "ingress_server_effective_capacity",
         "min(maxconn - active, reported - routed since report)",
         effective,
+    );
+    r.register(
+        "ingress_server_held",
+        "Slots held for outbound dialers (POST /api/pick) until the next report or the hold's end",
+        held,
     );
     r.register("ingress_server_sessions", "Calls routed to the server", sessions);
     r.register(

@@ -110,14 +110,21 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             why,
         ));
     }
+    let shared = &admin.shared;
+    let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
+    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
+    let is_pick =
+        matches!(segments.as_slice(), ["api", "pick", _]) && (method == Method::GET || method == Method::POST);
+    if access == Access::Pick && !is_pick {
+        return Ok(error(StatusCode::FORBIDDEN, "the pick token allows picks only"));
+    }
+    // A hold takes capacity: the pick token, or the right to change.
     if method != Method::GET
+        && !(is_pick && access == Access::Pick)
         && let Some(why) = access::change_refused(access)
     {
         return Ok(error(StatusCode::FORBIDDEN, why));
     }
-    let shared = &admin.shared;
-    let decoded: Vec<String> = path.trim_start_matches('/').split('/').map(percent_decode).collect();
-    let segments: Vec<&str> = decoded.iter().map(String::as_str).collect();
     let resp = match (&method, segments.as_slice()) {
         (&Method::GET, ["api", "servers"]) => json(
             StatusCode::OK,
@@ -130,6 +137,7 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
             json(StatusCode::OK, &v)
         }
         (&Method::GET, ["api", "pick", pool]) => pick(shared, pool),
+        (&Method::POST, ["api", "pick", pool]) => hold(shared, pool, req.uri().query()),
         (&Method::GET, ["metrics"]) => text("text/plain; version=0.0.4; charset=utf-8", prometheus::render(shared)),
         (&Method::GET, ["stats.json"]) => json(
             StatusCode::OK,
@@ -224,6 +232,55 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The longest hold a dialer may ask for.
+const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `POST /api/pick/{pool}?hold=10s`: the fleet with the most capacity, a
+/// slot held there for the dialer until the fleet's next report can show
+/// its call or the hold ends.
+fn hold(shared: &Shared, pool: &str, query: Option<&str>) -> Response<Full<Bytes>> {
+    let hold = match query
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("hold="))
+        .map(humantime::parse_duration)
+    {
+        None => std::time::Duration::from_secs(10),
+        Some(Ok(d)) if !d.is_zero() && d <= MAX_HOLD => d,
+        Some(Ok(d)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("hold={}: more than 0 and at most 60s", humantime::format_duration(d)),
+            );
+        }
+        Some(Err(e)) => return error(StatusCode::BAD_REQUEST, &format!("hold: {e}")),
+    };
+    let rt = shared.data.runtime.load();
+    let Some(p) = rt.pools.iter().find(|p| *p.name == *pool) else {
+        return error(StatusCode::NOT_FOUND, &format!("no pool named `{pool}`"));
+    };
+    let Some(lease) = p.reserve_most_capacity() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &format!("no server of `{pool}` has capacity"),
+        );
+    };
+    let s = std::sync::Arc::clone(&lease.server);
+    let until = std::time::SystemTime::now() + hold;
+    tokio::spawn(lease.hold(hold));
+    json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "pool": pool,
+            "name": s.name(),
+            "addr": s.def.addr(),
+            "url": format!("wss://{}", s.def.addr()),
+            "effective": s.effective(),
+            "hold_until": humantime::format_rfc3339_millis(until).to_string(),
+        }),
+    )
 }
 
 fn pick(shared: &Shared, pool: &str) -> Response<Full<Bytes>> {

@@ -45,6 +45,23 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Holds the slot for an outbound dialer (`POST /api/pick`) until the
+    /// fleet's next report can show the call, or `hold` is over: counted
+    /// like a routed call meanwhile, and in the server's `held`.
+    pub async fn hold(self, hold: std::time::Duration) {
+        self.server.held_add(true);
+        let until = tokio::time::Instant::now() + hold;
+        while tokio::time::Instant::now() < until {
+            if self.window.is_some_and(|w| self.server.reported_since(w)) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50).min(hold)).await;
+        }
+        self.server.held_add(false);
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         self.server.release(self.window);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    Hints, Lease, Server,
+    Demand, Hints, Lease, Server,
     select::{self, Ring, cookie},
 };
 use crate::{
@@ -194,6 +194,21 @@ impl Pool {
     /// server not in the pool yet (an `add` being checked) gets the pool's.
     pub fn client_tls(&self, server: &Server) -> Option<Arc<rustls::ClientConfig>> {
         self.server_tls.get(&server.id).or(self.tls.as_ref()).cloned()
+    }
+
+    /// Reserves a slot on the server with the most effective capacity (for
+    /// an outbound dialer, [`Lease::hold`]); ties go round the pool in turn.
+    pub fn reserve_most_capacity(&self) -> Option<Lease> {
+        let servers = self.servers.load();
+        let n = servers.len();
+        let start = self.rotation.fetch_add(1, Relaxed) as usize;
+        let mut up: Vec<&Arc<Server>> = (0..n)
+            .map(|i| &servers[(start + i) % n.max(1)])
+            .filter(|s| s.state() == ServerState::Up)
+            .collect();
+        // Stable: among equals the rotation's order stays.
+        up.sort_by_key(|s| std::cmp::Reverse(s.effective()));
+        up.into_iter().find_map(|s| Lease::take(s, Demand::Call))
     }
 
     /// The server with the most effective capacity (for outbound dialers), without reserving.

@@ -83,6 +83,9 @@ pub struct Live {
     carried: AtomicU64,
     /// A probe has been sent and its report not yet taken.
     probe_out: AtomicBool,
+    /// Slots held for outbound dialers (`POST /api/pick`), until the next
+    /// report or the hold's end.
+    held: AtomicU32,
     /// Last reported spare capacity, or `NONE`.
     reported: AtomicU32,
     healthy: AtomicU8,
@@ -153,6 +156,7 @@ impl Server {
                 routed: AtomicU64::new(0),
                 carried: AtomicU64::new(0),
                 probe_out: AtomicBool::new(false),
+                held: AtomicU32::new(0),
                 reported: AtomicU32::new(NONE),
                 healthy: AtomicU8::new(0),
                 admin: AtomicU8::new(AdminState::Ready as u8),
@@ -474,6 +478,26 @@ impl Server {
             }
         }
         let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
+    }
+
+    /// Slots held for outbound dialers now.
+    pub fn held(&self) -> u32 {
+        self.live.held.load(Relaxed)
+    }
+
+    /// One more held slot (`true`), or one less.
+    pub(super) fn held_add(&self, more: bool) {
+        if more {
+            self.live.held.fetch_add(1, Relaxed);
+        } else {
+            let _ = self.live.held.fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
+        }
+    }
+
+    /// Whether a report came for a window after `window` (the one a slot
+    /// was counted in): the fleet has had the chance to see the call.
+    pub(super) fn reported_since(&self, window: u32) -> bool {
+        (self.live.routed.load(Relaxed) >> 32) as u32 != window && !self.live.probe_out.load(Relaxed)
     }
 
     /// Check result for `stat`.

@@ -115,6 +115,10 @@ fn default_acme_upstream() -> String {
 pub struct Limits {
     /// Client connections held at once (TLS front and HTTP front together); more are closed at accept.
     pub max_connections: usize,
+    /// Connections kept for loopback peers beyond `max_connections` (a
+    /// local health check, keepalived's tracked one: remote clients that
+    /// take every slot cannot fail it). Read at start.
+    pub local_reserve: usize,
     /// Largest request head accepted; more answers 431.
     pub max_header_bytes: usize,
     /// Most header lines accepted; more answers 431.
@@ -136,6 +140,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 20_000,
+            local_reserve: 0,
             max_header_bytes: 16_384,
             max_headers: 100,
             header_timeout: Dur(Duration::from_secs(10)),
@@ -383,6 +388,9 @@ pub struct AdminConfig {
     /// Group (name or id) whose members may use the unix socket, changes
     /// included: the socket is then mode 0660 and owned by it.
     pub group: Option<String>,
+    /// Bearer token that lets a dialer, from any address, pick a fleet
+    /// (`GET` or `POST /api/pick/{pool}`) and nothing else.
+    pub pick_token: Option<String>,
 }
 
 impl Default for AdminConfig {
@@ -392,6 +400,7 @@ impl Default for AdminConfig {
             listen: None,
             token: None,
             group: None,
+            pick_token: None,
         }
     }
 }

@@ -65,17 +65,15 @@ pub struct DataCtx {
     pub idle: Arc<exchange::IdleConns>,
 }
 
-/// Front connections kept for loopback peers beyond `max_connections`.
-pub const LOCAL_RESERVE: usize = 8;
-
 impl DataCtx {
     pub fn new(runtime: Runtime, tls: Arc<rustls::ServerConfig>, max_connections: usize) -> Self {
+        let local_reserve = runtime.limits.local_reserve;
         Self {
             runtime: ArcSwap::from_pointee(runtime),
             metrics: Metrics::default(),
             changed: Changes::default(),
             conn_limit: Arc::new(Semaphore::new(max_connections)),
-            local_reserve: Arc::new(Semaphore::new(LOCAL_RESERVE)),
+            local_reserve: Arc::new(Semaphore::new(local_reserve)),
             conn_limit_size: AtomicUsize::new(max_connections),
             conn_limit_debt: AtomicUsize::new(0),
             tls: ArcSwap::new(tls),
@@ -111,10 +109,10 @@ impl DataCtx {
 
     /// A `max_connections` slot for a new connection, or None at the limit.
     /// [`Self::connection_slot`], or for a loopback peer (a local health
-    /// check, keepalived's tracked one among them) one of
-    /// [`LOCAL_RESERVE`] slots of its own: remote peers that take every
-    /// slot never fail the local check (which would move a VRRP address
-    /// and cut every call here).
+    /// check, keepalived's tracked one among them) one of the
+    /// `limits.local_reserve` slots of its own: remote peers that take
+    /// every slot never fail the local check (which would move a VRRP
+    /// address and cut every call here).
     pub fn connection_slot_for(&self, peer: &std::net::SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
         self.connection_slot().or_else(|| {
             let local = match peer.ip() {
