@@ -221,6 +221,10 @@ async fn twenty_dialers_picking_at_once_are_spread_by_held_slots() {
     let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
         .replace("interval = \"200ms\"", "interval = \"30s\"")
         .replacen("[admin]\n", "[admin]\npick_token = \"dial-0nly\"\n", 1);
+    assert!(
+        cfg.contains("interval = \"30s\"") && cfg.contains("pick_token"),
+        "{cfg}"
+    );
     let ingress = Ingress::start(&dir, &admin_listen(&cfg, "127.0.0.1:0", Some("4dmin")));
     ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
     let admin: std::net::SocketAddr = ingress.proc.ready["admin"].as_str().unwrap().parse().unwrap();
@@ -274,4 +278,48 @@ async fn twenty_dialers_picking_at_once_are_spread_by_held_slots() {
     );
     // Without it, a loopback reader may look but not hold.
     assert_eq!(admin_tcp(admin, "POST", "/api/pick/fleets", None).await, 403);
+}
+
+/// Holds go to the fleet with the most capacity (12 and 8 free: 10 picks
+/// leave both at 5) and end by themselves at their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holds_go_to_the_most_capacity_and_end_at_their_deadline() {
+    let dir = TestDir::new("hold2");
+    let pki = Pki::new(&dir);
+    let (f1, f2) = (
+        Fleet::start(&dir, &pki, "fleet1", 12),
+        Fleet::start(&dir, &pki, "fleet2", 8),
+    );
+    let cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "")
+        .replace("interval = \"200ms\"", "interval = \"30s\"");
+    assert!(cfg.contains("interval = \"30s\""), "{cfg}");
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let mut got = std::collections::BTreeMap::<String, u32>::new();
+    for _ in 0..10 {
+        let (code, body) = ingress.admin_request("POST", "/api/pick/fleets?hold=2s", "").await;
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        *got.entry(v["name"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert_eq!(got.get("fleet1"), Some(&7), "{got:?}");
+    assert_eq!(got.get("fleet2"), Some(&3), "{got:?}");
+    let servers = ingress.servers().await;
+    assert!(servers.iter().all(|s| s["effective"] == 5), "{servers:#?}");
+    // No report comes for 30 s: the 2 s deadline ends them.
+    let started = std::time::Instant::now();
+    loop {
+        if ingress.servers().await.iter().all(|s| s["held"] == 0) {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "holds outlived their deadline"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "ended before the deadline"
+    );
 }

@@ -458,15 +458,22 @@ async fn a_full_front_still_answers_the_local_health_check_from_its_reserve() {
         parse_response(&https_raw(ingress.https, pki.client_tls(), health).await).0,
         200
     );
-    // Reserve and slots all held: the next one is closed at once.
-    let _third = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+    // The reserve taken by a held connection (counted, and kept open)...
+    let mut third = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while accepted(&ingress.metrics().await) < before + 3.0 {
+    while accepted(&ingress.metrics().await) < before + 4.0 {
         assert!(std::time::Instant::now() < deadline, "the reserve was not used");
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
-    let mut fourth = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
     let mut b = [0u8; 1];
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut b))
+            .await
+            .is_err(),
+        "the reserve's connection stays open"
+    );
+    // ...and past it, the next one is closed at once.
+    let mut fourth = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
     let r = tokio::time::timeout(std::time::Duration::from_millis(900), fourth.read(&mut b)).await;
     assert!(
         matches!(r, Ok(Ok(0)) | Ok(Err(_))),

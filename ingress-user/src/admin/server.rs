@@ -238,8 +238,9 @@ fn percent_decode(s: &str) -> String {
 const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// `POST /api/pick/{pool}?hold=10s`: the fleet with the most capacity, a
-/// slot held there for the dialer until the fleet's next report can show
-/// its call or the hold ends.
+/// slot held there for the dialer until a report on a probe sent a second
+/// after the pick (its call has had time to reach the fleet) or the hold's
+/// end.
 fn hold(shared: &Shared, pool: &str, query: Option<&str>) -> Response<Full<Bytes>> {
     let hold = match query
         .unwrap_or_default()
@@ -261,15 +262,15 @@ fn hold(shared: &Shared, pool: &str, query: Option<&str>) -> Response<Full<Bytes
     let Some(p) = rt.pools.iter().find(|p| *p.name == *pool) else {
         return error(StatusCode::NOT_FOUND, &format!("no pool named `{pool}`"));
     };
-    let Some(lease) = p.reserve_most_capacity() else {
+    let Some(held) = p.hold_most_capacity() else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             &format!("no server of `{pool}` has capacity"),
         );
     };
-    let s = std::sync::Arc::clone(&lease.server);
+    let s = std::sync::Arc::clone(&held.server);
     let until = std::time::SystemTime::now() + hold;
-    tokio::spawn(lease.hold(hold));
+    tokio::spawn(held.keep(hold));
     json(
         StatusCode::OK,
         &serde_json::json!({

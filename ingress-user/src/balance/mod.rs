@@ -11,7 +11,7 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use lease::{Demand, Hints, Lease};
+pub use lease::{DIALER_CONNECT, Demand, Hints, Hold, Lease};
 pub use pool::Pool;
 pub use server::{CheckStatus, Live, Server};
 

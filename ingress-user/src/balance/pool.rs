@@ -11,7 +11,7 @@ use std::{
 };
 
 use super::{
-    Demand, Hints, Lease, Server,
+    Hints, Hold, Lease, Server,
     select::{self, Ring, cookie},
 };
 use crate::{
@@ -29,6 +29,8 @@ pub struct Pool {
     pub check: CheckConfig,
     pub servers: arc_swap::ArcSwap<Vec<Arc<Server>>>,
     rotation: AtomicU32,
+    /// Where ties among equally free servers start for dialers' picks.
+    pick_rotation: AtomicU32,
     /// Calls answered 503 because no server had capacity.
     pub no_capacity_total: AtomicU64,
     /// Upgrade attempts retried on another server.
@@ -90,6 +92,7 @@ impl Pool {
             check: cfg.check.clone(),
             servers: arc_swap::ArcSwap::from_pointee(servers),
             rotation: AtomicU32::new(0),
+            pick_rotation: AtomicU32::new(0),
             no_capacity_total: AtomicU64::new(0),
             retries_total: AtomicU64::new(0),
             passed_429_total: AtomicU64::new(0),
@@ -196,19 +199,21 @@ impl Pool {
         self.server_tls.get(&server.id).or(self.tls.as_ref()).cloned()
     }
 
-    /// Reserves a slot on the server with the most effective capacity (for
-    /// an outbound dialer, [`Lease::hold`]); ties go round the pool in turn.
-    pub fn reserve_most_capacity(&self) -> Option<Lease> {
+    /// Holds a slot on the UP server with the most effective capacity for
+    /// an outbound dialer ([`Hold::keep`]); ties go round the pool in turn.
+    pub fn hold_most_capacity(&self) -> Option<Hold> {
         let servers = self.servers.load();
-        let n = servers.len();
-        let start = self.rotation.fetch_add(1, Relaxed) as usize;
-        let mut up: Vec<&Arc<Server>> = (0..n)
-            .map(|i| &servers[(start + i) % n.max(1)])
-            .filter(|s| s.state() == ServerState::Up)
+        let n = servers.len().max(1);
+        let start = self.pick_rotation.fetch_add(1, Relaxed) as usize;
+        // Each server's capacity read once: the sort needs a fixed order.
+        let mut up: Vec<(u32, usize)> = (0..servers.len())
+            .map(|i| (start + i) % n)
+            .filter(|&i| servers[i].state() == ServerState::Up)
+            .map(|i| (servers[i].effective(), i))
             .collect();
         // Stable: among equals the rotation's order stays.
-        up.sort_by_key(|s| std::cmp::Reverse(s.effective()));
-        up.into_iter().find_map(|s| Lease::take(s, Demand::Call))
+        up.sort_by_key(|&(effective, _)| std::cmp::Reverse(effective));
+        up.into_iter().find_map(|(_, i)| Hold::take(&servers[i]))
     }
 
     /// The server with the most effective capacity (for outbound dialers), without reserving.

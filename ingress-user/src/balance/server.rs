@@ -83,9 +83,12 @@ pub struct Live {
     carried: AtomicU64,
     /// A probe has been sent and its report not yet taken.
     probe_out: AtomicBool,
-    /// Slots held for outbound dialers (`POST /api/pick`), until the next
-    /// report or the hold's end.
+    /// Slots held for outbound dialers (`POST /api/pick`).
     held: AtomicU32,
+    /// When the outstanding probe was sent; and the probe the last report
+    /// answered (a hold ends on a report that can show its dialer's call).
+    probe_at: Mutex<Option<Instant>>,
+    reported_probe_at: Mutex<Option<Instant>>,
     /// Last reported spare capacity, or `NONE`.
     reported: AtomicU32,
     healthy: AtomicU8,
@@ -157,6 +160,8 @@ impl Server {
                 carried: AtomicU64::new(0),
                 probe_out: AtomicBool::new(false),
                 held: AtomicU32::new(0),
+                probe_at: Mutex::new(None),
+                reported_probe_at: Mutex::new(None),
                 reported: AtomicU32::new(NONE),
                 healthy: AtomicU8::new(0),
                 admin: AtomicU8::new(AdminState::Ready as u8),
@@ -330,8 +335,13 @@ impl Server {
         self.live.healthy.store(u8::from(healthy), Relaxed);
     }
 
-    /// `min(maxconn − active, reported − routed_since_report)`.
+    /// `min(maxconn − active, reported − routed_since_report) − held`.
     pub fn effective(&self) -> u32 {
+        self.capacity_before_holds().saturating_sub(self.held())
+    }
+
+    /// [`Self::effective`] before the slots held for dialers.
+    fn capacity_before_holds(&self) -> u32 {
         let free = self.maxconn.saturating_sub(self.taken());
         if !self.capacity_aware {
             return free;
@@ -376,6 +386,7 @@ impl Server {
         }
         // Window first, carried after: a call ending in between is left in
         // `carried` until the answer (conservative), never lost.
+        *self.live.probe_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
         let old = self.new_window();
         let earlier = if self.live.probe_out.swap(true, Relaxed) {
             // The last probe brought no report: its window stays counted.
@@ -400,7 +411,10 @@ impl Server {
             self.new_window();
         }
         self.live.reported.store(available.min(NONE - 1), Relaxed);
-        *self.live.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now());
+        let now = Instant::now();
+        let probe = self.live.probe_at.lock().unwrap_or_else(|e| e.into_inner()).take();
+        *self.live.reported_probe_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(probe.unwrap_or(now));
+        *self.live.last_report.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
     }
 
     /// The fleet answered 429: it has no free worker, whatever it reported.
@@ -451,7 +465,9 @@ impl Server {
         if self.capacity_aware && demand == Demand::Call {
             let took = self.live.routed.fetch_update(Relaxed, Relaxed, |r| {
                 let rep = self.live.reported.load(Relaxed);
-                let counted = (r as u32).saturating_add(self.live.carried.load(Relaxed) as u32);
+                let counted = (r as u32)
+                    .saturating_add(self.live.carried.load(Relaxed) as u32)
+                    .saturating_add(self.held());
                 (rep != NONE && counted < rep).then_some(r + 1)
             });
             match took {
@@ -485,19 +501,29 @@ impl Server {
         self.live.held.load(Relaxed)
     }
 
-    /// One more held slot (`true`), or one less.
-    pub(super) fn held_add(&self, more: bool) {
-        if more {
-            self.live.held.fetch_add(1, Relaxed);
-        } else {
-            let _ = self.live.held.fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
-        }
+    /// Takes a held slot if the server has reported capacity left (a
+    /// liveness-only one: a `maxconn` slot's worth) after the holds
+    /// already out.
+    pub(super) fn try_hold(&self) -> bool {
+        self.live
+            .held
+            .fetch_update(Relaxed, Relaxed, |h| {
+                (self.capacity_before_holds() > h).then_some(h + 1)
+            })
+            .is_ok()
     }
 
-    /// Whether a report came for a window after `window` (the one a slot
-    /// was counted in): the fleet has had the chance to see the call.
-    pub(super) fn reported_since(&self, window: u32) -> bool {
-        (self.live.routed.load(Relaxed) >> 32) as u32 != window && !self.live.probe_out.load(Relaxed)
+    pub(super) fn release_hold(&self) {
+        let _ = self.live.held.fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
+    }
+
+    /// Whether the last report answered a probe sent after `t`.
+    pub(super) fn reported_on_probe_after(&self, t: Instant) -> bool {
+        self.live
+            .reported_probe_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|p| p > t)
     }
 
     /// Check result for `stat`.

@@ -123,3 +123,20 @@ fn group_defaults_to_the_one_ingress_stop_and_bad_announcements_are_named() {
         assert!(err.contains(named), "{group}: {err}");
     }
 }
+
+#[test]
+fn a_pick_token_must_be_set_and_differ_from_the_admin_token() {
+    let with = |admin: &str| {
+        Config::parse(&format!("{MINIMAL}\n[admin]\n{admin}"))
+            .unwrap()
+            .validate()
+    };
+    with("pick_token = \"dial\"\ntoken = \"adm\"").unwrap();
+    for (admin, named) in [
+        ("pick_token = \"\"", "empty"),
+        ("pick_token = \"same\"\ntoken = \"same\"", "the same as admin.token"),
+    ] {
+        let err = with(admin).unwrap_err().to_string();
+        assert!(err.contains("admin.pick_token") && err.contains(named), "{err}");
+    }
+}

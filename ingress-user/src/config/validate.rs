@@ -16,6 +16,17 @@ impl Config {
     /// Checks values that parse but cannot work.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.group.validate()?;
+        if let Some(pick) = &self.admin.pick_token {
+            if pick.is_empty() {
+                return Err(invalid("admin.pick_token", "empty: remove the key, or set a token"));
+            }
+            if self.admin.token.as_ref() == Some(pick) {
+                return Err(invalid(
+                    "admin.pick_token",
+                    "the same as admin.token: a dialer would hold the admin's rights",
+                ));
+            }
+        }
         if self.listen.https.0.is_empty() {
             return Err(invalid("listen.https", "at least one address is needed"));
         }
