@@ -1,8 +1,9 @@
 //! Balancer (data path, read by the control side): servers and their live
-//! counters, leases, pools and the capacity-aware pick, one small strategy
+//! counters, leases, dialers' holds, pools and the capacity-aware pick, one small strategy
 //! per balance mode. The pick is synchronous and never waits on the control
 //! path. Imports only the leaves and `config`.
 
+pub mod hold;
 pub mod lease;
 pub mod pool;
 pub mod select;
@@ -11,7 +12,8 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
-pub use lease::{DIALER_CONNECT, Demand, Hints, Hold, Lease};
+pub use hold::{DIALER_CONNECT, Hold};
+pub use lease::{Demand, Hints, Lease};
 pub use pool::Pool;
 pub use server::{CheckStatus, Live, Server};
 

@@ -84,11 +84,11 @@ pub struct Live {
     /// A probe has been sent and its report not yet taken.
     probe_out: AtomicBool,
     /// Slots held for outbound dialers (`POST /api/pick`).
-    held: AtomicU32,
+    pub(super) held: AtomicU32,
     /// When the outstanding probe was sent; and the probe the last report
     /// answered (a hold ends on a report that can show its dialer's call).
     probe_at: Mutex<Option<Instant>>,
-    reported_probe_at: Mutex<Option<Instant>>,
+    pub(super) reported_probe_at: Mutex<Option<Instant>>,
     /// Last reported spare capacity, or `NONE`.
     reported: AtomicU32,
     healthy: AtomicU8,
@@ -341,7 +341,7 @@ impl Server {
     }
 
     /// [`Self::effective`] before the slots held for dialers.
-    fn capacity_before_holds(&self) -> u32 {
+    pub(super) fn capacity_before_holds(&self) -> u32 {
         let free = self.maxconn.saturating_sub(self.taken());
         if !self.capacity_aware {
             return free;
@@ -494,36 +494,6 @@ impl Server {
             }
         }
         let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
-    }
-
-    /// Slots held for outbound dialers now.
-    pub fn held(&self) -> u32 {
-        self.live.held.load(Relaxed)
-    }
-
-    /// Takes a held slot if the server has reported capacity left (a
-    /// liveness-only one: a `maxconn` slot's worth) after the holds
-    /// already out.
-    pub(super) fn try_hold(&self) -> bool {
-        self.live
-            .held
-            .fetch_update(Relaxed, Relaxed, |h| {
-                (self.capacity_before_holds() > h).then_some(h + 1)
-            })
-            .is_ok()
-    }
-
-    pub(super) fn release_hold(&self) {
-        let _ = self.live.held.fetch_update(Relaxed, Relaxed, |h| h.checked_sub(1));
-    }
-
-    /// Whether the last report answered a probe sent after `t`.
-    pub(super) fn reported_on_probe_after(&self, t: Instant) -> bool {
-        self.live
-            .reported_probe_at
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some_and(|p| p > t)
     }
 
     /// Check result for `stat`.
