@@ -3,6 +3,7 @@
 //! per balance mode. The pick is synchronous and never waits on the control
 //! path. Imports only the leaves and `config`.
 
+pub mod check;
 pub mod hold;
 pub mod lease;
 pub mod pool;
@@ -12,10 +13,11 @@ pub mod server;
 #[cfg(test)]
 mod tests;
 
+pub use check::CheckStatus;
 pub use hold::{DIALER_CONNECT, Hold};
 pub use lease::{Demand, Hints, Lease};
 pub use pool::Pool;
-pub use server::{CheckStatus, Live, Server};
+pub use server::{Live, Server};
 
 /// A hash that is the same in every process and release (rendezvous hashing, cookie ids).
 pub fn stable_hash(parts: &[&[u8]]) -> u64 {

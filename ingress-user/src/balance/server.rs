@@ -8,38 +8,17 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering::Relaxed},
     },
-    time::{Instant, SystemTime},
+    time::Instant,
 };
 
+use super::CheckStatus;
 use rustls::pki_types::ServerName;
-use serde::Serialize;
 
 use super::{Demand, stable_hash};
 use crate::{
     model::{AdminState, ServerDef, ServerState},
     telemetry,
 };
-
-/// The last health check as shown by `stat`.
-#[derive(Debug, Clone, Serialize)]
-pub struct CheckStatus {
-    pub ok: bool,
-    pub reason: String,
-    pub latency_ms: Option<f64>,
-    /// Seconds since the Unix epoch.
-    pub at: Option<f64>,
-}
-
-impl Default for CheckStatus {
-    fn default() -> Self {
-        Self {
-            ok: false,
-            reason: "not checked yet".to_owned(),
-            latency_ms: None,
-            at: None,
-        }
-    }
-}
 
 const NONE: u32 = u32::MAX;
 
@@ -494,23 +473,5 @@ impl Server {
             }
         }
         let _ = self.live.active.fetch_update(Relaxed, Relaxed, |a| a.checked_sub(1));
-    }
-
-    /// Check result for `stat`.
-    pub fn record_check(&self, ok: bool, reason: String, latency_ms: Option<f64>) {
-        let at = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .ok();
-        *self.live.check.lock().unwrap_or_else(|e| e.into_inner()) = CheckStatus {
-            ok,
-            reason,
-            latency_ms,
-            at,
-        };
-    }
-
-    pub fn check_status(&self) -> CheckStatus {
-        self.live.check.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
