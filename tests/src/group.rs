@@ -122,6 +122,26 @@ impl Call {
         Ok(Self { ended, task })
     }
 
+    /// `n` calls to `dst` from `ns`, one after the other (`wss://…/ws/{prefix}-{i}`); panics if one is not set up within `timeout`.
+    pub async fn open_many(
+        ns: &str,
+        dst: SocketAddr,
+        prefix: &str,
+        n: usize,
+        tls: &Arc<rustls::ClientConfig>,
+        timeout: Duration,
+    ) -> Vec<Self> {
+        let mut calls = Vec::new();
+        for i in 0..n {
+            calls.push(
+                Self::open(ns, dst, &format!("{prefix}-{i}"), Arc::clone(tls), timeout)
+                    .await
+                    .unwrap_or_else(|e| panic!("{prefix} call {i}: {e}")),
+            );
+        }
+        calls
+    }
+
     pub fn ended(&self) -> Ended {
         self.ended.lock().unwrap().clone()
     }
@@ -152,6 +172,20 @@ pub struct Stream {
     /// long after the stream began each one started.
     pub going_away: Vec<Duration>,
     pub slowest: Duration,
+}
+
+impl Stream {
+    /// No new call failed, and only one dialled as a member began to leave
+    /// (its SYN in before the drop was written) was set up there and closed
+    /// with 1001.
+    pub fn assert_no_new_call_failed(&self) {
+        assert!(self.failed.is_empty(), "new calls failed: {:?}", self.failed);
+        assert!(
+            self.going_away.iter().all(|at| *at < Duration::from_millis(100)),
+            "calls set up by the leaving member well after the stop: {:?}",
+            self.going_away
+        );
+    }
 }
 
 /// New calls to `dst` from `ns`, one every `every` until `done` says stop,

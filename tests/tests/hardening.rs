@@ -444,14 +444,13 @@ async fn a_full_front_still_answers_the_local_health_check_from_its_reserve() {
     let before = accepted(&ingress.metrics().await);
     let held: Vec<_> =
         futures_util::future::join_all((0..2).map(|_| tokio::net::TcpStream::connect(ingress.https))).await;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while accepted(&ingress.metrics().await) < before + 2.0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the two connections were not accepted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    let https = [("listener", "https")];
+    let limit = std::time::Duration::from_secs(5);
+    ingress
+        .wait_metric("ingress_connections_accepted_total", &https, limit, |v| {
+            v >= before + 2.0
+        })
+        .await;
     // The reserve's one slot, held by this check while it is answered.
     let health = b"GET /haproxy-health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
     assert_eq!(
@@ -460,11 +459,11 @@ async fn a_full_front_still_answers_the_local_health_check_from_its_reserve() {
     );
     // The reserve taken by a held connection (counted, and kept open)...
     let mut third = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while accepted(&ingress.metrics().await) < before + 4.0 {
-        assert!(std::time::Instant::now() < deadline, "the reserve was not used");
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    ingress
+        .wait_metric("ingress_connections_accepted_total", &https, limit, |v| {
+            v >= before + 4.0
+        })
+        .await;
     let mut b = [0u8; 1];
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(300), third.read(&mut b))
