@@ -121,6 +121,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
         &config.listen.certs,
         config.listen.default_cert.clone(),
         Arc::clone(&provider),
+        config.listen.http.is_some(),
     )?;
     let ids = AtomicU32::new(1);
     let rt = build::build(&config, &desired, None, 1, || {

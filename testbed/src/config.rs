@@ -85,6 +85,12 @@ impl IngressConfig {
         self
     }
 
+    /// `[listen] default_cert`: the stem served when SNI matches none.
+    pub fn default_cert(mut self, stem: &str) -> Self {
+        stem.clone_into(&mut self.default_cert);
+        self
+    }
+
     pub fn tls_min_version(mut self, v: &str) -> Self {
         self.tls_min_version = Some(v.to_owned());
         self

@@ -16,7 +16,8 @@ use crate::{root, run};
 /// Debian packages the tests need: `bpftool` reads the pinned maps like an operator would,
 /// `ip`/`nsenter` build and enter namespaces, `openssl s_client` offers old TLS versions,
 /// `promtool` (package prometheus) checks `/metrics`, headless `chromium` renders `/stats`,
-/// `keepalived` (with `curl` for its tracked check) and `bird2` run the HA pair and the ECMP set.
+/// `keepalived` (with `curl` for its tracked check) and `bird2` run the HA pair and the ECMP set,
+/// `certbot` and `pebble` (an ACME server and its DNS) issue and renew a certificate through `:80`.
 const TEST_PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
@@ -27,6 +28,8 @@ const TEST_PACKAGES: &[&str] = &[
     "keepalived",
     "curl",
     "bird2",
+    "certbot",
+    "pebble",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -142,7 +142,7 @@ pub struct Control {
     pub desired: Desired,
     health: HashMap<u32, JoinHandle<()>>,
     pub listeners: Listeners,
-    cert_watcher: Option<notify::RecommendedWatcher>,
+    cert_watcher: Option<certs::watch::CertWatcher>,
     pub last_reload: ReloadStatus,
 }
 
@@ -176,13 +176,7 @@ impl Control {
 
     /// Watches the certificate directory (again, after a retarget).
     pub fn watch_certs(&mut self) {
-        self.cert_watcher = None;
-        match certs::spawn_watcher(Arc::clone(&self.shared.certs)) {
-            Ok(w) => self.cert_watcher = Some(w),
-            Err(e) => {
-                tracing::error!(error = %e, dir = %self.shared.certs.dir().display(), "cannot watch the certificate directory; SIGHUP still reloads")
-            }
-        }
+        self.cert_watcher = Some(certs::watch::spawn(Arc::clone(&self.shared.certs)));
     }
 
     /// Applies commands to a copy of the desired state; commits (rebuild,

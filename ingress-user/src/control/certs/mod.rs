@@ -2,7 +2,11 @@
 //! the SNI lookup ([`CertResolver`]) is data path and reads an immutable
 //! index through `ArcSwap`. A bundle that fails to load never replaces the
 //! one serving: the old entry for that file stays, the error is logged and
-//! counted.
+//! counted. What the directory holds is [`source`]'s; following it is
+//! [`watch`]'s.
+
+pub mod source;
+pub mod watch;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -26,7 +30,7 @@ pub enum CertError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: {reason}")]
     Bundle { path: PathBuf, reason: String },
-    #[error("{dir}: no usable certificate bundle (*.pem with chain and key)")]
+    #[error("{dir}: no usable certificate bundle (*.pem with chain and key, or a certbot live/<domain> directory)")]
     Empty { dir: PathBuf },
 }
 
@@ -126,11 +130,15 @@ impl fmt::Debug for CertStore {
 }
 
 impl CertStore {
-    /// Loads the directory; fails when no bundle at all is usable.
+    /// Loads the directory. With no usable bundle it fails, unless
+    /// `awaiting_acme` (an ACME listener can fetch the first one): then the
+    /// store starts empty, TLS handshakes fail until a bundle is written,
+    /// and the watcher picks it up.
     pub fn load(
         dir: &Path,
         default_stem: Option<String>,
         provider: Arc<CryptoProvider>,
+        awaiting_acme: bool,
     ) -> Result<Arc<Self>, CertError> {
         let store = Arc::new(Self {
             dir: std::sync::Mutex::new(dir.to_owned()),
@@ -142,12 +150,25 @@ impl CertStore {
         });
         let errors = store.reload();
         if store.index.load().bundles.is_empty() {
+            if awaiting_acme {
+                tracing::error!(dir = %dir.display(), "no certificate yet: TLS handshakes fail until one is written there (ACME on the http listener)");
+                return Ok(store);
+            }
             for e in &errors {
                 tracing::error!(error = %e, "certificate bundle refused");
             }
             return Err(CertError::Empty { dir: dir.to_owned() });
         }
         Ok(store)
+    }
+
+    /// How many bundles serve now.
+    pub fn len(&self) -> usize {
+        self.index.load().bundles.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Re-reads the directory. Unchanged files are kept as they are; a file
@@ -159,48 +180,32 @@ impl CertStore {
         let mut errors = Vec::new();
         let mut bundles = BTreeMap::new();
         let mut changed = false;
-        match std::fs::read_dir(&dir) {
-            Err(source) => {
-                errors.push(CertError::Read {
-                    path: dir.clone(),
-                    source,
-                });
-            }
-            Ok(entries) => {
-                let mut paths: Vec<PathBuf> = entries
-                    .filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|e| e == "pem"))
-                    .collect();
-                paths.sort();
-                for path in paths {
-                    let Some(stem) = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned) else {
-                        continue;
-                    };
-                    let previous = old.bundles.get(&stem);
-                    match std::fs::read(&path) {
-                        Ok(content) if previous.is_some_and(|p| *p.content == content) => {
-                            if let Some(p) = previous {
-                                bundles.insert(stem, p.clone());
-                            }
+        match source::list(&dir) {
+            Err(e) => errors.push(e),
+            Ok((sources, refused)) => {
+                errors.extend(refused);
+                for src in sources {
+                    let previous = old.bundles.get(&src.stem);
+                    let keep = |bundles: &mut BTreeMap<String, Bundle>| {
+                        if let Some(p) = previous {
+                            bundles.insert(src.stem.clone(), p.clone());
                         }
-                        Ok(content) => match load_bundle(&path, &stem, content, &self.provider) {
+                    };
+                    match src.read() {
+                        Ok(content) if previous.is_some_and(|p| *p.content == content) => keep(&mut bundles),
+                        Ok(content) => match load_bundle(&src.path, &src.stem, content, &self.provider) {
                             Ok(b) => {
                                 changed = true;
-                                bundles.insert(stem, b);
+                                bundles.insert(src.stem.clone(), b);
                             }
                             Err(e) => {
                                 errors.push(e);
-                                if let Some(p) = previous {
-                                    bundles.insert(stem, p.clone());
-                                }
+                                keep(&mut bundles);
                             }
                         },
-                        Err(source) => {
-                            errors.push(CertError::Read { path, source });
-                            if let Some(p) = previous {
-                                bundles.insert(stem, p.clone());
-                            }
+                        Err(e) => {
+                            errors.push(e);
+                            keep(&mut bundles);
                         }
                     }
                 }
@@ -255,23 +260,12 @@ impl CertStore {
     /// of its usable bundles; an error when there is none, or when
     /// `default_stem` names none of them.
     pub fn check_dir(&self, dir: &Path, default_stem: Option<&str>) -> Result<Vec<String>, CertError> {
-        let entries = std::fs::read_dir(dir).map_err(|source| CertError::Read {
-            path: dir.to_owned(),
-            source,
-        })?;
+        let (sources, _) = source::list(dir)?;
         let mut stems = Vec::new();
-        for path in entries.filter_map(Result::ok).map(|e| e.path()) {
-            let Some(stem) = path
-                .extension()
-                .is_some_and(|e| e == "pem")
-                .then(|| path.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
-                .flatten()
-            else {
-                continue;
-            };
-            let Ok(content) = std::fs::read(&path) else { continue };
-            if load_bundle(&path, &stem, content, &self.provider).is_ok() {
-                stems.push(stem);
+        for src in sources {
+            let Ok(content) = src.read() else { continue };
+            if load_bundle(&src.path, &src.stem, content, &self.provider).is_ok() {
+                stems.push(src.stem);
             }
         }
         if stems.is_empty() {
@@ -357,27 +351,4 @@ fn leaf_names(leaf: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
         }
     }
     Ok((names, cert.validity().not_after.timestamp()))
-}
-
-/// Watches the certificate directory and reloads within ~200 ms of a change.
-/// Dropping the watcher stops it.
-pub fn spawn_watcher(store: Arc<CertStore>) -> Result<notify::RecommendedWatcher, notify::Error> {
-    use notify::Watcher as _;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
-            let _ = tx.send(());
-        }
-    })?;
-    watcher.watch(&store.dir(), notify::RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while rx.recv().await.is_some() {
-            // Let a burst of events (write, then rename) settle first.
-            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-            while rx.try_recv().is_ok() {}
-            let store = Arc::clone(&store);
-            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
-        }
-    });
-    Ok(watcher)
 }
