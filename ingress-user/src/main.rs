@@ -161,6 +161,13 @@ fn main() -> anyhow::Result<()> {
             if let Some(line) = ingress_user::bpf::mode::check(&c.xdp) {
                 println!("{line}");
             }
+            let (lines, refused) = check_files(&c);
+            for line in lines {
+                println!("{line}");
+            }
+            if let Some(e) = refused {
+                anyhow::bail!(e);
+            }
             if probe {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let failed = rt.block_on(probe_all(&c, &desired))?;
@@ -187,6 +194,49 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// `check --probe`: one health request per server, and what the pool's capacity pointer reads.
+/// What `check` says of the files the config names: the certificates the
+/// daemon would serve, and where each pool's list is read from. An error
+/// when the daemon would refuse to start (no certificate, no ACME listener).
+fn check_files(c: &ingress_user::config::Config) -> (Vec<String>, Option<String>) {
+    let mut lines = Vec::new();
+    let dir = &c.listen.certs;
+    let provider = ingress_user::control::tls::provider();
+    let refused = match ingress_user::control::certs::check_dir(dir, c.listen.default_cert.as_deref(), &provider) {
+        Ok(stems) => {
+            lines.push(format!("certs: {}: {}", dir.display(), stems.join(", ")));
+            None
+        }
+        Err(e) if c.listen.http.is_some() => {
+            lines.push(format!(
+                "certs: {e}; the daemon starts, :443 handshakes fail until a certificate is there (ACME on the http listener forwards to {})",
+                c.listen.acme_upstream
+            ));
+            None
+        }
+        Err(e) => Some(format!(
+            "listen.certs: {e} (and no [listen] http for ACME to fetch one)"
+        )),
+    };
+    for (name, pool) in &c.pools {
+        if let (Some(file), Some(seed)) = (&pool.servers_file, &pool.servers_seed) {
+            lines.push(if file.exists() {
+                format!(
+                    "pools.{name}: servers from {} (servers_seed {} is not read: the list changed at runtime)",
+                    file.display(),
+                    seed.display()
+                )
+            } else {
+                format!(
+                    "pools.{name}: servers from servers_seed {} ({} is written at the first runtime change)",
+                    seed.display(),
+                    file.display()
+                )
+            });
+        }
+    }
+    (lines, refused)
+}
+
 async fn probe_all(
     c: &ingress_user::config::Config,
     desired: &ingress_user::control::desired::Desired,

@@ -4,6 +4,7 @@
 //! `ingress-user/build.rs`.
 
 mod bench;
+mod deb;
 mod demo;
 mod fuzz;
 mod layers;
@@ -32,6 +33,8 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Build the Debian package: target/debian/ingress_<version>_amd64.deb.
+    Deb,
     /// Check ingress-user's layering (which module may import which).
     Layers,
     /// Lint and run every test, including the root/namespace ones.
@@ -103,6 +106,7 @@ fn main() -> anyhow::Result<()> {
                 run(Command::new(bin).args(args))
             }
         }
+        Cmd::Deb => deb::build().map(drop),
         Cmd::Layers => layers::check(&root().join("ingress-user/src")),
         Cmd::Test { no_lint, args } => {
             // Pure and fast: first, so no setup failure hides it.
@@ -128,6 +132,8 @@ fn main() -> anyhow::Result<()> {
             }
             // The end-to-end tests start these binaries as real processes.
             run(cargo().args(["build", "-p", "ingress-user", "-p", "fleet-sim"]))?;
+            // The package test installs it.
+            deb::build()?;
             run(cargo().args(["test", "--no-fail-fast"]).args(args))
         }
         Cmd::Bench { quick, only } => bench::run(quick, &only),

@@ -4,8 +4,10 @@
 //! ([`sync`]: `FLEETS` per server, `CONTROL` with the total effective
 //! capacity, the shed flag and a lease the kernel honours only while the
 //! daemon keeps renewing it — fail open), report what it did ([`status`]),
-//! and read the pins back for `ingress bpf dump` ([`dump`]).
+//! and read the pins back for `ingress bpf dump` ([`dump`]); whether the
+//! process holds the capabilities for it is [`caps`]'s.
 
+pub mod caps;
 pub mod dump;
 pub mod handle;
 pub mod mode;

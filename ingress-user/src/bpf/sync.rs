@@ -218,8 +218,13 @@ pub fn start(
     if config.xdp.mode == XdpMode::Off {
         return Err("xdp.mode = \"off\"".to_owned());
     }
-    if !nix::unistd::geteuid().is_root() {
-        return Err("not running as root".to_owned());
+    let missing = super::caps::missing();
+    if !missing.is_empty() {
+        return Err(format!(
+            "missing capabilities {} (uid {}; the packaged unit grants them)",
+            missing.join(", "),
+            nix::unistd::geteuid()
+        ));
     }
     XdpHandle::attach(&config.xdp, ports, inherited).map_err(|e| e.to_string())
 }

@@ -1,20 +1,16 @@
 //! Configuration: the TOML schema and its defaults (this file), validation
-//! ([`validate`], pure), the `servers_file` format ([`servers_file`]) and
-//! `[group]` ([`group`]).
+//! ([`validate`], pure), reading it from disk ([`load`]), the `servers_file`
+//! format ([`servers_file`]) and `[group]` ([`group`]).
 //! Unknown keys are rejected by serde; values that parse but make no sense
 //! are rejected by [`Config::validate`] with the key's name and the reason.
 //! Imports only the leaves.
 
-use std::{
-    collections::BTreeMap,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
 
 use serde::Deserialize;
 
 mod group;
+mod load;
 mod servers_file;
 mod validate;
 mod values;
@@ -258,6 +254,10 @@ pub struct PoolConfig {
     /// File with one server per line: `ADDR [name=NAME] [sni=HOST] [maxconn=N]`. Relative to the config file.
     #[serde(default)]
     pub servers_file: Option<PathBuf>,
+    /// The list `servers_file` starts as: read while `servers_file` does not
+    /// exist (the first runtime change writes it). Relative to the config file.
+    #[serde(default)]
+    pub servers_seed: Option<PathBuf>,
     /// Servers written inline.
     #[serde(default)]
     pub servers: Vec<ServerSpec>,
@@ -435,58 +435,6 @@ impl Default for XdpConfig {
             carriers: Vec::new(),
             lease: Dur(Duration::from_secs(3)),
             pin_path: PathBuf::from(ingress_common::PIN_DIR),
-        }
-    }
-}
-
-impl Config {
-    /// Reads, parses and validates a file; relative paths inside it are made
-    /// relative to the file's directory.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mut config = Self::parse(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
-                path: path.to_owned(),
-                message,
-            },
-            other => other,
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        config.resolve_paths(base);
-        config.validate()?;
-        Ok(config)
-    }
-
-    /// Parses TOML text without touching the file system.
-    pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string(),
-        })
-    }
-
-    fn resolve_paths(&mut self, base: &Path) {
-        let fix = |p: &mut PathBuf| {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        };
-        fix(&mut self.listen.certs);
-        for pool in self.pools.values_mut() {
-            if let Some(f) = pool.servers_file.as_mut() {
-                fix(f);
-            }
-            if let PoolTlsSetting::Settings(t) = &mut pool.tls
-                && let Some(ca) = t.ca.as_mut()
-            {
-                fix(ca);
-            }
-        }
-        if self.admin.socket.is_relative() {
-            self.admin.socket = base.join(&self.admin.socket);
         }
     }
 }

@@ -16,9 +16,14 @@ pub fn read_all(config: &Config) -> Result<BTreeMap<String, FileServers>, Config
     let mut out = BTreeMap::new();
     for (name, pool) in &config.pools {
         let Some(file) = &pool.servers_file else { continue };
-        let key = format!("pools.{name}.servers_file");
+        // Until the first runtime change writes servers_file, the seed is the list.
+        let (file, key) = match &pool.servers_seed {
+            Some(seed) if !file.exists() => (seed, format!("pools.{name}.servers_seed")),
+            _ => (file, format!("pools.{name}.servers_file")),
+        };
         let text = std::fs::read_to_string(file)
             .map_err(|e| invalid(key.clone(), format!("cannot read {}: {e}", file.display())))?;
+        super::load::refuse_placeholder(file, &text)?;
         let defs = parse_servers_file(&text).map_err(|e| invalid(key, format!("{}: {e}", file.display())))?;
         out.insert(name.clone(), defs);
     }

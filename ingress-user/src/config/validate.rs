@@ -100,6 +100,12 @@ impl Config {
         if pool.maxconn == 0 {
             return Err(invalid(format!("{key}.maxconn"), "must be at least 1"));
         }
+        if pool.servers_seed.is_some() && pool.servers_file.is_none() {
+            return Err(invalid(
+                format!("{key}.servers_seed"),
+                "needs servers_file: the file the list is kept in once it changes at runtime",
+            ));
+        }
         if pool.cookie.is_empty()
             || !pool
                 .cookie

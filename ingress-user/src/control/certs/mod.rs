@@ -254,39 +254,45 @@ impl CertStore {
         self.dir.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Points the store at another directory or default (a reload); bundles
-    /// that fail to load there leave the current ones serving.
     /// What a retarget to `dir` would serve, without serving it: the stems
     /// of its usable bundles; an error when there is none, or when
     /// `default_stem` names none of them.
     pub fn check_dir(&self, dir: &Path, default_stem: Option<&str>) -> Result<Vec<String>, CertError> {
-        let (sources, _) = source::list(dir)?;
-        let mut stems = Vec::new();
-        for src in sources {
-            let Ok(content) = src.read() else { continue };
-            if load_bundle(&src.path, &src.stem, content, &self.provider).is_ok() {
-                stems.push(src.stem);
-            }
-        }
-        if stems.is_empty() {
-            return Err(CertError::Empty { dir: dir.to_owned() });
-        }
-        if let Some(d) = default_stem
-            && !stems.iter().any(|s| s == d)
-        {
-            return Err(CertError::Bundle {
-                path: dir.join(format!("{d}.pem")),
-                reason: "default_cert names no usable bundle in the directory".to_owned(),
-            });
-        }
-        Ok(stems)
+        check_dir(dir, default_stem, &self.provider)
     }
 
+    /// Points the store at another directory or default (a reload); bundles
+    /// that fail to load there leave the current ones serving.
     pub fn retarget(&self, dir: &Path, default_stem: Option<String>) -> Vec<CertError> {
         *self.dir.lock().unwrap_or_else(|e| e.into_inner()) = dir.to_owned();
         *self.default_stem.lock().unwrap_or_else(|e| e.into_inner()) = default_stem;
         self.reload()
     }
+}
+
+/// The stems of the usable bundles in `dir`, without serving them; an error
+/// when there is none, or when `default_stem` names none of them.
+pub fn check_dir(dir: &Path, default_stem: Option<&str>, provider: &CryptoProvider) -> Result<Vec<String>, CertError> {
+    let (sources, _) = source::list(dir)?;
+    let mut stems = Vec::new();
+    for src in sources {
+        let Ok(content) = src.read() else { continue };
+        if load_bundle(&src.path, &src.stem, content, provider).is_ok() {
+            stems.push(src.stem);
+        }
+    }
+    if stems.is_empty() {
+        return Err(CertError::Empty { dir: dir.to_owned() });
+    }
+    if let Some(d) = default_stem
+        && !stems.iter().any(|s| s == d)
+    {
+        return Err(CertError::Bundle {
+            path: dir.join(format!("{d}.pem")),
+            reason: "default_cert names no usable bundle in the directory".to_owned(),
+        });
+    }
+    Ok(stems)
 }
 
 /// Resolves the certificate for a ClientHello from the current index.
