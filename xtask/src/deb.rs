@@ -76,6 +76,8 @@ pub fn package_path() -> PathBuf {
 
 /// Builds the release binary and the package; returns the package's path.
 pub fn build() -> anyhow::Result<PathBuf> {
+    // strip, dpkg-deb, md5sum.
+    crate::setup::debian_packages(&["binutils", "dpkg", "coreutils"])?;
     run(cargo().args(["build", "--release", "-p", "ingress-user", "--bin", "ingress"]))?;
     let out = root().join("target/debian");
     let stage = out.join(format!("ingress_{}_amd64", env!("CARGO_PKG_VERSION")));

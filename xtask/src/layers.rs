@@ -23,6 +23,8 @@ pub const RANKS: &[(&str, u32)] = &[
     ("telemetry", 0),
     ("config", 1),
     ("balance", 2),
+    // `ingress import`: a leaf of the control side that names only config and model.
+    ("import", 2),
     ("snapshot", 3),
     ("data", 4),
     ("bpf", 5),

@@ -30,6 +30,9 @@ const TEST_PACKAGES: &[&str] = &[
     "bird2",
     "certbot",
     "pebble",
+    // The package test installs the .deb (adduser in postinst) and verifies its unit.
+    "adduser",
+    "systemd",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
