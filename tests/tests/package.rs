@@ -6,7 +6,8 @@
 //! the packaged binary run as the system user with exactly the unit's
 //! capabilities (`setpriv`) reads certificates as certbot leaves them after
 //! the shipped deploy hook, binds :443 and :80, attaches XDP in a namespace,
-//! carries a call, and writes its servers_file to its state directory.
+//! carries a call, and writes its servers_file to its state directory. The
+//! config it runs is the shipped one with this host's values put in.
 
 use std::{
     collections::BTreeSet,
@@ -19,10 +20,6 @@ use std::{
 use ingress_tests::{
     Fleet, Ingress, Pki, TestDir, echo,
     netns::{NetPair, call_from},
-};
-use testbed::{
-    IngressConfig,
-    config::{Check, Pool, Xdp},
 };
 
 fn repo(rel: &str) -> PathBuf {
@@ -59,23 +56,43 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The package installed for the test; purged on drop, with the system
-/// user and group it made (Debian's postrm keeps them).
+/// The package installed for the test, on a bpffs mounted as systemd
+/// mounts it (mode 0700); purged on drop with the system user and group it
+/// made (Debian's postrm keeps them), the bpffs mode put back.
 struct Installed {
     made_user: bool,
+    made_group: bool,
+    bpffs_mode: u32,
 }
 
 impl Installed {
     fn install(deb: &Path) -> Self {
-        let made_user = !Command::new("getent")
-            .args(["passwd", "ingress"])
+        let exists = |db: &str| {
+            Command::new("getent")
+                .args([db, "ingress"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        let installed = Command::new("dpkg")
+            .args(["-s", "ingress"])
             .output()
             .is_ok_and(|o| o.status.success());
+        assert!(
+            !installed,
+            "the ingress package is installed on this machine: the test would purge it"
+        );
+        let bpffs_mode = std::fs::metadata("/sys/fs/bpf").unwrap().permissions().mode() & 0o7777;
+        let me = Self {
+            made_user: !exists("passwd"),
+            made_group: !exists("group"),
+            bpffs_mode,
+        };
+        std::fs::set_permissions("/sys/fs/bpf", std::fs::Permissions::from_mode(0o700)).unwrap();
         ok(Command::new("dpkg")
             .arg("-i")
             .arg(deb)
             .env("DEBIAN_FRONTEND", "noninteractive"));
-        Self { made_user }
+        me
     }
 }
 
@@ -86,10 +103,13 @@ impl Drop for Installed {
             let _ = Command::new("deluser")
                 .args(["--system", "--quiet", "ingress"])
                 .output();
+        }
+        if self.made_group {
             let _ = Command::new("delgroup")
                 .args(["--system", "--quiet", "ingress"])
                 .output();
         }
+        let _ = std::fs::set_permissions("/sys/fs/bpf", std::fs::Permissions::from_mode(self.bpffs_mode));
     }
 }
 
@@ -217,6 +237,8 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
         ("/etc/ingress/ingress.toml", (0, gid), 0o640),
         ("/etc/ingress/fleet-servers.txt", (0, gid), 0o640),
         ("/sys/fs/bpf/ingress", (uid, gid), 0o750),
+        // systemd's 0700 mount, opened for traversal by the tmpfiles entry.
+        ("/sys/fs/bpf", (0, 0), 0o711),
     ] {
         let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(((m.uid(), m.gid()), m.mode() & 0o777), (owner, mode), "{path}");
@@ -248,7 +270,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
     let pair = NetPair::new();
     let dir = TestDir::new("package");
     let pki = Pki::new(&dir);
-    let fleet = Fleet::start_with(&dir, &pki, "fleet1", 4, Some(&pair.ingress_ns));
+    let fleets = [1, 2].map(|n| Fleet::start_with(&dir, &pki, &format!("fleet{n}"), 4, Some(&pair.ingress_ns)));
     let lineage = certbot_layout(&dir, &pki);
     ok(Command::new("/usr/share/ingress/certbot-deploy-hook").env("RENEWED_LINEAGE", &lineage));
     let run_dir = dir.path("run");
@@ -257,24 +279,35 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
         std::fs::create_dir_all(d).unwrap();
         chown(d, uid, gid, 0o750);
     }
-    let seed = dir.write(
-        "fleet-servers.txt",
-        &format!("{} name=fleet1 sni=localhost\n", fleet.https),
-    );
+    // The shipped files with this host's values: the placeholders, and the
+    // paths systemd would make (RuntimeDirectory, StateDirectory) or certbot.
+    let mut seed = std::fs::read_to_string("/etc/ingress/fleet-servers.txt").unwrap();
+    for (n, f) in fleets.iter().enumerate() {
+        seed = seed.replace(
+            &format!("__FLEET{}_HOST__", n + 1),
+            &format!("{} sni=localhost", f.https),
+        );
+    }
+    let seed = dir.write("fleet-servers.txt", &seed);
     let servers_file = state.join("fleet-servers.txt");
-    let cfg = IngressConfig::new("0.0.0.0:443", lineage.parent().unwrap(), run_dir.join("admin.sock"))
-        .http("0.0.0.0:80")
-        .call_routes("fleets")
-        .pool(
-            Pool::new("fleets")
-                .maxconn(4)
-                .servers_file(&servers_file)
-                .raw(&format!("servers_seed = {:?}", seed.display().to_string()))
-                .tls_ca(&pki.ca_path)
-                .check(Check::default().interval("200ms").timeout("500ms")),
-        )
-        .xdp(Xdp::on(&pair.ingress_if).pin_path("/sys/fs/bpf/ingress"))
-        .render();
+    let q = |p: &Path| format!("{:?}", p.display().to_string());
+    let cfg = [
+        ("__INGRESS_DOMAIN__", "localhost".to_owned()),
+        ("__CARRIER_INTERFACE__", pair.ingress_if.clone()),
+        ("\"/etc/letsencrypt/live\"", q(lineage.parent().unwrap())),
+        ("\"/run/ingress/admin.sock\"", q(&run_dir.join("admin.sock"))),
+        ("\"/var/lib/ingress/fleet-servers.txt\"", q(&servers_file)),
+        ("\"/etc/ingress/fleet-servers.txt\"", q(&seed)),
+        ("verify = true", format!("verify = true\nca = {}", q(&pki.ca_path))),
+    ]
+    .iter()
+    .fold(
+        std::fs::read_to_string("/etc/ingress/ingress.toml").unwrap(),
+        |cfg, (from, to)| {
+            assert!(cfg.contains(from), "the shipped ingress.toml has {from}");
+            cfg.replace(from, to)
+        },
+    );
     let as_ingress: Vec<String> = [
         "setpriv",
         "--reuid=ingress",
@@ -316,6 +349,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
         .build()
         .unwrap();
     rt.block_on(async {
+        ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
         let st: serde_json::Value = serde_json::from_str(&ingress.admin_get("/api/status").await.1).unwrap();
         assert_eq!(st["xdp"]["attached"], true, "XDP attached as the ingress user: {st}");
         let https = std::net::SocketAddr::from((pair.ingress_ip, 443));
@@ -335,6 +369,16 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
         });
         echo(&mut ws, "hello").await.unwrap();
     });
+    // Both families, as shipped: [::]:443 and [::]:80 beside 0.0.0.0's.
+    for port in [443, 80] {
+        let r = ingress_tests::netns::run_in(&pair.ingress_ns, move || {
+            std::net::TcpStream::connect_timeout(
+                &std::net::SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port)),
+                Duration::from_secs(2),
+            )
+        });
+        assert!(r.is_ok(), "[::1]:{port}: {r:?}");
+    }
 
     // Operator commands as the unit runs them (ExecReload is the ingress user's),
     // and the list written to the state directory, not to the seed.
@@ -356,5 +400,5 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
         !std::fs::read_to_string(&seed).unwrap().contains("state="),
         "the seed is not written"
     );
-    drop((ingress, fleet));
+    drop((ingress, fleets));
 }

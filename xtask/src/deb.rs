@@ -101,6 +101,9 @@ pub fn build() -> anyhow::Result<PathBuf> {
     }
     let debian = stage.join("DEBIAN");
     fs::create_dir_all(&debian)?;
+    // Whatever the umask: dpkg-deb wants DEBIAN/ 0755, and /etc/letsencrypt
+    // must not arrive 0700.
+    dirs_0755(&stage)?;
     for s in SCRIPTS {
         let dst = debian.join(s);
         fs::copy(root().join("ops/debian").join(s), &dst).with_context(|| format!("copying {s}"))?;
@@ -129,7 +132,7 @@ Version: {version}
 Architecture: amd64
 Maintainer: ingress developers <ingress@localhost>
 Installed-Size: {installed_kib}
-Depends: libc6 (>= 2.36), adduser
+Depends: libc6 (>= 2.36), adduser, ca-certificates
 Recommends: certbot
 Suggests: keepalived, bird2
 Section: net
@@ -159,9 +162,25 @@ fn size_kib(dir: &Path) -> anyhow::Result<u64> {
     Ok(total.div_ceil(1024))
 }
 
+fn dirs_0755(dir: &Path) -> anyhow::Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if fs::symlink_metadata(&path)?.is_dir() {
+            dirs_0755(&path)?;
+        }
+    }
+    Ok(())
+}
+
 /// `DEBIAN/md5sums`, so `dpkg --verify ingress` can tell a changed file.
 fn md5sums(stage: &Path) -> anyhow::Result<()> {
-    let mut files: Vec<&str> = FILES.iter().map(|(_, to, _)| *to).collect();
+    // Conffiles are the operator's: dpkg tracks them on its own.
+    let mut files: Vec<&str> = FILES
+        .iter()
+        .map(|(_, to, _)| *to)
+        .filter(|to| !CONFFILES.contains(&format!("/{to}").as_str()))
+        .collect();
     files.sort_unstable();
     let out = Command::new("md5sum")
         .args(&files)

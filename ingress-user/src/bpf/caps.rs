@@ -9,7 +9,7 @@
 /// Capability numbers from `linux/capability.h`.
 const NEEDED: &[(u32, &str)] = &[(12, "CAP_NET_ADMIN"), (38, "CAP_PERFMON"), (39, "CAP_BPF")];
 
-/// The needed capabilities this process lacks (none as root).
+/// The needed capabilities this process lacks.
 pub fn missing() -> Vec<&'static str> {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     missing_from(&status)
@@ -21,9 +21,12 @@ fn missing_from(status: &str) -> Vec<&'static str> {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
+    // The kernel takes CAP_SYS_ADMIN for CAP_BPF and CAP_PERFMON (kernels
+    // before 5.8, runtimes that do not know the newer bits).
+    let sys_admin = eff & (1 << 21) != 0;
     NEEDED
         .iter()
-        .filter(|(bit, _)| eff & (1 << bit) == 0)
+        .filter(|(bit, _)| eff & (1 << bit) == 0 && !(sys_admin && *bit != 12))
         .map(|(_, name)| *name)
         .collect()
 }
@@ -39,5 +42,8 @@ mod tests {
         let two = (1u64 << 12) | (1 << 39);
         assert_eq!(missing_from(&format!("CapEff:\t{two:016x}\n")), ["CAP_PERFMON"]);
         assert_eq!(missing_from("Name:\tingress\n").len(), 3);
+        // CAP_SYS_ADMIN stands for CAP_BPF and CAP_PERFMON, not CAP_NET_ADMIN.
+        let old_root = 1u64 << 21;
+        assert_eq!(missing_from(&format!("CapEff:\t{old_root:016x}\n")), ["CAP_NET_ADMIN"]);
     }
 }

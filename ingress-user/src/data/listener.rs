@@ -267,7 +267,10 @@ pub async fn bind_all(addrs: &[SocketAddr]) -> std::io::Result<Vec<TcpListener>>
         let sock = if a.is_ipv4() {
             tokio::net::TcpSocket::new_v4()?
         } else {
-            tokio::net::TcpSocket::new_v6()?
+            let s = tokio::net::TcpSocket::new_v6()?;
+            // `[::]:443` beside `0.0.0.0:443` (net.ipv6.bindv6only = 0 by default).
+            nix::sys::socket::setsockopt(&s, nix::sys::socket::sockopt::Ipv6V6Only, &true)?;
+            s
         };
         sock.set_reuseaddr(true)?;
         sock.bind(*a)

@@ -150,7 +150,10 @@ impl CertStore {
         });
         let errors = store.reload();
         if store.index.load().bundles.is_empty() {
-            if awaiting_acme {
+            // Nothing there yet (no directory, no bundle): ACME can fetch one.
+            // A bundle refused is an error, as without ACME.
+            let refused = errors.iter().any(|e| matches!(e, CertError::Bundle { .. }));
+            if awaiting_acme && !refused {
                 tracing::error!(dir = %dir.display(), "no certificate yet: TLS handshakes fail until one is written there (ACME on the http listener)");
                 return Ok(store);
             }
@@ -273,16 +276,23 @@ impl CertStore {
 /// The stems of the usable bundles in `dir`, without serving them; an error
 /// when there is none, or when `default_stem` names none of them.
 pub fn check_dir(dir: &Path, default_stem: Option<&str>, provider: &CryptoProvider) -> Result<Vec<String>, CertError> {
-    let (sources, _) = source::list(dir)?;
+    let (sources, mut refused) = source::list(dir)?;
     let mut stems = Vec::new();
     for src in sources {
-        let Ok(content) = src.read() else { continue };
-        if load_bundle(&src.path, &src.stem, content, provider).is_ok() {
-            stems.push(src.stem);
+        match src
+            .read()
+            .and_then(|content| load_bundle(&src.path, &src.stem, content, provider))
+        {
+            Ok(_) => stems.push(src.stem),
+            Err(e) => refused.push(e),
         }
     }
     if stems.is_empty() {
-        return Err(CertError::Empty { dir: dir.to_owned() });
+        // Why the first candidate was refused says more than "none".
+        return Err(refused
+            .into_iter()
+            .next()
+            .unwrap_or(CertError::Empty { dir: dir.to_owned() }));
     }
     if let Some(d) = default_stem
         && !stems.iter().any(|s| s == d)

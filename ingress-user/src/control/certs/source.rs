@@ -66,7 +66,23 @@ pub fn list(dir: &Path) -> Result<(Vec<Source>, Vec<CertError>), CertError> {
         let source = if meta.is_dir() {
             let fullchain = path.join(FULLCHAIN);
             let privkey = path.join(PRIVKEY);
-            match (fullchain.exists(), privkey.exists()) {
+            let present = |p: &Path| match std::fs::metadata(p) {
+                Ok(_) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+                // Unreadable (a lineage certbot left 0700): said, not skipped.
+                Err(source) => Err(CertError::Read {
+                    path: p.to_owned(),
+                    source,
+                }),
+            };
+            let (has_chain, has_key) = match (present(&fullchain), present(&privkey)) {
+                (Ok(c), Ok(k)) => (c, k),
+                (Err(e), _) | (_, Err(e)) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
+            match (has_chain, has_key) {
                 (false, false) => continue,
                 (true, true) => Source {
                     stem: name,

@@ -26,13 +26,15 @@ impl Drop for CertWatcher {
     }
 }
 
-/// Starts following `store`'s directory; its first reload is the caller's.
+/// Starts following `store`'s directory.
 pub fn spawn(store: Arc<CertStore>) -> CertWatcher {
     let task = tokio::spawn(async move {
         let (tx, mut rx) = mpsc::unbounded_channel::<()>();
         let mut inotify: Option<notify::RecommendedWatcher> = None;
         let mut said = false;
-        let mut last = source::fingerprint(&store.dir());
+        // Nothing seen yet: the first comparison reloads, so a change made
+        // between the store's load and this task's start is not missed.
+        let mut last = Vec::new();
         loop {
             let dir = store.dir();
             if inotify.is_none() {
@@ -69,13 +71,57 @@ pub fn spawn(store: Arc<CertStore>) -> CertWatcher {
     CertWatcher { task }
 }
 
+/// Whether an event can change what is served: not the opens and reads of
+/// the reload itself (inotify reports them, and acting on them would reload
+/// forever), but a file closed after writing, created, renamed, removed, or
+/// its mode changed.
+fn changes(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode, EventKind};
+    match kind {
+        EventKind::Access(a) => *a == AccessKind::Close(AccessMode::Write),
+        _ => true,
+    }
+}
+
 fn arm(dir: &Path, tx: mpsc::UnboundedSender<()>) -> notify::Result<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if res.is_ok() {
+        if res.is_ok_and(|e| changes(&e.kind)) {
             let _ = tx.send(());
         }
     })?;
     watcher.watch(dir, notify::RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+
+    /// The watcher's own reads are no change: with a refused bundle in the
+    /// directory, no reload happens (and no error is counted) while nothing
+    /// changes, and one happens when a file is written.
+    #[tokio::test]
+    async fn reading_the_directory_does_not_wake_the_watcher() {
+        let dir = std::env::temp_dir().join(format!("ingress-certs-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // Empty, as before certbot's first issuance: the store waits for one.
+        let store = CertStore::load(&dir, None, crate::control::tls::provider(), true).unwrap();
+        let _w = spawn(Arc::clone(&store));
+        std::fs::write(dir.join("broken.pem"), "-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+        let deadline = std::time::Instant::now() + POLL * 4;
+        while store.errors.load(Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "a written file was not noticed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let refused = store.errors.load(Relaxed);
+        // A quiet window several polls and settles long: nothing to wait for.
+        tokio::time::sleep(POLL * 4).await;
+        assert_eq!(store.errors.load(Relaxed), refused, "reloaded with nothing changed");
+        assert!(store.is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
