@@ -7,6 +7,9 @@
 //!    clock) and [`telemetry`] (counters and labels): nothing from the crate;
 //! 2. [`config`] — the TOML schema, validation (pure), the `servers_file` format;
 //! 3. [`balance`] — servers, leases, pools, the pick and its strategies;
+//!    beside it (same rank, neither names the other) [`import`] — `ingress
+//!    import`: a haproxy.cfg translated to ingress.toml, checked with
+//!    [`config`]'s own validation; it names only [`config`] and [`model`];
 //! 4. [`snapshot`] — the immutable runtime the data path reads, and the one
 //!    walk over its servers ([`snapshot::ServerView`]);
 //! 5. [`data`] — the data path: listener, HTTP/1 heads, upgrade, `http`
@@ -26,6 +29,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod data;
+pub mod import;
 pub mod lifecycle;
 pub mod model;
 pub mod snapshot;

@@ -1,5 +1,5 @@
-//! `ingress`: the daemon (`run`), the config checker (`check`) and the BPF
-//! map reader (`bpf dump`).
+//! `ingress`: the daemon (`run`), the config checker (`check`), the
+//! HAProxy importer (`import`) and the BPF map reader (`bpf dump`).
 
 use std::path::PathBuf;
 
@@ -32,6 +32,16 @@ enum Command {
         config: PathBuf,
         #[arg(long)]
         probe: bool,
+    },
+    /// Translate a haproxy.cfg into an ingress.toml (on stdout); what has
+    /// no equivalent is named on stderr with its line.
+    Import {
+        /// The HAProxy configuration file.
+        file: PathBuf,
+        /// Write the pools' servers here (`servers_file = "OUT"`, a path as
+        /// seen from the ingress.toml) instead of inline.
+        #[arg(long, value_name = "OUT")]
+        servers_file: Option<PathBuf>,
     },
     /// Operate a running daemon through its admin socket.
     Ctl {
@@ -177,6 +187,7 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Import { file, servers_file } => import(&file, servers_file.as_deref()),
         Command::Ctl { socket, command } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let code = rt.block_on(ctl(&socket, command));
@@ -193,7 +204,37 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `check --probe`: one health request per server, and what the pool's capacity pointer reads.
+/// `import`: the translation, checked as `check` checks a file (its
+/// servers files as read), then the servers files, the notes on stderr and
+/// the config on stdout. Nothing is written when it fails.
+fn import(file: &std::path::Path, servers_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let imported = match ingress_user::import::import_file(file, servers_file) {
+        Ok(i) => i,
+        Err(failed) => {
+            for n in &failed.notes {
+                eprintln!("{n}");
+            }
+            return Err(failed.error.into());
+        }
+    };
+    ingress_user::control::desired::Desired::from_config(&imported.config, &imported.files)
+        .with_context(|| format!("{}: the translation does not pass `ingress check`", file.display()))?;
+    for (path, text) in &imported.servers_files {
+        ingress_user::config::write_atomically(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    for n in &imported.notes {
+        eprintln!("{n}");
+    }
+    // What `check` would say of the files it names, as found here (the import may run elsewhere).
+    let (lines, refused) = check_files(&imported.config);
+    for line in lines.into_iter().chain(refused) {
+        eprintln!("check: {line}");
+    }
+    print!("{}", imported.toml);
+    Ok(())
+}
+
 /// What `check` says of the files the config names: the certificates the
 /// daemon would serve, and where each pool's list is read from. An error
 /// when the daemon would refuse to start (no certificate, no ACME listener).
@@ -206,7 +247,7 @@ fn check_files(c: &ingress_user::config::Config) -> (Vec<String>, Option<String>
             lines.push(format!("certs: {}: {}", dir.display(), stems.join(", ")));
             None
         }
-        Err(e) if c.listen.http.is_some() => {
+        Err(e) if c.listen.http.is_some() && !matches!(e, ingress_user::control::certs::CertError::Bundle { .. }) => {
             lines.push(format!(
                 "certs: {e}; the daemon starts, :443 handshakes fail until a certificate is there (ACME on the http listener forwards to {})",
                 c.listen.acme_upstream
@@ -237,6 +278,7 @@ fn check_files(c: &ingress_user::config::Config) -> (Vec<String>, Option<String>
     (lines, refused)
 }
 
+/// `check --probe`: one health request per server, and what the pool's capacity pointer reads.
 async fn probe_all(
     c: &ingress_user::config::Config,
     desired: &ingress_user::control::desired::Desired,

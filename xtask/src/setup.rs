@@ -30,6 +30,7 @@ const TEST_PACKAGES: &[&str] = &[
     "bird2",
     "certbot",
     "pebble",
+    "haproxy", // tests/tests/import.rs runs the original haproxy.cfg beside its import
     // The package test installs the .deb (adduser in postinst) and verifies its unit.
     "adduser",
     "systemd",
