@@ -261,8 +261,13 @@ fn check_files(c: &ingress_user::config::Config) -> (Vec<String>, Option<String>
     for (name, pool) in &c.pools {
         if let (Some(file), Some(seed)) = (&pool.servers_file, &pool.servers_seed) {
             lines.push(if file.exists() {
+                let since = if ingress_user::config::seed_is_newer(seed, file) {
+                    "; the seed was edited since: change the list with ctl add/remove, or edit servers_file"
+                } else {
+                    ""
+                };
                 format!(
-                    "pools.{name}: servers from {} (servers_seed {} is not read: the list changed at runtime)",
+                    "pools.{name}: servers from {} (servers_seed {} is not read: the list changed at runtime{since})",
                     file.display(),
                     seed.display()
                 )

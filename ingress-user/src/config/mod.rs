@@ -17,7 +17,8 @@ mod values;
 
 pub use group::GroupConfig;
 pub use servers_file::{
-    FileServers, parse_servers_file, read_all as read_servers_files, render_servers_file, write_atomically,
+    FileServers, parse_servers_file, read_all as read_servers_files, render_servers_file, seed_is_newer,
+    write_atomically,
 };
 pub use values::{Addrs, Dur};
 

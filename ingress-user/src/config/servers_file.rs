@@ -19,7 +19,13 @@ pub fn read_all(config: &Config) -> Result<BTreeMap<String, FileServers>, Config
         // Until the first runtime change writes servers_file, the seed is the list.
         let (file, key) = match &pool.servers_seed {
             Some(seed) if !file.exists() => (seed, format!("pools.{name}.servers_seed")),
-            _ => (file, format!("pools.{name}.servers_file")),
+            Some(seed) => {
+                if seed_is_newer(seed, file) {
+                    tracing::warn!(pool = %name, seed = %seed.display(), servers_file = %file.display(), "servers_seed changed after servers_file was written and is not read: change the list with ingress ctl add/remove, or edit servers_file");
+                }
+                (file, format!("pools.{name}.servers_file"))
+            }
+            None => (file, format!("pools.{name}.servers_file")),
         };
         let text = std::fs::read_to_string(file)
             .map_err(|e| invalid(key.clone(), format!("cannot read {}: {e}", file.display())))?;
@@ -28,6 +34,12 @@ pub fn read_all(config: &Config) -> Result<BTreeMap<String, FileServers>, Config
         out.insert(name.clone(), defs);
     }
     Ok(out)
+}
+
+/// Whether the seed was modified after `file` (both readable).
+pub fn seed_is_newer(seed: &Path, file: &Path) -> bool {
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    matches!((mtime(seed), mtime(file)), (Some(s), Some(f)) if s > f)
 }
 
 /// Parses a `servers_file`: one `ADDR [name=NAME] [sni=HOST] [maxconn=N]

@@ -35,9 +35,11 @@ pub fn spawn(store: Arc<CertStore>) -> CertWatcher {
         // Nothing seen yet: the first comparison reloads, so a change made
         // between the store's load and this task's start is not missed.
         let mut last = Vec::new();
+        // Arming is tried at start and after a change, not at every poll.
+        let mut try_arm = true;
         loop {
             let dir = store.dir();
-            if inotify.is_none() {
+            if inotify.is_none() && std::mem::take(&mut try_arm) {
                 match arm(&dir, tx.clone()) {
                     Ok(w) => inotify = Some(w),
                     Err(e) if !said => {
@@ -63,6 +65,7 @@ pub fn spawn(store: Arc<CertStore>) -> CertWatcher {
                 // Watches die with their directory; arm again when it is back.
                 inotify = None;
             }
+            try_arm = true;
             last = now;
             let store = Arc::clone(&store);
             let _ = tokio::task::spawn_blocking(move || store.reload()).await;
