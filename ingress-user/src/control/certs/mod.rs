@@ -221,14 +221,20 @@ impl CertStore {
         let default_stem = self.default_stem.lock().unwrap_or_else(|e| e.into_inner()).clone();
         changed |= bundles.len() != old.bundles.len() || default_stem != old.default_stem;
         for e in &errors {
-            tracing::error!(error = %e, "certificate bundle refused; the previous one keeps serving");
+            if old.bundles.is_empty() {
+                tracing::error!(error = %e, "certificate bundle refused");
+            } else {
+                tracing::error!(error = %e, "certificate bundle refused; the previous one keeps serving");
+            }
         }
         self.errors.fetch_add(errors.len() as u64, Relaxed);
         if changed {
             let names: Vec<_> = bundles.keys().cloned().collect();
             self.index.store(Arc::new(Index::build(bundles, default_stem)));
             self.reloads.fetch_add(1, Relaxed);
-            tracing::info!(bundles = ?names, "certificates loaded");
+            if !names.is_empty() {
+                tracing::info!(bundles = ?names, "certificates loaded");
+            }
         }
         errors
     }

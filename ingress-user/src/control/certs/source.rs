@@ -122,12 +122,15 @@ pub fn list(dir: &Path) -> Result<(Vec<Source>, Vec<CertError>), CertError> {
     Ok((sources, errors))
 }
 
+/// Each candidate file and what stat said of it.
+pub type Fingerprint = Vec<(PathBuf, Result<[i64; 6], io::ErrorKind>)>;
+
 /// What identifies the directory's state without reading the bundles:
 /// each candidate file's device, inode, size, modification and change
 /// times through its symlinks (a renewal re-points `live/` links at new
 /// `archive/` files, so the inode changes; a `chmod` by a deploy hook
 /// changes the change time), or the error that stat gave.
-pub fn fingerprint(dir: &Path) -> Vec<(PathBuf, Result<[i64; 6], io::ErrorKind>)> {
+pub fn fingerprint(dir: &Path) -> Fingerprint {
     let Ok((sources, _)) = list(dir) else {
         return vec![(dir.to_owned(), Err(io::ErrorKind::NotFound))];
     };

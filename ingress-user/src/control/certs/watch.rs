@@ -61,8 +61,10 @@ pub fn spawn(store: Arc<CertStore>) -> CertWatcher {
             if !woken && now == last {
                 continue;
             }
-            if !dir.is_dir() {
-                // Watches die with their directory; arm again when it is back.
+            let paths = |f: &source::Fingerprint| f.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>();
+            if !dir.is_dir() || paths(&now) != paths(&last) {
+                // Watches die with their directory, and a lineage made after
+                // the watch began may have none: arm again.
                 inotify = None;
             }
             try_arm = true;
