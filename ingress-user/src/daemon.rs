@@ -219,6 +219,9 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     let (pins, pins_rx) = mpsc::channel(1);
     let (go_tx, go_rx) = watch::channel(inherited.as_ref().is_none_or(|i| i.channel.is_none()));
     let mut xdp_pin = None;
+    shared
+        .xdp
+        .update(|s| s.configured = config.xdp.mode != crate::model::XdpMode::Off);
     let xdp_task = match bpf::sync::start(&config, &xdp_ports, inherited_link.as_ref()) {
         Ok(handle) => {
             xdp_pin = Some((config.xdp.pin_path.join("link"), pins));

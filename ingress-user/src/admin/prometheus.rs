@@ -242,9 +242,65 @@ pub fn render(shared: &Shared) -> String {
         packets,
     );
 
+    r.register(
+        "ingress_xdp_configured",
+        "1 when [xdp] mode is not off: the program is expected attached",
+        gauge(i64::from(xdp.configured)),
+    );
+    r.register(
+        "ingress_config_last_reload_successful",
+        "0 when the last reload was refused (the previous config serves on), else 1",
+        gauge(i64::from(!shared.last_reload_failed.load(Relaxed))),
+    );
+    register_process(&mut r);
+
     let mut out = String::new();
     let _ = text::encode(&mut out, &r);
     to_prometheus_text(&out)
+}
+
+/// The `process_*` figures, as Prometheus client libraries name them.
+fn register_process(r: &mut Registry) {
+    use std::sync::atomic::AtomicU64;
+    let p = super::process::read();
+    let float = |v: f64| {
+        let g = Gauge::<f64, AtomicU64>::default();
+        g.set(v);
+        g
+    };
+    if let Some(v) = p.open_fds {
+        r.register("process_open_fds", "Number of open file descriptors", gauge(v as i64));
+    }
+    if let Some(v) = p.max_fds {
+        r.register(
+            "process_max_fds",
+            "Maximum number of open file descriptors (the soft limit)",
+            gauge(v as i64),
+        );
+    }
+    if let Some(v) = p.resident_bytes {
+        r.register(
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes",
+            gauge(v as i64),
+        );
+    }
+    if let Some(v) = p.cpu_seconds {
+        let c = Counter::<f64, AtomicU64>::default();
+        c.inc_by(v);
+        r.register(
+            "process_cpu_seconds",
+            "Total user and system CPU time spent in seconds",
+            c,
+        );
+    }
+    if let Some(v) = p.start_time_seconds {
+        r.register(
+            "process_start_time_seconds",
+            "Start time of the process since the Unix epoch in seconds",
+            float(v),
+        );
+    }
 }
 
 /// The client crate writes OpenMetrics; `/metrics` serves the Prometheus

@@ -8,6 +8,8 @@ use serde::Serialize;
 /// One reading of the XDP status, as `/metrics`, `/api/status` and `stat` show it.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct XdpView {
+    /// `[xdp] mode` is not `off`: the program is meant to be attached.
+    pub configured: bool,
     pub attached: bool,
     pub interface: Option<String>,
     /// `native` or `skb` when attached.

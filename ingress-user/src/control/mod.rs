@@ -51,6 +51,8 @@ pub struct Shared {
     pub data: Arc<DataCtx>,
     pub certs: Arc<CertStore>,
     pub xdp: Arc<XdpStatus>,
+    /// The last reload was refused (`/metrics`; `/api/status` has the reason).
+    pub last_reload_failed: std::sync::atomic::AtomicBool,
     next_server_id: AtomicU32,
 }
 
@@ -60,6 +62,7 @@ impl Shared {
             data,
             certs,
             xdp: Arc::default(),
+            last_reload_failed: std::sync::atomic::AtomicBool::new(false),
             next_server_id: AtomicU32::new(next_server_id),
         }
     }
@@ -352,6 +355,7 @@ impl Control {
     /// Parses and validates the config file and applies the difference.
     pub async fn reload(&mut self) -> Result<Reloaded, ControlError> {
         let result = self.reload_inner().await;
+        self.shared.last_reload_failed.store(result.is_err(), Relaxed);
         self.last_reload = match &result {
             Ok(r) => ReloadStatus {
                 ok: Some(true),
