@@ -1,7 +1,9 @@
-//! The shipped alert rules (`ops/prometheus/alerts.yml`): their own unit
-//! tests pass under `promtool test rules`, and every metric they name is on
-//! a live `/metrics`, with the figures they read: descriptors, whether XDP
-//! is expected, whether the last reload was refused.
+//! The shipped alert rules (`ops/prometheus/alerts.yml`) and dashboard
+//! (`ops/grafana/ingress.json`): the rules' own unit tests pass under
+//! `promtool test rules`, the dashboard's queries parse as PromQL, and every
+//! metric either names is on a live `/metrics`, with the figures the rules
+//! read: descriptors, whether XDP is expected, whether the last reload was
+//! refused.
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
@@ -13,28 +15,72 @@ fn ops(rel: &str) -> std::path::PathBuf {
         .join(rel)
 }
 
-/// The metric names an expression file mentions (`ingress_…`, `process_…`).
-fn metric_names(rules: &str) -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for line in rules.lines().filter(|l| l.trim_start().starts_with("expr:")) {
-        let bytes = line.as_bytes();
-        let mut i = 0;
-        while i < bytes.len() {
-            let rest = &line[i..];
-            if (rest.starts_with("ingress_") || rest.starts_with("process_"))
-                && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
-            {
-                let end = rest
-                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                    .unwrap_or(rest.len());
-                out.insert(rest[..end].to_owned());
-                i += end;
-            } else {
-                i += 1;
-            }
+/// The metric names an expression mentions (`ingress_…`, `process_…`).
+fn names_in(expr: &str, out: &mut BTreeSet<String>) {
+    let bytes = expr.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let rest = &expr[i..];
+        if (rest.starts_with("ingress_") || rest.starts_with("process_"))
+            && (i == 0 || !(bytes[i - 1].is_ascii_alphanumeric() || bytes[i - 1] == b'_'))
+        {
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            out.insert(rest[..end].to_owned());
+            i += end;
+        } else {
+            i += 1;
         }
     }
-    out
+}
+
+/// The alert rules' expressions.
+fn alert_exprs() -> Vec<String> {
+    let rules = std::fs::read_to_string(ops("alerts.yml")).unwrap();
+    rules
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("expr:"))
+        .map(|e| e.trim().to_owned())
+        .collect()
+}
+
+/// The dashboard's panel queries, with `$instance` matching any instance.
+fn dashboard_exprs() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ops/grafana/ingress.json");
+    let d: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).expect("valid JSON");
+    let panels = d["panels"].as_array().expect("panels");
+    assert!(panels.len() >= 8);
+    panels
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a target's expr").replace("$instance", ".*"))
+        .collect()
+}
+
+#[test]
+fn dashboard_queries_are_promql() {
+    // promtool parses every query as a recording rule's expression.
+    let dir = TestDir::new("dashboard");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in dashboard_exprs().iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard_panel_{i}\n        expr: {}\n",
+            serde_json::to_string(e).unwrap()
+        ));
+    }
+    let file = dir.write("dashboard-rules.yml", &rules);
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -60,15 +106,37 @@ async fn every_metric_the_alerts_read_is_exported() {
     let cfg = config(&dir, &pki, &[("fleet1", f1.https)], "", "");
     let ingress = Ingress::start(&dir, &cfg);
     ingress.wait_state(&["fleet1"], "UP").await;
+    // A failed TLS handshake, so its labelled counter has a series.
+    {
+        use tokio::io::AsyncWriteExt as _;
+        let mut tcp = tokio::net::TcpStream::connect(ingress.https).await.unwrap();
+        tcp.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        let _ = tokio::io::AsyncReadExt::read(&mut tcp, &mut [0; 64]).await;
+    }
+    ingress
+        .wait_metric(
+            "ingress_tls_handshake_errors_total",
+            &[],
+            std::time::Duration::from_secs(5),
+            |v| v >= 1.0,
+        )
+        .await;
     let metrics = ingress.metrics().await;
 
-    let rules = std::fs::read_to_string(ops("alerts.yml")).unwrap();
-    let names = metric_names(&rules);
-    assert!(names.len() >= 9, "{names:?}");
+    let mut names = BTreeSet::new();
+    for e in alert_exprs().iter().chain(&dashboard_exprs()) {
+        names_in(e, &mut names);
+    }
+    assert!(names.len() >= 15, "{names:?}");
+    // A sample's name, or a family declared with none yet (a labelled
+    // counter before its first event, XDP's counters with XDP off).
     let exported: BTreeSet<&str> = metrics
         .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.split(['{', ' ']).next())
+        .filter_map(|l| match l.strip_prefix("# TYPE ") {
+            Some(t) => t.split(' ').next(),
+            None if l.starts_with('#') => None,
+            None => l.split(['{', ' ']).next(),
+        })
         .collect();
     let missing: Vec<_> = names.iter().filter(|n| !exported.contains(n.as_str())).collect();
     assert!(

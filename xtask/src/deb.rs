@@ -1,7 +1,7 @@
 //! `cargo xtask deb`: the Debian package, `target/debian/ingress_<version>_amd64.deb`,
 //! built with `dpkg-deb` from a staged tree: the release binary (the BPF
 //! object is inside it), the hardened unit, the shipped config as conffiles,
-//! the certbot deploy hook, the HA/ECMP examples, and the maintainer
+//! the certbot deploy hook, the HA/ECMP and monitoring examples, and the maintainer
 //! scripts in `ops/debian/`. [`FILES`] is the package's content, and what
 //! the README's "Install" section lists.
 
@@ -53,6 +53,16 @@ pub const FILES: &[(&str, &str, u32)] = &[
     (
         "ops/bird/router-example.conf",
         "usr/share/doc/ingress/examples/bird/router-example.conf",
+        0o644,
+    ),
+    (
+        "ops/prometheus/alerts.yml",
+        "usr/share/doc/ingress/examples/prometheus/alerts.yml",
+        0o644,
+    ),
+    (
+        "ops/grafana/ingress.json",
+        "usr/share/doc/ingress/examples/grafana/ingress.json",
         0o644,
     ),
 ];

@@ -229,6 +229,14 @@ pub fn render(shared: &Shared) -> String {
         gauge(i64::from(shared.data.is_leaving()) + i64::from(shared.data.is_withdrawn())),
     );
     let packets = Family::<OutcomeLabel, Counter>::default();
+    // Every outcome, 0 while nothing is attached: a rate over it reads 0, not "no data".
+    for name in ingress_common::counter::NAMES {
+        packets
+            .get_or_create(&OutcomeLabel {
+                outcome: name.to_owned(),
+            })
+            .inc_by(0);
+    }
     for (name, v) in xdp.counters {
         packets
             .get_or_create(&OutcomeLabel {
