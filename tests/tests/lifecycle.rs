@@ -363,13 +363,29 @@ async fn drain_close_after_remove_now_and_shutdown_sessions_end_a_servers_calls_
         expect_going_away(ws, &format!("call {i} of the server marked down")).await;
     }
     assert_eq!(close_codes(&f2, 3).await, [1001; 3], "fleet2 heard 1001");
+    // A tunnel counts its ending once both sides are done, just after the
+    // carrier read its Close: wait for the eighth, then check there are no more.
+    ingress
+        .wait_metric(
+            "ingress_calls_closed_total",
+            &[("closed_by", "ingress_1001")],
+            Duration::from_secs(5),
+            |v| v >= 8.0,
+        )
+        .await;
     let m = ingress.metrics().await;
     assert_eq!(
         ingress_tests::metric(&m, "ingress_calls_closed_total", &[("closed_by", "ingress_1001")]),
         Some(8.0),
         "closed_by in /metrics"
     );
-    let log = ingress.proc.logs();
+    // The log line follows the counter.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut log = ingress.proc.logs();
+    while log.matches("closed_by=\"ingress_1001\"").count() < 8 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        log = ingress.proc.logs();
+    }
     assert_eq!(
         log.matches("closed_by=\"ingress_1001\"").count(),
         8,
