@@ -10,15 +10,16 @@ use super::{Config, ConfigError, PoolTlsSetting, invalid};
 pub fn placeholder(text: &str) -> Option<(usize, &str)> {
     text.lines().enumerate().find_map(|(i, line)| {
         let code = line.split('#').next().unwrap_or("");
-        let start = code.find("__")?;
-        let rest = &code[start + 2..];
-        let len = rest.find("__")?;
-        let name = &code[start..start + 2 + len + 2];
-        (len > 0
-            && rest[..len]
-                .bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'))
-        .then_some((i + 1, name))
+        // Every `__` opens a candidate: `a__b __NAME__` still finds NAME.
+        code.match_indices("__").find_map(|(start, _)| {
+            let rest = &code[start + 2..];
+            let len = rest.find("__")?;
+            let is_name = len > 0
+                && rest[..len]
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+            is_name.then(|| (i + 1, &code[start..start + len + 4]))
+        })
     })
 }
 
@@ -97,5 +98,13 @@ mod tests {
         assert_eq!(super::placeholder(text), Some((3, "__INGRESS_DOMAIN__")));
         assert_eq!(super::placeholder("name = \"a__b\"\nx = \"__init__\"\n"), None);
         assert_eq!(super::placeholder("__FLEET1__ name=fleet1\n"), Some((1, "__FLEET1__")));
+        assert_eq!(
+            super::placeholder("x = \"a__b\", y = \"__HOST__\"\n"),
+            Some((1, "__HOST__"))
+        );
+        assert_eq!(
+            super::placeholder("10.0.0.5:443 name=fleet__a __FLEET2_HOST__\n"),
+            Some((1, "__FLEET2_HOST__"))
+        );
     }
 }

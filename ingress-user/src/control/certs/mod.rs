@@ -294,11 +294,17 @@ pub fn check_dir(dir: &Path, default_stem: Option<&str>, provider: &CryptoProvid
         }
     }
     if stems.is_empty() {
-        // Why the first candidate was refused says more than "none".
-        return Err(refused
-            .into_iter()
-            .next()
-            .unwrap_or(CertError::Empty { dir: dir.to_owned() }));
+        // Why a candidate was refused says more than "none"; a refused
+        // bundle first, as it alone keeps the daemon from starting.
+        let first = refused
+            .iter()
+            .position(|e| matches!(e, CertError::Bundle { .. }))
+            .unwrap_or(0);
+        return Err(if refused.is_empty() {
+            CertError::Empty { dir: dir.to_owned() }
+        } else {
+            refused.swap_remove(first)
+        });
     }
     if let Some(d) = default_stem
         && !stems.iter().any(|s| s == d)
