@@ -52,6 +52,21 @@ pub fn bin(name: &str) -> PathBuf {
 /// How long a started process gets to print its ready line.
 const READY: Duration = Duration::from_secs(30);
 
+/// Runs `cmd` to its end; panics with the command, its status and its
+/// output unless it succeeded.
+pub fn run_ok(cmd: &mut Command) -> std::process::Output {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown}: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Starts `cmd` with stderr to `log` and waits up to 30 s for its ready line;
 /// panics with the log's tail when it does not come.
 pub fn start_proc(name: &str, mut cmd: Command, log: &Path) -> Proc {

@@ -7,7 +7,7 @@
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, metric};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, metric, run_ok};
 
 fn ops(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -70,31 +70,16 @@ fn dashboard_queries_are_promql() {
         ));
     }
     let file = dir.write("dashboard-rules.yml", &rules);
-    let out = Command::new("promtool")
-        .args(["check", "rules"])
-        .arg(&file)
-        .output()
-        .expect("promtool");
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(Command::new("promtool").args(["check", "rules"]).arg(&file));
 }
 
 #[test]
 fn alert_rules_pass_their_promtool_tests() {
-    let out = Command::new("promtool")
-        .args(["test", "rules"])
-        .arg(ops("alerts.test.yml"))
-        .output()
-        .expect("promtool (Debian package prometheus, installed by cargo xtask setup)");
-    assert!(
-        out.status.success(),
-        "promtool test rules: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    // promtool: Debian's prometheus package, installed by cargo xtask setup.
+    run_ok(
+        Command::new("promtool")
+            .args(["test", "rules"])
+            .arg(ops("alerts.test.yml")),
     );
 }
 

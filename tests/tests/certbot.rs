@@ -19,6 +19,7 @@ use std::{
 use ingress_tests::{
     Fleet, Ingress, Pki, Proc, TestDir, client, echo,
     netns::{NetPair, block_on_in},
+    run_ok,
 };
 use testbed::{
     IngressConfig,
@@ -68,13 +69,7 @@ impl Certbot {
             .arg(self.state.join("certbot-logs"))
             .env("REQUESTS_CA_BUNDLE", &self.ca)
             .env("INGRESS_GROUP", GROUP);
-        let out = cmd.output().expect("certbot (is the certbot package installed?)");
-        assert!(
-            out.status.success(),
-            "certbot {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_ok(&mut cmd);
     }
 }
 

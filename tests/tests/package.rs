@@ -20,6 +20,7 @@ use std::{
 use ingress_tests::{
     Fleet, Ingress, Pki, TestDir, echo,
     netns::{NetPair, call_from},
+    run_ok,
 };
 
 fn repo(rel: &str) -> PathBuf {
@@ -37,19 +38,6 @@ fn deb() -> PathBuf {
         p.display()
     );
     p
-}
-
-fn ok(cmd: &mut Command) -> Output {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown}: {}\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
 }
 
 fn text(out: &Output) -> String {
@@ -88,10 +76,12 @@ impl Installed {
             bpffs_mode,
         };
         std::fs::set_permissions("/sys/fs/bpf", std::fs::Permissions::from_mode(0o700)).unwrap();
-        ok(Command::new("dpkg")
-            .arg("-i")
-            .arg(deb)
-            .env("DEBIAN_FRONTEND", "noninteractive"));
+        run_ok(
+            Command::new("dpkg")
+                .arg("-i")
+                .arg(deb)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        );
         me
     }
 }
@@ -161,7 +151,7 @@ fn cap_bit(name: &str) -> u32 {
 }
 
 fn uid_gid(user: &str) -> (u32, u32) {
-    let out = ok(Command::new("getent").args(["passwd", user]));
+    let out = run_ok(Command::new("getent").args(["passwd", user]));
     let line = text(&out);
     let f: Vec<&str> = line.trim().split(':').collect();
     (f[2].parse().unwrap(), f[3].parse().unwrap())
@@ -198,7 +188,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
     let deb = deb();
 
     // Contents: the README's list, exactly.
-    let listing = text(&ok(Command::new("dpkg-deb").arg("-c").arg(&deb)));
+    let listing = text(&run_ok(Command::new("dpkg-deb").arg("-c").arg(&deb)));
     let files: BTreeSet<String> = listing
         .lines()
         .filter(|l| !l.starts_with('d'))
@@ -212,7 +202,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
     );
     // Maintainer scripts: ops/debian's; conffiles: the two files under /etc/ingress.
     let control = TestDir::new("package-control");
-    ok(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(control.path("DEBIAN")));
+    run_ok(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(control.path("DEBIAN")));
     for s in ["postinst", "prerm", "postrm"] {
         assert_eq!(
             std::fs::read(control.path(&format!("DEBIAN/{s}"))).unwrap(),
@@ -227,7 +217,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
 
     let _installed = Installed::install(&deb);
     let (uid, gid) = uid_gid("ingress");
-    let passwd = text(&ok(Command::new("getent").args(["passwd", "ingress"])));
+    let passwd = text(&run_ok(Command::new("getent").args(["passwd", "ingress"])));
     assert!(
         passwd.trim().ends_with(":/var/lib/ingress:/usr/sbin/nologin"),
         "{passwd}"
@@ -243,7 +233,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
         let m = std::fs::metadata(path).unwrap_or_else(|e| panic!("{path}: {e}"));
         assert_eq!(((m.uid(), m.gid()), m.mode() & 0o777), (owner, mode), "{path}");
     }
-    let verify = ok(Command::new("systemd-analyze").args(["verify", "/usr/lib/systemd/system/ingress.service"]));
+    let verify = run_ok(Command::new("systemd-analyze").args(["verify", "/usr/lib/systemd/system/ingress.service"]));
     assert!(
         verify.stdout.is_empty() && verify.stderr.is_empty(),
         "systemd-analyze verify: {}{}",
@@ -272,7 +262,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
     let pki = Pki::new(&dir);
     let fleets = [1, 2].map(|n| Fleet::start_with(&dir, &pki, &format!("fleet{n}"), 4, Some(&pair.ingress_ns)));
     let lineage = certbot_layout(&dir, &pki);
-    ok(Command::new("/usr/share/ingress/certbot-deploy-hook").env("RENEWED_LINEAGE", &lineage));
+    run_ok(Command::new("/usr/share/ingress/certbot-deploy-hook").env("RENEWED_LINEAGE", &lineage));
     let run_dir = dir.path("run");
     let state = dir.path("state");
     for d in [&run_dir, &state] {
@@ -388,7 +378,7 @@ fn the_package_installs_and_its_binary_serves_as_the_ingress_user_with_the_units
             .args(["/usr/bin/ingress", "ctl", "--socket"])
             .arg(run_dir.join("admin.sock"))
             .args(args);
-        ok(&mut cmd)
+        run_ok(&mut cmd)
     };
     assert!(!servers_file.exists());
     ctl(&["reload"]);
