@@ -44,10 +44,17 @@ enum Command {
         servers_file: Option<PathBuf>,
     },
     /// Operate a running daemon through its admin socket.
+    #[command(
+        after_help = "Exit status:\n  0   done\n  1   refused by the daemon (the reason on stderr)\n  \
+                            2   the daemon could not be reached\n  64  usage error (the command line did not parse)"
+    )]
     Ctl {
         /// The admin unix socket.
         #[arg(long, default_value = "/run/ingress/admin.sock")]
         socket: PathBuf,
+        /// Print the daemon's answer as JSON (one document) instead of a table or line.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: CtlCommand,
     },
@@ -61,10 +68,10 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum CtlCommand {
     /// Servers with state, occupancy and the last check.
-    Stat {
-        #[arg(long)]
-        json: bool,
-    },
+    Stat,
+    /// The daemon: pid, version, generation, open calls, pools, XDP,
+    /// certificates, the last reload.
+    Status,
     /// No new calls to POOL/NAME; live calls carry on (or, with
     /// --close-after, get a WebSocket Close 1001 after that long).
     Drain {
@@ -110,8 +117,15 @@ enum CtlCommand {
     /// Stop gracefully, as SIGTERM: listeners closed now, calls kept for
     /// `shutdown_grace`, then a Close 1001 to both sides.
     Stop,
-    /// The server of POOL with the most effective capacity.
-    Pick { pool: String },
+    /// The server of POOL with the most effective capacity; with --hold, a
+    /// slot held there for that long (as `POST /api/pick`).
+    Pick {
+        pool: String,
+        /// E.g. `10s` (at most 60s): counted like a routed call until the
+        /// fleet's next report shows the call, or the hold ends.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        hold: Option<std::time::Duration>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -127,24 +141,52 @@ enum BpfCommand {
     },
 }
 
+/// Logs to stderr as text (the default) or JSON, or to the journal with
+/// priorities (`INGRESS_LOG_FORMAT=text|json|journald`); `INGRESS_LOG` filters.
 fn init_tracing() {
-    use tracing_subscriber::{EnvFilter, fmt};
-    let filter = EnvFilter::try_from_env("INGRESS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("INGRESS_LOG_FORMAT").is_ok_and(|v| v == "json");
+    use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt as _, util::SubscriberInitExt as _};
+    let filter = || EnvFilter::try_from_env("INGRESS_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let format = std::env::var("INGRESS_LOG_FORMAT").unwrap_or_default();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    let text = || {
+        fmt()
+            .with_env_filter(filter())
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+    };
+    match format.as_str() {
+        "json" => text().json().init(),
+        "journald" => match tracing_journald::layer() {
+            // Fields as journal fields (BOT_ID=, POOL=, …), levels as priorities.
+            Ok(journal) => tracing_subscriber::registry()
+                .with(filter())
+                .with(journal.with_field_prefix(None).with_syslog_identifier("ingress".into()))
+                .init(),
+            Err(e) => {
+                text().init();
+                tracing::warn!(error = %e, "INGRESS_LOG_FORMAT=journald: the journal socket cannot be used; logging to stderr");
+            }
+        },
+        "" | "text" => text().init(),
+        other => {
+            text().init();
+            tracing::warn!("INGRESS_LOG_FORMAT={other}: not text, json or journald; logging text to stderr");
+        }
     }
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| {
+        // Help and version on stdout with 0; a usage error apart from the
+        // exit codes `ctl` gives (2 is "unreachable" there).
+        let code = if e.use_stderr() {
+            ingress_user::admin::ctl::EXIT_USAGE
+        } else {
+            0
+        };
+        let _ = e.print();
+        std::process::exit(code);
+    });
     match cli.command {
         Command::Run { config } => {
             init_tracing();
@@ -188,9 +230,9 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Import { file, servers_file } => import(&file, servers_file.as_deref()),
-        Command::Ctl { socket, command } => {
+        Command::Ctl { socket, json, command } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let code = rt.block_on(ctl(&socket, command));
+            let code = rt.block_on(ctl(&socket, json, command));
             std::process::exit(code);
         }
         Command::Bpf {
@@ -325,16 +367,20 @@ async fn probe_all(
     Ok(failed)
 }
 
-async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
-    use ingress_user::admin::ctl::{report, request, seg, servers_table, split_target};
-    let (method, path, body, json_out) = match &command {
-        CtlCommand::Stat { json } => ("GET", "/api/servers".to_owned(), None, *json),
-        CtlCommand::Drain { target, .. } | CtlCommand::Ready { target } | CtlCommand::Maint { target } => {
-            let (pool, name) = match split_target(target) {
+async fn ctl(socket: &std::path::Path, json_out: bool, command: CtlCommand) -> i32 {
+    use ingress_user::admin::ctl::{
+        EXIT_UNREACHABLE, EXIT_USAGE, change_line, report, request, seg, servers_table, split_target, status_lines,
+    };
+    let target = |t: &str| split_target(t).map(|(p, n)| (seg(p), seg(n)));
+    let (method, path, body, kind) = match &command {
+        CtlCommand::Stat => ("GET", "/api/servers".to_owned(), None, "stat"),
+        CtlCommand::Status => ("GET", "/api/status".to_owned(), None, "status"),
+        CtlCommand::Drain { target: t, .. } | CtlCommand::Ready { target: t } | CtlCommand::Maint { target: t } => {
+            let (pool, name) = match target(t) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("{e}");
-                    return 2;
+                    return EXIT_USAGE;
                 }
             };
             let state = match &command {
@@ -349,12 +395,7 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
             {
                 body["close_after"] = humantime::format_duration(*d).to_string().into();
             }
-            (
-                "POST",
-                format!("/api/servers/{}/{}/state", seg(pool), seg(name)),
-                Some(body),
-                false,
-            )
+            ("POST", format!("/api/servers/{pool}/{name}/state"), Some(body), "state")
         }
         CtlCommand::Add {
             pool,
@@ -367,54 +408,46 @@ async fn ctl(socket: &std::path::Path, command: CtlCommand) -> i32 {
             "POST",
             format!("/api/pools/{}/servers", seg(pool)),
             Some(serde_json::json!({ "addr": addr, "name": name, "sni": sni, "maxconn": maxconn, "dry_run": dry_run })),
-            false,
+            "add",
         ),
-        CtlCommand::Remove { target, now } => {
-            let (pool, name) = match split_target(target) {
+        CtlCommand::Remove { target: t, now } => {
+            let (pool, name) = match target(t) {
                 Ok(t) => t,
                 Err(e) => {
                     eprintln!("{e}");
-                    return 2;
+                    return EXIT_USAGE;
                 }
             };
             let q = if *now { "?now=1" } else { "" };
-            (
-                "DELETE",
-                format!("/api/servers/{}/{}{q}", seg(pool), seg(name)),
-                None,
-                false,
-            )
+            ("DELETE", format!("/api/servers/{pool}/{name}{q}"), None, "remove")
         }
-        CtlCommand::Reload => ("POST", "/api/reload".to_owned(), None, false),
-        CtlCommand::Upgrade => ("POST", "/api/upgrade".to_owned(), None, false),
-        CtlCommand::Stop => ("POST", "/api/stop".to_owned(), None, false),
-        CtlCommand::Pick { pool } => ("GET", format!("/api/pick/{}", seg(pool)), None, false),
+        CtlCommand::Reload => ("POST", "/api/reload".to_owned(), None, "reload"),
+        CtlCommand::Upgrade => ("POST", "/api/upgrade".to_owned(), None, "upgrade"),
+        CtlCommand::Stop => ("POST", "/api/stop".to_owned(), None, "stop"),
+        CtlCommand::Pick { pool, hold: None } => ("GET", format!("/api/pick/{}", seg(pool)), None, "pick"),
+        CtlCommand::Pick { pool, hold: Some(d) } => (
+            "POST",
+            format!(
+                "/api/pick/{}?hold={}",
+                seg(pool),
+                humantime::format_duration(*d).to_string().replace(' ', "")
+            ),
+            None,
+            "pick",
+        ),
     };
     let answer = match request(socket, method, &path, body).await {
         Ok(a) => a,
         Err(e) => {
             eprintln!("{e}");
-            return 2;
+            return EXIT_UNREACHABLE;
         }
     };
-    let (out, code) = report(&answer, |v| {
-        if json_out {
-            return serde_json::to_string_pretty(v).unwrap_or_default() + "\n";
-        }
-        match &command {
-            CtlCommand::Stat { .. } => servers_table(v),
-            CtlCommand::Pick { .. } => format!(
-                "{}\t{}\t{} free\n",
-                v["name"].as_str().unwrap_or("-"),
-                v["addr"].as_str().unwrap_or("-"),
-                v["effective"]
-            ),
-            _ => {
-                let mut s = serde_json::to_string_pretty(v).unwrap_or_default();
-                s.push('\n');
-                s
-            }
-        }
+    let (out, code) = report(&answer, |v| match kind {
+        _ if json_out => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+        "stat" => servers_table(v),
+        "status" => status_lines(v),
+        kind => change_line(kind, v),
     });
     if code == 0 {
         print!("{out}");

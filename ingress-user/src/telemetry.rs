@@ -1,7 +1,11 @@
-//! Leaf: the counters the data path bumps (plain atomics inside
-//! prometheus-client families), their label types and the histogram buckets.
-//! Rendering them, with the per-server figures, is `admin::prometheus`'s job.
-//! Imports nothing from the crate.
+//! Leaf: the counters and histograms the data path bumps (plain atomics
+//! inside prometheus-client families), their label types, the histogram
+//! buckets and the counts by HTTP status. Rendering them, with the
+//! per-server figures, is `admin::prometheus`'s job. Imports nothing from
+//! the crate.
+
+mod limit;
+pub use limit::LogLimiter;
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -34,6 +38,19 @@ pub struct StatusLabel {
 pub struct ServerLabels {
     pub pool: String,
     pub server: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServerStatusLabels {
+    pub pool: String,
+    pub server: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStatusLabels {
+    pub pool: String,
+    pub status: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -73,13 +90,62 @@ pub fn check_latency_histogram() -> Histogram {
     ))
 }
 
+/// Buckets for a step of a call's set-up (handshake, connect, the fleet's
+/// answer): 250 µs to ~8 s.
+pub fn setup_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.000_25, 2.0, 16,
+    ))
+}
+
+/// Buckets for a call's length: 1 s to 4 h.
+pub fn duration_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0, 14400.0,
+    ])
+}
+
+/// Counts by HTTP status (a fleet's answers, what was handed on): a few
+/// distinct codes in practice, 500 at most.
+#[derive(Debug, Default)]
+pub struct StatusCounts(std::sync::Mutex<std::collections::BTreeMap<u16, u64>>);
+
+impl StatusCounts {
+    pub fn inc(&self, status: u16) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(status)
+            .or_default() += 1;
+    }
+    pub fn get(&self, status: u16) -> u64 {
+        self.snapshot().get(&status).copied().unwrap_or(0)
+    }
+    pub fn snapshot(&self) -> std::collections::BTreeMap<u16, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+    /// Takes over another's counts (a reload's new pool keeps the old one's).
+    pub fn carry(&self, old: &StatusCounts) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = old.snapshot();
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    /// `to_server` or `to_client`.
+    pub direction: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
     pub outcome: String,
 }
 
-/// Counters the data path bumps.
-#[derive(Debug, Default)]
+type PoolHistograms = Family<PoolLabel, Histogram, fn() -> Histogram>;
+
+/// Counters and histograms the data path bumps.
+#[derive(Debug)]
 pub struct Metrics {
     /// Client connections accepted, by listener.
     pub accepted: Family<ListenerLabel, Counter>,
@@ -102,9 +168,40 @@ pub struct Metrics {
     pub local_errors: Family<ReasonLabel, Counter>,
     /// Keep-alive connections of `http` routes closed by their clock, by reason.
     pub keepalive_closed: Family<ReasonLabel, Counter>,
-    pub tunnel_bytes_to_server: Counter,
-    pub tunnel_bytes_to_client: Counter,
+    /// Bytes copied through tunnels, by direction.
+    pub tunnel_bytes: Family<DirectionLabel, Counter>,
     pub acme_forwarded: Counter,
+    /// Front TLS handshakes that completed, seconds from accept.
+    pub tls_handshake: Histogram,
+    /// Accept to the 101 sent to the carrier, seconds.
+    pub call_setup: Histogram,
+    /// 101 to the call's end, seconds, by pool (a reload keeps them: by name).
+    pub call_duration: PoolHistograms,
+    /// Local refusals' log lines, at most a few a second.
+    pub refusal_log: LogLimiter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            accepted: Family::default(),
+            refused: Family::default(),
+            tls_handshakes: Counter::default(),
+            tls_errors: Family::default(),
+            responses: Family::default(),
+            bad_requests: Family::default(),
+            tunnels_closed: Family::default(),
+            calls_closed: Family::default(),
+            local_errors: Family::default(),
+            keepalive_closed: Family::default(),
+            tunnel_bytes: Family::default(),
+            acme_forwarded: Counter::default(),
+            tls_handshake: setup_histogram(),
+            call_setup: setup_histogram(),
+            call_duration: Family::new_with_constructor(duration_histogram),
+            refusal_log: LogLimiter::new(10),
+        }
+    }
 }
 
 impl Metrics {
@@ -159,15 +256,29 @@ impl Metrics {
             "Calls past their 101 ended, by who ended them (carrier, fleet, ingress_1001, cut, idle)",
             self.calls_closed.clone(),
         );
-        r.register(
-            "ingress_tunnel_bytes_to_server",
-            "Bytes copied from clients to fleets",
-            self.tunnel_bytes_to_server.clone(),
+        r.register_with_unit(
+            "ingress_tunnel",
+            "Bytes copied through tunnels, by direction (to_server, to_client)",
+            prometheus_client::registry::Unit::Bytes,
+            self.tunnel_bytes.clone(),
         );
-        r.register(
-            "ingress_tunnel_bytes_to_client",
-            "Bytes copied from fleets to clients",
-            self.tunnel_bytes_to_client.clone(),
+        r.register_with_unit(
+            "ingress_tls_handshake",
+            "Front TLS handshakes that completed, from accept",
+            prometheus_client::registry::Unit::Seconds,
+            self.tls_handshake.clone(),
+        );
+        r.register_with_unit(
+            "ingress_call_setup",
+            "Calls from accept to the 101 sent to the carrier",
+            prometheus_client::registry::Unit::Seconds,
+            self.call_setup.clone(),
+        );
+        r.register_with_unit(
+            "ingress_call_duration",
+            "Calls from their 101 to their end, by pool",
+            prometheus_client::registry::Unit::Seconds,
+            self.call_duration.clone(),
         );
         r.register(
             "ingress_acme_forwarded",
@@ -219,6 +330,17 @@ impl Metrics {
     pub fn tls_error(&self, reason: &str) {
         self.tls_errors.get_or_create(&label(reason)).inc();
     }
+    /// Bytes a tunnel copied, each way.
+    pub fn tunnel_bytes(&self, to_server: u64, to_client: u64) {
+        for (direction, n) in [("to_server", to_server), ("to_client", to_client)] {
+            self.tunnel_bytes
+                .get_or_create(&DirectionLabel {
+                    direction: direction.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+
     /// A call past its 101 ended: why, and who ended it.
     pub fn tunnel_closed(&self, reason: &str, closed_by: &str) {
         self.tunnels_closed.get_or_create(&label(reason)).inc();

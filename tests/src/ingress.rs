@@ -113,7 +113,7 @@ impl Ingress {
 
     /// `ctl upgrade`, which must succeed: what it printed, and the new process.
     pub async fn upgrade(&self) -> (Value, Successor) {
-        let (code, out, err) = self.ctl(&["upgrade"]).await;
+        let (code, out, err) = self.ctl(&["upgrade", "--json"]).await;
         assert_eq!(code, 0, "ctl upgrade: {out}{err}\n{}", self.proc.log_tail(30));
         let up: Value = serde_json::from_str(&out).expect("ctl upgrade prints JSON");
         let pid = up["pid"].as_i64().expect("the new PID") as i32;

@@ -3,11 +3,11 @@
 //! `promtool test rules`, the dashboard's queries parse as PromQL, and every
 //! metric either names is on a live `/metrics`, with the figures the rules
 //! read: descriptors, whether XDP is expected, whether the last reload was
-//! refused.
+//! refused; and after one call, the set-up and duration histograms.
 
 use std::{collections::BTreeSet, path::Path, process::Command};
 
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, metric, run_ok};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, metric, run_ok};
 
 fn ops(rel: &str) -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -106,7 +106,53 @@ async fn every_metric_the_alerts_read_is_exported() {
             |v| v >= 1.0,
         )
         .await;
+    // One call, routed and ended, so that every histogram has a series.
+    let mut call = client::connect(ingress.https, "localhost", "/ws/alerts-1", pki.client_tls())
+        .await
+        .unwrap();
+    ingress_tests::echo(&mut call, "hello").await.unwrap();
+    drop(call);
+    ingress
+        .wait_metric(
+            "ingress_call_duration_seconds_count",
+            &[("pool", "fleets")],
+            std::time::Duration::from_secs(5),
+            |v| v >= 1.0,
+        )
+        .await;
     let metrics = ingress.metrics().await;
+    let one = |name: &str, labels: &[(&str, &str)]| {
+        assert_eq!(
+            metric(&metrics, name, labels),
+            Some(1.0),
+            "{name} {labels:?}:\n{metrics}"
+        );
+    };
+    one("ingress_tls_handshake_seconds_count", &[]);
+    one("ingress_call_setup_seconds_count", &[]);
+    let server = [("pool", "fleets"), ("server", "fleet1")];
+    one("ingress_fleet_connect_seconds_count", &server);
+    one("ingress_upgrade_response_seconds_count", &server);
+    one(
+        "ingress_server_upgrade_answers_total",
+        &[("pool", "fleets"), ("server", "fleet1"), ("status", "101")],
+    );
+    let setup = metric(&metrics, "ingress_call_setup_seconds_sum", &[]).unwrap();
+    let parts = metric(&metrics, "ingress_tls_handshake_seconds_sum", &[]).unwrap()
+        + metric(&metrics, "ingress_fleet_connect_seconds_sum", &server).unwrap()
+        + metric(&metrics, "ingress_upgrade_response_seconds_sum", &server).unwrap();
+    assert!(
+        setup >= parts && setup < 5.0,
+        "set-up {setup} s covers its steps ({parts} s)"
+    );
+    assert!(
+        metric(&metrics, "ingress_tunnel_bytes_total", &[("direction", "to_server")]).unwrap() > 0.0,
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("-1\n"),
+        "no sentinel values (a report not yet made is an absent series):\n{metrics}"
+    );
 
     let mut names = BTreeSet::new();
     for e in alert_exprs().iter().chain(&dashboard_exprs()) {

@@ -66,6 +66,80 @@ async fn drain_moves_new_calls_and_keeps_live_ones() {
     let (code, out, _) = ingress.ctl(&["pick", "fleets"]).await;
     assert_eq!(code, 0);
     assert!(out.starts_with("fleet1"), "fleet1 has more capacity now: {out}");
+    ctl_for_scripts(&ingress).await;
+}
+
+/// `ctl` for scripts: `--json` on every subcommand (the answer as one
+/// document), a line or table otherwise, and exit codes told apart.
+async fn ctl_for_scripts(ingress: &Ingress) {
+    let cases: [(&[&str], &str); 7] = [
+        (&["stat"], "POOL"),
+        (&["status"], "pool fleets:"),
+        (&["pick", "fleets"], " free"),
+        (&["pick", "fleets", "--hold", "5s"], "held until"),
+        (&["maint", "fleets/fleet2"], "fleets/fleet2: maint"),
+        (&["ready", "fleets/fleet2"], "fleets/fleet2: ready"),
+        (&["reload"], "reloaded: generation"),
+    ];
+    for (args, human) in cases {
+        let with_json: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+        let (code, out, err) = ingress.ctl(&with_json).await;
+        assert_eq!(code, 0, "{with_json:?}: {out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("{with_json:?} is not one JSON document ({e}): {out}"));
+        assert!(v.is_object(), "{v}");
+        let (code, out, err) = ingress.ctl(args).await;
+        assert_eq!(code, 0, "{args:?}: {out}{err}");
+        assert!(out.contains(human), "{args:?} prints {human:?}: {out}");
+        assert!(
+            serde_json::from_str::<serde_json::Value>(&out).is_err(),
+            "{args:?}: a line, not JSON: {out}"
+        );
+    }
+    let (_, held, _) = ingress.ctl(&["stat", "--json"]).await;
+    let held: serde_json::Value = serde_json::from_str(&held).unwrap();
+    assert!(
+        held["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["held"].as_u64() >= Some(1)),
+        "the hold shows in stat: {held}"
+    );
+
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(ingress_tests::bin("ingress"))
+            .arg("ctl")
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = ctl(&["--socket", "/nonexistent/admin.sock", "stat"]);
+    assert_eq!(code, 2, "unreachable: {err}");
+    assert!(err.contains("/nonexistent/admin.sock"), "{err}");
+    let (code, _, err) = ingress.ctl(&["drain", "fleets/nope"]).await;
+    assert_eq!(code, 1, "refused: {err}");
+    for usage in [&["frobnicate"][..], &["drain"], &["pick", "fleets", "--hold", "soon"]] {
+        let (code, _, err) = ctl(usage);
+        assert_eq!(code, 64, "{usage:?} is a usage error: {err}");
+    }
+    let (code, _, err) = ingress.ctl(&["drain", "no-slash"]).await;
+    assert_eq!(code, 64, "a target without POOL/ is a usage error: {err}");
+    let (code, help, _) = ctl(&["--help"]);
+    assert_eq!(code, 0);
+    for line in [
+        "0   done",
+        "1   refused",
+        "2   the daemon could not be reached",
+        "64  usage error",
+    ] {
+        assert!(help.contains(line), "--help tells {line:?}:\n{help}");
+    }
 }
 
 fn servers_file_config(dir: &TestDir, pki: &Pki, file: &std::path::Path) -> String {
@@ -90,7 +164,10 @@ async fn add_checks_persists_and_rolls_back() {
         .ctl(&["add", "fleets", &f2.https.to_string(), "--name", "fleet2", "--dry-run"])
         .await;
     assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("would_add") && out.contains("fleet_available"), "{out}");
+    assert!(
+        out.starts_with("would add fleets/fleet2") && out.contains("fleet_available"),
+        "{out}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), before, "a dry run writes nothing");
     assert_eq!(ingress.servers().await.len(), 1);
 

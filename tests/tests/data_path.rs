@@ -206,7 +206,11 @@ async fn a_fleet_filled_directly_hands_no_429_to_carriers() {
     assert_eq!(f1.state().await["calls"], 0);
     let m = ingress.metrics().await;
     assert_eq!(
-        metric(&m, "ingress_pool_passed_429_total", &[("pool", "fleets")]),
+        metric(
+            &m,
+            "ingress_pool_passed_answers_total",
+            &[("pool", "fleets"), ("status", "429")]
+        ),
         Some(0.0),
         "{m}"
     );

@@ -1,6 +1,7 @@
 //! `ingress ctl`: the admin API's command line, over the unix socket. Prints
-//! readable tables (or JSON); exits 0 on success, 1 when the daemon refused,
-//! 2 when it could not be reached.
+//! a readable table or line per answer (or, with `--json`, the answer as it
+//! came); exits 0 on success, 1 when the daemon refused, 2 when it could not
+//! be reached, 64 on a usage error.
 
 use std::path::Path;
 
@@ -132,15 +133,168 @@ pub fn servers_table(body: &Value) -> String {
     out
 }
 
+/// Exit codes, as `ingress ctl --help` tells them.
+pub const EXIT_DONE: i32 = 0;
+pub const EXIT_REFUSED: i32 = 1;
+pub const EXIT_UNREACHABLE: i32 = 2;
+/// A command line that does not parse (sysexits' EX_USAGE; clap's own 2 is
+/// the unreachable daemon's here).
+pub const EXIT_USAGE: i32 = 64;
+
+/// One level of an object as `key=value` words (nested values as compact JSON).
+fn words(v: &Value) -> String {
+    match v {
+        Value::Object(m) => m
+            .iter()
+            .filter(|(_, v)| !v.is_null())
+            .map(|(k, v)| match v {
+                Value::String(s) => format!("{k}={s}"),
+                v => format!("{k}={v}"),
+            })
+            .collect::<Vec<_>>()
+            .join(" "),
+        Value::String(s) => s.clone(),
+        v => v.to_string(),
+    }
+}
+
+fn s<'a>(v: &'a Value, k: &str) -> &'a str {
+    v[k].as_str().unwrap_or("-")
+}
+
+/// `, persisted to FILE` and the note, when the answer has them.
+fn tail(v: &Value) -> String {
+    let mut out = String::new();
+    if let Some(f) = v["persisted"].as_str() {
+        out.push_str(&format!(", persisted to {f}"));
+    }
+    if let Some(n) = v["note"].as_str() {
+        out.push_str(&format!(" ({n})"));
+    }
+    out
+}
+
+/// `ctl status`: the daemon in a few lines.
+pub fn status_lines(v: &Value) -> String {
+    let mut out = format!(
+        "pid {}  version {}  generation {}  calls open {}{}\n",
+        v["pid"],
+        s(v, "version"),
+        v["generation"],
+        v["calls_open"],
+        match (v["leaving"].as_bool(), v["withdrawn"].as_bool()) {
+            (_, Some(true)) => "  LEAVING (withdrawn)",
+            (Some(true), _) => "  LEAVING",
+            _ => "",
+        }
+    );
+    for p in v["pools"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "pool {}: {} free on {} servers\n",
+            s(p, "name"),
+            p["effective"],
+            p["servers"]
+        ));
+    }
+    out.push_str(&format!("xdp: {}\n", words(&v["xdp"])));
+    for c in v["certs"].as_array().into_iter().flatten() {
+        let names: Vec<&str> = c[1]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        out.push_str(&format!(
+            "cert {}: {}\n",
+            c[0].as_str().unwrap_or("-"),
+            names.join(", ")
+        ));
+    }
+    if !v["last_reload"].is_null() {
+        out.push_str(&format!("last reload: {}\n", words(&v["last_reload"])));
+    }
+    out
+}
+
+/// The line for an answer to a change, by what was asked.
+pub fn change_line(command: &str, v: &Value) -> String {
+    let line = match command {
+        "state" => format!("{}/{}: {}{}", s(v, "pool"), s(v, "server"), s(v, "state"), tail(v)),
+        "add" if v["dry_run"].as_bool() == Some(true) => {
+            let a = &v["would_add"];
+            format!(
+                "would add {}/{} at {} (maxconn {}, {}); prechecks: {}",
+                s(a, "pool"),
+                s(a, "name"),
+                s(a, "addr"),
+                a["maxconn"],
+                s(a, "capacity"),
+                s(v, "prechecks")
+            )
+        }
+        "add" => {
+            let a = &v["added"];
+            format!(
+                "added {}/{} at {}: {}; prechecks: {}{}",
+                s(a, "pool"),
+                s(a, "name"),
+                s(a, "addr"),
+                s(v, "state"),
+                s(v, "prechecks"),
+                tail(v)
+            )
+        }
+        "remove" if v["draining"].as_bool() == Some(true) => format!(
+            "{}/{}: draining, {} calls left{}",
+            s(v, "pool"),
+            s(v, "server"),
+            v["active"],
+            tail(v)
+        ),
+        "remove" => format!(
+            "removed {}/{} ({} calls cut){}",
+            s(v, "pool"),
+            s(v, "server"),
+            v["cut_calls"],
+            tail(v)
+        ),
+        "reload" => {
+            let commands = v["commands"].as_array().map_or(0, Vec::len);
+            let mut l = format!("reloaded: generation {}, {commands} changes", v["generation"]);
+            for c in v["commands"].as_array().into_iter().flatten() {
+                l.push_str(&format!("\n  {}", words(c)));
+            }
+            l
+        }
+        "upgrade" => format!(
+            "upgraded: pid {} (version {}); the old pid {} keeps {} calls",
+            v["pid"],
+            s(v, "version"),
+            v["old_pid"],
+            v["calls_kept"]
+        ),
+        "stop" => format!("stopping: pid {}", v["pid"]),
+        "pick" => {
+            let mut l = format!("{}  {}  {} free", s(v, "name"), s(v, "addr"), v["effective"]);
+            if let Some(until) = v["hold_until"].as_str() {
+                l.push_str(&format!("  held until {until}"));
+            }
+            l
+        }
+        _ => words(v),
+    };
+    line + "\n"
+}
+
 /// Turns an answer into output and an exit code.
 pub fn report(answer: &Answer, human: impl FnOnce(&Value) -> String) -> (String, i32) {
     if (200..300).contains(&answer.status) {
-        (human(&answer.body), 0)
+        (human(&answer.body), EXIT_DONE)
     } else {
         let reason = answer.body["error"]
             .as_str()
             .map_or_else(|| answer.body.to_string(), str::to_owned);
-        (format!("refused ({}): {reason}\n", answer.status), 1)
+        (format!("refused ({}): {reason}\n", answer.status), EXIT_REFUSED)
     }
 }
 
@@ -154,6 +308,26 @@ mod tests {
         assert!(split_target("fleet1").is_err());
         assert_eq!(seg("10.0.0.5:443"), "10.0.0.5:443");
         assert_eq!(seg("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn lines_for_changes() {
+        let v = serde_json::json!({"pool": "fleets", "server": "fleet1", "state": "drain", "persisted": "/etc/ingress/fleet-servers.txt"});
+        assert_eq!(
+            change_line("state", &v),
+            "fleets/fleet1: drain, persisted to /etc/ingress/fleet-servers.txt\n"
+        );
+        let v = serde_json::json!({"pid": 7, "version": "0.1.0", "old_pid": 5, "calls_kept": 3});
+        assert_eq!(
+            change_line("upgrade", &v),
+            "upgraded: pid 7 (version 0.1.0); the old pid 5 keeps 3 calls\n"
+        );
+        let v = serde_json::json!({"name": "fleet2", "addr": "10.0.0.2:443", "effective": 9, "hold_until": "2026-12-02T01:00:00.000Z"});
+        assert!(change_line("pick", &v).starts_with("fleet2  10.0.0.2:443  9 free  held until 2026"));
+        assert_eq!(
+            change_line("other", &serde_json::json!({"a": 1, "b": "x", "c": null})),
+            "a=1 b=x\n"
+        );
     }
 
     #[test]

@@ -14,22 +14,25 @@ use std::sync::atomic::Ordering::Relaxed;
 use crate::{
     control::Shared,
     model::ServerState,
-    telemetry::{BundleLabel, OutcomeLabel, PoolLabel, ServerLabels, StateLabels, TlsLabels, VersionLabel},
+    telemetry::{
+        BundleLabel, OutcomeLabel, PoolLabel, PoolStatusLabels, ServerLabels, ServerStatusLabels, StateLabels,
+        TlsLabels, VersionLabel,
+    },
 };
 
-/// Per-server check-latency histograms as one family (the histograms live in the servers).
+/// Per-server histograms as one family (the histograms live in the
+/// servers, and go with them): name, help, and each server's.
 #[derive(Debug)]
-struct CheckLatency(Vec<(ServerLabels, Histogram)>);
+struct ServerHistograms {
+    name: &'static str,
+    help: &'static str,
+    series: Vec<(ServerLabels, Histogram)>,
+}
 
-impl Collector for CheckLatency {
+impl Collector for ServerHistograms {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let mut metric = encoder.encode_descriptor(
-            "ingress_server_check_latency_seconds",
-            "Latency of health checks",
-            None,
-            MetricType::Histogram,
-        )?;
-        for (labels, h) in &self.0 {
+        let mut metric = encoder.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        for (labels, h) in &self.series {
             h.encode(metric.encode_family(labels)?)?;
         }
         Ok(())
@@ -61,12 +64,12 @@ pub fn render(shared: &Shared) -> String {
     let effective = Family::<ServerLabels, Gauge>::default();
     let held = Family::<ServerLabels, Gauge>::default();
     let sessions = Family::<ServerLabels, Counter>::default();
-    let answered_429 = Family::<ServerLabels, Counter>::default();
+    let answers = Family::<ServerStatusLabels, Counter>::default();
     let tls_handshakes = Family::<TlsLabels, Counter>::default();
     let check_ok = Family::<ServerLabels, Gauge>::default();
-    let mut latencies = Vec::new();
+    let (mut latencies, mut connects, mut upgrades) = (Vec::new(), Vec::new(), Vec::new());
     let retries = Family::<PoolLabel, Counter>::default();
-    let passed_429 = Family::<PoolLabel, Counter>::default();
+    let passed = Family::<PoolStatusLabels, Counter>::default();
     let no_capacity = Family::<PoolLabel, Counter>::default();
     let pool_capacity = Family::<PoolLabel, Gauge>::default();
     for pool in &rt.pools {
@@ -74,9 +77,17 @@ pub fn render(shared: &Shared) -> String {
             pool: pool.name.to_string(),
         };
         retries.get_or_create(&pl).inc_by(pool.retries_total.load(Relaxed));
-        passed_429
-            .get_or_create(&pl)
-            .inc_by(pool.passed_429_total.load(Relaxed));
+        // 429 from the start, so that an alert's increase() sees the first one.
+        let mut counts = pool.passed.snapshot();
+        counts.entry(429).or_default();
+        for (status, n) in counts {
+            passed
+                .get_or_create(&PoolStatusLabels {
+                    pool: pl.pool.clone(),
+                    status: status.to_string(),
+                })
+                .inc_by(n);
+        }
         no_capacity
             .get_or_create(&pl)
             .inc_by(pool.no_capacity_total.load(Relaxed));
@@ -98,12 +109,26 @@ pub fn render(shared: &Shared) -> String {
         }
         active.get_or_create(&l).set(i64::from(v.active));
         maxconn.get_or_create(&l).set(i64::from(v.maxconn));
-        reported.get_or_create(&l).set(v.reported.map_or(-1, i64::from));
+        // No series before the first report: absent, not a sentinel value.
+        if let Some(r) = v.reported {
+            reported.get_or_create(&l).set(i64::from(r));
+        }
         effective.get_or_create(&l).set(i64::from(v.effective));
         held.get_or_create(&l).set(i64::from(v.held));
         let live = v.server.live();
         sessions.get_or_create(&l).inc_by(live.sessions_total.load(Relaxed));
-        answered_429.get_or_create(&l).inc_by(live.answered_429.load(Relaxed));
+        let mut counts = live.answers.snapshot();
+        counts.entry(101).or_default();
+        counts.entry(429).or_default();
+        for (status, n) in counts {
+            answers
+                .get_or_create(&ServerStatusLabels {
+                    pool: l.pool.clone(),
+                    server: l.server.clone(),
+                    status: status.to_string(),
+                })
+                .inc_by(n);
+        }
         for (kind, n) in [("full", &live.tls_full), ("resumed", &live.tls_resumed)] {
             tls_handshakes
                 .get_or_create(&TlsLabels {
@@ -114,6 +139,8 @@ pub fn render(shared: &Shared) -> String {
                 .inc_by(n.load(Relaxed));
         }
         check_ok.get_or_create(&l).set(i64::from(v.check.ok));
+        connects.push((l.clone(), live.connect_latency.clone()));
+        upgrades.push((l.clone(), live.upgrade_latency.clone()));
         latencies.push((l, live.check_latency.clone()));
     }
     r.register(
@@ -129,7 +156,7 @@ pub fn render(shared: &Shared) -> String {
     r.register("ingress_server_maxconn", "Per-server connection limit", maxconn);
     r.register(
         "ingress_server_reported_capacity",
-        "Capacity the fleet last reported (-1: none yet)",
+        "Capacity the fleet last reported (absent until its first report)",
         reported,
     );
     r.register(
@@ -144,9 +171,9 @@ pub fn render(shared: &Shared) -> String {
     );
     r.register("ingress_server_sessions", "Calls routed to the server", sessions);
     r.register(
-        "ingress_server_answered_429",
-        "429 answers the server gave to upgrades",
-        answered_429,
+        "ingress_server_upgrade_answers",
+        "The server's answers to upgrades (101 included), by status",
+        answers,
     );
     r.register(
         "ingress_server_tls_handshakes",
@@ -158,13 +185,35 @@ pub fn render(shared: &Shared) -> String {
         "1 when the last health check passed",
         check_ok,
     );
-    r.register_collector(Box::new(CheckLatency(latencies)));
+    for (name, help, series) in [
+        (
+            "ingress_server_check_latency_seconds",
+            "Latency of health checks",
+            latencies,
+        ),
+        (
+            "ingress_fleet_connect_seconds",
+            "Calls' connects to the server (TCP and TLS)",
+            connects,
+        ),
+        (
+            "ingress_upgrade_response_seconds",
+            "Upgrade sent to the server's answer head",
+            upgrades,
+        ),
+    ] {
+        r.register_collector(Box::new(ServerHistograms { name, help, series }));
+    }
     r.register(
         "ingress_pool_retries",
         "Upgrade attempts redispatched to another server",
         retries,
     );
-    r.register("ingress_pool_passed_429", "429s handed to carriers", passed_429);
+    r.register(
+        "ingress_pool_passed_answers",
+        "Fleets' answers to upgrades handed to carriers, by status (429: every candidate refused)",
+        passed,
+    );
     r.register(
         "ingress_pool_no_capacity",
         "Calls answered 503 because no server had capacity",
@@ -318,7 +367,8 @@ fn to_prometheus_text(open_metrics: &str) -> String {
     let lines: Vec<&str> = open_metrics.lines().collect();
     let mut out = String::with_capacity(open_metrics.len());
     for (i, line) in lines.iter().enumerate() {
-        if *line == "# EOF" {
+        // Units are in the names; the 0.0.4 format has no UNIT line.
+        if *line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
         let counter_family = |name: &str| lines.get(i + 1).is_some_and(|n| *n == format!("# TYPE {name} counter"));

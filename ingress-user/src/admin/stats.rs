@@ -33,7 +33,7 @@ pub fn stats_html(shared: &Shared) -> String {
             p.total_effective(),
             p.no_capacity_total.load(std::sync::atomic::Ordering::Relaxed),
             p.retries_total.load(std::sync::atomic::Ordering::Relaxed),
-            p.passed_429_total.load(std::sync::atomic::Ordering::Relaxed),
+            p.passed.get(429),
         ));
     }
     let mut rows = String::new();

@@ -35,8 +35,9 @@ pub struct Pool {
     pub no_capacity_total: AtomicU64,
     /// Upgrade attempts retried on another server.
     pub retries_total: AtomicU64,
-    /// 429s handed to carriers (every candidate refused, or 429 not retried).
-    pub passed_429_total: AtomicU64,
+    /// Fleets' answers handed to carriers, by status (a 429 when every
+    /// candidate refused, or 429 is not retried).
+    pub passed: crate::telemetry::StatusCounts,
     /// TLS towards the servers; None for `tls = false`.
     pub tls: Option<Arc<rustls::ClientConfig>>,
     /// Per server (by id): `tls` with a session cache of its own. rustls
@@ -95,7 +96,7 @@ impl Pool {
             pick_rotation: AtomicU32::new(0),
             no_capacity_total: AtomicU64::new(0),
             retries_total: AtomicU64::new(0),
-            passed_429_total: AtomicU64::new(0),
+            passed: crate::telemetry::StatusCounts::default(),
             tls,
             server_tls,
             hash_key: cfg.hash_key.clone(),
@@ -113,10 +114,10 @@ impl Pool {
         for (new, old) in [
             (&self.no_capacity_total, &old.no_capacity_total),
             (&self.retries_total, &old.retries_total),
-            (&self.passed_429_total, &old.passed_429_total),
         ] {
             new.store(old.load(Relaxed), Relaxed);
         }
+        self.passed.carry(&old.passed);
     }
 
     pub fn retries_on(&self, r: RetryOn) -> bool {

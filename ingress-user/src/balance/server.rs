@@ -76,8 +76,8 @@ pub struct Live {
     pub sessions_total: AtomicU64,
     /// Calls ever upgraded here (the fleet answered 101).
     upgraded_total: AtomicU64,
-    /// 429s this server answered.
-    pub answered_429: AtomicU64,
+    /// The server's answers to upgrades (101 included), by status.
+    pub answers: telemetry::StatusCounts,
     /// TLS handshakes with the server: full, and resumed from a session it issued.
     pub tls_full: AtomicU64,
     pub tls_resumed: AtomicU64,
@@ -93,6 +93,10 @@ pub struct Live {
     admin_changes: AtomicU64,
     /// Health-check latency, seconds.
     pub check_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Calls' connects (TCP and TLS) to the server, seconds.
+    pub connect_latency: prometheus_client::metrics::histogram::Histogram,
+    /// Upgrade sent to the server's answer head, seconds.
+    pub upgrade_latency: prometheus_client::metrics::histogram::Histogram,
     /// When the server last came back UP after being DOWN (slowstart).
     pub recovered_at: Mutex<Option<Instant>>,
 }
@@ -146,7 +150,7 @@ impl Server {
                 admin: AtomicU8::new(AdminState::Ready as u8),
                 sessions_total: AtomicU64::new(0),
                 upgraded_total: AtomicU64::new(0),
-                answered_429: AtomicU64::new(0),
+                answers: telemetry::StatusCounts::default(),
                 tls_full: AtomicU64::new(0),
                 tls_resumed: AtomicU64::new(0),
                 check: Mutex::new(CheckStatus::default()),
@@ -155,6 +159,8 @@ impl Server {
                 end_calls: tokio::sync::Notify::new(),
                 admin_changes: AtomicU64::new(0),
                 check_latency: telemetry::check_latency_histogram(),
+                connect_latency: telemetry::setup_histogram(),
+                upgrade_latency: telemetry::setup_histogram(),
                 recovered_at: Mutex::new(None),
             }),
             cookie_id: String::new(),
@@ -398,7 +404,6 @@ impl Server {
 
     /// The fleet answered 429: it has no free worker, whatever it reported.
     pub fn saw_429(&self) {
-        self.live.answered_429.fetch_add(1, Relaxed);
         if self.capacity_aware {
             self.new_window();
             self.live.probe_out.store(false, Relaxed);

@@ -9,7 +9,7 @@ use crate::{
     balance::{Pool, Server},
     config::CheckConfig,
     data::{DataCtx, upstream},
-    model::OnMarkedDown,
+    model::{OnMarkedDown, ServerState},
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
@@ -238,10 +238,13 @@ pub async fn run(id: u32, ctx: Arc<DataCtx>) {
         let after = (server.state(), server.reported());
         if before != after {
             if before.0 != after.0 {
-                tracing::info!(
-                    pool = %server.pool, server = server.name(), from = %before.0, to = %after.0,
-                    reason = %server.check_status().reason, "server state changed"
-                );
+                let reason = server.check_status().reason;
+                // DOWN at warning (`journalctl -p warning`); the rest is routine.
+                if after.0 == ServerState::Down {
+                    tracing::warn!(pool = %server.pool, server = server.name(), from = %before.0, to = %after.0, %reason, "server state changed");
+                } else {
+                    tracing::info!(pool = %server.pool, server = server.name(), from = %before.0, to = %after.0, %reason, "server state changed");
+                }
             }
             ctx.changed.signal();
         }

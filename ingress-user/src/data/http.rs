@@ -16,7 +16,7 @@ use tokio::{
     sync::OwnedSemaphorePermit,
 };
 
-use super::{DataCtx, exchange, forward, http1::RequestHead, keepalive, target, tunnel, upgrade};
+use super::{DataCtx, calllog::Front, exchange, forward, http1::RequestHead, keepalive, target, tunnel, upgrade};
 use crate::{
     balance::{Demand, Hints, select::cookie},
     model::{
@@ -80,8 +80,7 @@ pub async fn serve<S>(
     shared: Arc<DataCtx>,
     io: S,
     head: RequestHead,
-    peer: std::net::SocketAddr,
-    local_port: u16,
+    (peer, local_port, front): (std::net::SocketAddr, u16, Front),
     permit: OwnedSemaphorePermit,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -100,7 +99,14 @@ pub async fn serve<S>(
     };
     let permit = Arc::new(permit);
     let metrics_of = Arc::clone(&shared);
-    let answer = move |req| handle(Arc::clone(&shared), req, peer, local_port, Arc::clone(&permit));
+    let answer = move |req| {
+        handle(
+            Arc::clone(&shared),
+            req,
+            (peer, local_port, front.clone()),
+            Arc::clone(&permit),
+        )
+    };
     if let Some(why) = keepalive::serve(io, first, limits, answer).await {
         metrics_of.metrics.keepalive_closed(why.reason());
     }
@@ -128,14 +134,14 @@ const HOP_BY_HOP: [&str; 6] = [
 async fn handle(
     shared: Arc<DataCtx>,
     mut req: Request<Incoming>,
-    peer: std::net::SocketAddr,
-    local_port: u16,
+    (peer, local_port, front): (std::net::SocketAddr, u16, Front),
     permit: Arc<OwnedSemaphorePermit>,
 ) -> Response<Body> {
     let rt = shared.runtime.load_full();
     if let Err(why) = settle(&mut req) {
         shared.metrics.bad_request("target");
         shared.metrics.response(400);
+        super::calllog::refused(&shared, peer, 400, "target", why);
         return local(StatusCode::BAD_REQUEST, why);
     }
     let host = req
@@ -153,6 +159,7 @@ async fn handle(
         Target::Health => return local(StatusCode::OK, "ok"),
         _ => {
             shared.metrics.response(404);
+            super::calllog::refused(&shared, peer, 404, "no_route", "not found");
             return local(StatusCode::NOT_FOUND, "not found");
         }
     };
@@ -164,6 +171,7 @@ async fn handle(
             bot_id,
             peer,
             local_port,
+            front,
             permit,
         };
         return later_upgrade(shared, rt, req, call).await;
@@ -300,6 +308,7 @@ struct LaterCall {
     bot_id: Option<String>,
     peer: std::net::SocketAddr,
     local_port: u16,
+    front: Front,
     permit: Arc<OwnedSemaphorePermit>,
 }
 
@@ -334,6 +343,7 @@ async fn later_upgrade(
     if let Some(why) = super::http1::websocket_upgrade_error(&head) {
         shared.metrics.bad_request("not_websocket");
         shared.metrics.response(400);
+        super::calllog::refused(&shared, call.peer, 400, "not_websocket", why);
         return local(StatusCode::BAD_REQUEST, why);
     }
     let on_upgrade = hyper::upgrade::on(&mut req);
@@ -351,6 +361,7 @@ async fn later_upgrade(
                 bot_id: call.bot_id.as_deref(),
                 hash_key: call.hash_key.as_deref(),
                 started,
+                front: call.front,
             };
             // The splice below holds the connection's slot.
             upgrade::forward(Arc::clone(&shared), Arc::clone(&rt), call.pool, pipe, head, c, ()).await;

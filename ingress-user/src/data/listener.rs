@@ -15,7 +15,7 @@ use tokio::{
 use tokio_rustls::TlsAcceptor;
 
 use super::{
-    DataCtx, forward, http,
+    DataCtx, calllog, forward, http,
     http1::{self, HeadError, HeadLimits},
     target, tunnel, upgrade,
 };
@@ -74,7 +74,7 @@ fn limits(shared: &DataCtx) -> (HeadLimits, Duration) {
 }
 
 /// Answers a head that could not be read, or just closes.
-async fn refuse_head<S: AsyncWrite + Unpin>(io: &mut S, shared: &DataCtx, err: &HeadError) {
+async fn refuse_head<S: AsyncWrite + Unpin>(io: &mut S, shared: &DataCtx, peer: SocketAddr, err: &HeadError) {
     let (status, reason) = match err {
         HeadError::TooLarge(_) => (Some(431), "header_too_large"),
         HeadError::TooManyHeaders(_) => (Some(431), "too_many_headers"),
@@ -85,9 +85,22 @@ async fn refuse_head<S: AsyncWrite + Unpin>(io: &mut S, shared: &DataCtx, err: &
     };
     shared.metrics.bad_request(reason);
     if let Some(status) = status {
-        shared.metrics.response(status);
-        http1::respond(io, status, &err.to_string(), &[]).await;
+        refuse(io, shared, peer, (status, reason), &err.to_string()).await;
     }
+}
+
+/// Answers a request the ingress refuses itself: counted by status,
+/// logged (rate-limited) with its reason.
+async fn refuse<S: AsyncWrite + Unpin>(
+    io: &mut S,
+    shared: &DataCtx,
+    peer: SocketAddr,
+    (status, reason): (u16, &str),
+    why: &str,
+) {
+    shared.metrics.response(status);
+    calllog::refused(shared, peer, status, reason, why);
+    http1::respond(io, status, why, &[]).await;
 }
 
 async fn handle_https(
@@ -119,6 +132,8 @@ async fn handle_https(
         }
     };
     shared.metrics.tls_handshakes.inc();
+    let front = calllog::Front::of(tls.get_ref().1, started.elapsed());
+    shared.metrics.tls_handshake.observe(front.handshake.as_secs_f64());
     let mut head = match Box::pin(http1::read_request(
         &mut tls,
         BytesMut::with_capacity(2048),
@@ -129,14 +144,13 @@ async fn handle_https(
     {
         Ok(h) => h,
         Err(e) => {
-            refuse_head(&mut tls, &shared, &e).await;
+            refuse_head(&mut tls, &shared, peer, &e).await;
             return;
         }
     };
     if let Err(why) = target::settle(&mut head) {
         shared.metrics.bad_request("target");
-        shared.metrics.response(400);
-        http1::respond(&mut tls, 400, why, &[]).await;
+        refuse(&mut tls, &shared, peer, (400, "target"), why).await;
         return;
     }
     let rt = shared.runtime.load_full();
@@ -159,26 +173,23 @@ async fn handle_https(
             let _ = tls.shutdown().await;
         }
         Target::NotFound => {
-            shared.metrics.response(404);
-            http1::respond(&mut tls, 404, "not found", &[]).await;
+            refuse(&mut tls, &shared, peer, (404, "no_route"), "not found").await;
         }
         Target::Pool { route, pool, params } => {
             let is_http = rt.routes.routes[route].kind == RouteKind::Http;
             if is_http && head.header("upgrade").is_none() {
                 if let Some(why) = http::smuggling_error(&head) {
                     shared.metrics.bad_request("smuggling");
-                    shared.metrics.response(400);
-                    http1::respond(&mut tls, 400, why, &[]).await;
+                    refuse(&mut tls, &shared, peer, (400, "smuggling"), why).await;
                     return;
                 }
                 drop((params, setup));
-                http::serve(Arc::clone(&shared), tls, head, peer, local_port, permit).await;
+                http::serve(Arc::clone(&shared), tls, head, (peer, local_port, front), permit).await;
                 return;
             }
             if let Some(why) = http1::websocket_upgrade_error(&head) {
                 shared.metrics.bad_request("not_websocket");
-                shared.metrics.response(400);
-                http1::respond(&mut tls, 400, why, &[]).await;
+                refuse(&mut tls, &shared, peer, (400, "not_websocket"), why).await;
                 return;
             }
             let keys = CallKeys::of(&head.target, &params, &rt.pools[pool].hash_key);
@@ -190,6 +201,7 @@ async fn handle_https(
                 bot_id: keys.bot_id.as_deref(),
                 hash_key: keys.hash_key.as_deref(),
                 started,
+                front,
             };
             upgrade::forward(Arc::clone(&shared), Arc::clone(&rt), pool, tls, head, call, permit).await;
         }
@@ -222,20 +234,18 @@ async fn handle_http(mut tcp: TcpStream, peer: SocketAddr, shared: Arc<DataCtx>,
     let mut head = match http1::read_request(&mut tcp, BytesMut::with_capacity(1024), limits, deadline).await {
         Ok(h) => h,
         Err(e) => {
-            refuse_head(&mut tcp, &shared, &e).await;
+            refuse_head(&mut tcp, &shared, peer, &e).await;
             return;
         }
     };
     // The prefix is checked on the path the responder will read.
     if let Err(why) = target::settle(&mut head) {
         shared.metrics.bad_request("target");
-        shared.metrics.response(400);
-        http1::respond(&mut tcp, 400, why, &[]).await;
+        refuse(&mut tcp, &shared, peer, (400, "target"), why).await;
         return;
     }
     if !head.target.starts_with(ACME_PREFIX) {
-        shared.metrics.response(404);
-        http1::respond(&mut tcp, 404, "not found", &[]).await;
+        refuse(&mut tcp, &shared, peer, (404, "not_acme"), "not found").await;
         return;
     }
     let rt = shared.runtime.load_full();

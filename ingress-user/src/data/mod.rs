@@ -3,6 +3,7 @@
 //! and never waits on, or imports, the control side (`control`, `bpf`,
 //! `admin`); the control side hands it listeners and swaps snapshots.
 
+pub mod calllog;
 pub mod exchange;
 pub mod forward;
 pub mod frames;

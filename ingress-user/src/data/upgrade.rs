@@ -8,7 +8,9 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    DataCtx, forward,
+    DataCtx,
+    calllog::{CallLog, Front, Steps},
+    forward,
     http1::{self, HeadError, HeadLimits, RequestHead},
     tunnel::{self, CloseReason, TunnelStats},
     upstream,
@@ -32,6 +34,8 @@ pub struct Call<'a> {
     /// For `balance = "uri-hash"`: the key the pool hashes.
     pub hash_key: Option<&'a str>,
     pub started: Instant,
+    /// The TLS connection it came on.
+    pub front: Front,
 }
 
 /// One attempt's outcome.
@@ -49,10 +53,21 @@ enum Attempt<S> {
     Local(String),
 }
 
-async fn attempt(lease: &Lease, pool: &Pool, rt: &Runtime, request: &[u8]) -> Attempt<upstream::UpStream> {
+async fn attempt(
+    lease: &Lease,
+    pool: &Pool,
+    rt: &Runtime,
+    request: &[u8],
+    steps: &mut Steps,
+) -> Attempt<upstream::UpStream> {
     let server = &lease.server;
+    let began = Instant::now();
     let mut up = match upstream::connect(server, pool.client_tls(server), rt.timeouts.connect.0).await {
-        Ok(s) => s,
+        Ok(s) => {
+            steps.connect = began.elapsed();
+            server.live().connect_latency.observe(steps.connect.as_secs_f64());
+            s
+        }
         Err(e) if e.is_local() => return Attempt::Local(e.to_string()),
         Err(e) => return Attempt::Failed(RetryOn::ConnFailure, e.to_string()),
     };
@@ -63,6 +78,7 @@ async fn attempt(lease: &Lease, pool: &Pool, rt: &Runtime, request: &[u8]) -> At
         up.write_all(request).await?;
         up.flush().await
     };
+    let sent = Instant::now();
     if let Err(e) = write.await {
         return Attempt::Failed(RetryOn::ConnFailure, format!("sending the upgrade: {e}"));
     }
@@ -83,6 +99,9 @@ async fn attempt(lease: &Lease, pool: &Pool, rt: &Runtime, request: &[u8]) -> At
         }
         Err(e) => return Attempt::BadResponse(e.to_string()),
     };
+    steps.answer = sent.elapsed();
+    server.live().upgrade_latency.observe(steps.answer.as_secs_f64());
+    server.live().answers.inc(head.status);
     if head.status == 101 {
         return Attempt::Upgraded(up, head);
     }
@@ -157,13 +176,14 @@ pub async fn forward<C, H>(
     let mut local_failure: Option<String> = None;
     let mut attempts = 0u32;
     let mut server_name = String::from("-");
-    let log = CallLog {
-        bot_id: call.bot_id.unwrap_or("-").to_owned(),
-        route: call.route.to_owned(),
-        pool: Arc::clone(&pool.name),
-        started: call.started,
-        peer: call.peer,
-    };
+    let mut log = CallLog::new(
+        call.bot_id.unwrap_or("-"),
+        call.route,
+        Arc::clone(&pool.name),
+        call.started,
+        call.peer,
+        call.front,
+    );
     loop {
         if attempts > pool.retries {
             break;
@@ -180,7 +200,8 @@ pub async fn forward<C, H>(
         tried.push(lease.server.id);
         server_name = lease.server.name().to_owned();
         // Boxed: its read buffer is not kept in the call's task for the whole call.
-        match Box::pin(attempt(&lease, &pool, &rt, &request)).await {
+        let mut steps = Steps::default();
+        match Box::pin(attempt(&lease, &pool, &rt, &request, &mut steps)).await {
             Attempt::Upgraded(mut up, resp) => {
                 // A call from its 101: a stopping process waits for it.
                 let counted = shared.count_call();
@@ -212,6 +233,7 @@ pub async fn forward<C, H>(
                     );
                     return;
                 }
+                log.routed(&shared, &server_name, attempts, steps);
                 // The client's bytes behind its head, now that the fleet upgraded.
                 let early = async {
                     if !head.rest.is_empty() {
@@ -293,9 +315,7 @@ pub async fn forward<C, H>(
     }
     // Nothing reached the carrier yet: answer with the last real answer, or our own.
     let (status, reason) = if let Some((status, bytes)) = last_answer {
-        if status == 429 {
-            pool.passed_429_total.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        }
+        pool.passed.inc(status);
         http1::send_and_close(&mut client, &bytes).await;
         (status, "answered")
     } else if let Some(reason) = local_failure {
@@ -326,62 +346,10 @@ pub async fn forward<C, H>(
         (503, "no_capacity")
     };
     shared.metrics.response(status);
-    log.emit(status, attempts, &server_name, (0, 0), reason, None);
-}
-
-/// The call's log line, owned so that it can outlive the handshake.
-struct CallLog {
-    bot_id: String,
-    route: String,
-    pool: Arc<str>,
-    started: Instant,
-    peer: SocketAddr,
-}
-
-impl CallLog {
-    /// The call's one log line: bytes (to the server, to the client);
-    /// `closed_by` for a call past its 101.
-    fn emit(
-        &self,
-        status: u16,
-        attempts: u32,
-        server: &str,
-        (to_server, to_client): (u64, u64),
-        reason: &str,
-        closed_by: Option<&str>,
-    ) {
-        tracing::info!(
-            target: "call",
-            bot_id = %self.bot_id,
-            route = %self.route,
-            pool = %self.pool,
-            server,
-            status,
-            attempts,
-            duration_ms = self.started.elapsed().as_millis() as u64,
-            bytes_to_server = to_server,
-            bytes_to_client = to_client,
-            close_reason = reason,
-            closed_by,
-            client = %self.peer,
-            "call"
-        );
-    }
-
-    /// A call past its 101 ended: its metrics and its log line, with who ended it.
-    fn ended(&self, shared: &DataCtx, attempts: u32, server: &str, stats: &TunnelStats) {
-        let (reason, closed_by) = (stats.reason.as_str(), stats.reason.closed_by());
-        shared.metrics.tunnel_bytes_to_server.inc_by(stats.to_server);
-        shared.metrics.tunnel_bytes_to_client.inc_by(stats.to_client);
-        shared.metrics.tunnel_closed(reason, closed_by);
-        self.emit(
-            101,
-            attempts,
-            server,
-            (stats.to_server, stats.to_client),
-            reason,
-            Some(closed_by),
-        );
+    // Our own 503s come in floods (every call while the pools are full):
+    // their lines share the refusals' budget.
+    if status != 503 || shared.metrics.refusal_log.allow().is_some() {
+        log.emit(status, attempts, &server_name, (0, 0), reason, None);
     }
 }
 
