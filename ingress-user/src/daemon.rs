@@ -134,6 +134,9 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
         Arc::clone(&certs),
         ids.load(std::sync::atomic::Ordering::Relaxed),
     ));
+    shared
+        .admin_tokens
+        .store(Arc::new(crate::control::AdminTokens::of(&config.admin)));
     let (stop_tx, stop_rx) = watch::channel(false);
 
     let admin_group = match &config.admin.group {
@@ -199,11 +202,7 @@ async fn serve(config_path: &Path, exe: PathBuf, mut inherited: Option<Inherited
     let admin = admin::Admin {
         shared: Arc::clone(&shared),
         control: Arc::clone(&control),
-        policy: admin::access::Policy {
-            token: config.admin.token.clone(),
-            pick_token: config.admin.pick_token.clone(),
-            group: admin_group,
-        },
+        group: admin_group,
         lifecycle: lifecycle_tx,
         open: Arc::clone(&admin_open),
     };

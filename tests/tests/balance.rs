@@ -278,6 +278,22 @@ async fn twenty_dialers_picking_at_once_are_spread_by_held_slots() {
     );
     // Without it, a loopback reader may look but not hold.
     assert_eq!(admin_tcp(admin, "POST", "/api/pick/fleets", None).await, 403);
+
+    // A reload rotates the tokens: the old pick token stops at once.
+    let text = std::fs::read_to_string(&ingress.config).unwrap();
+    std::fs::write(&ingress.config, text.replace("dial-0nly", "dial-2nd")).unwrap();
+    let (code, out, err) = ingress.ctl(&["reload"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        admin_tcp(admin, "POST", "/api/pick/fleets", Some("dial-0nly")).await,
+        403,
+        "the old token holds nothing"
+    );
+    assert_eq!(
+        admin_tcp(admin, "GET", "/api/status", Some("dial-2nd")).await,
+        403,
+        "the new one is the pick token: picks only"
+    );
 }
 
 /// Holds go to the fleet with the most capacity (12 and 8 free: 10 picks

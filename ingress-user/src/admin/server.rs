@@ -56,8 +56,9 @@ fn text(content_type: &str, body: String) -> Response<Full<Bytes>> {
 pub struct Admin {
     pub shared: Arc<Shared>,
     pub control: Arc<Mutex<Control>>,
-    /// Who may read and who may change.
-    pub policy: Policy,
+    /// Who may use the socket (`[admin] group`, fixed at start); the
+    /// tokens are read from `Shared::admin_tokens` per request.
+    pub group: Option<u32>,
     /// `ctl upgrade` and `ctl stop` go to the daemon's loop.
     pub lifecycle: Requests,
     /// Admin connections open (a process handing over waits for its answer
@@ -103,7 +104,13 @@ async fn handle(admin: Admin, peer: Peer, req: Request<Incoming>) -> Result<Resp
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    let access = admin.policy.access(peer, presented);
+    let tokens = admin.shared.admin_tokens.load();
+    let policy = Policy {
+        token: tokens.token.clone(),
+        pick_token: tokens.pick_token.clone(),
+        group: admin.group,
+    };
+    let access = policy.access(peer, presented);
     if let Access::Refused(status, why) = access {
         return Ok(error(
             StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN),
@@ -388,7 +395,7 @@ pub async fn serve_tcp(listener: TcpListener, admin: Admin, stop: watch::Receive
 /// known by its credentials.
 pub async fn serve_unix(listener: UnixListener, admin: Admin, stop: watch::Receiver<bool>) {
     let listener = Arc::new(listener);
-    let group = admin.policy.group;
+    let group = admin.group;
     let accept = move || {
         let l = Arc::clone(&listener);
         async move {

@@ -53,7 +53,25 @@ pub struct Shared {
     pub xdp: Arc<XdpStatus>,
     /// The last reload was refused (`/metrics`; `/api/status` has the reason).
     pub last_reload_failed: std::sync::atomic::AtomicBool,
+    /// `[admin] token` and `pick_token` in force: a reload rotates them.
+    pub admin_tokens: arc_swap::ArcSwap<AdminTokens>,
     next_server_id: AtomicU32,
+}
+
+/// The admin API's bearer tokens (`[admin] token`, `pick_token`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdminTokens {
+    pub token: Option<String>,
+    pub pick_token: Option<String>,
+}
+
+impl AdminTokens {
+    pub fn of(admin: &crate::config::AdminConfig) -> Self {
+        Self {
+            token: admin.token.clone(),
+            pick_token: admin.pick_token.clone(),
+        }
+    }
 }
 
 impl Shared {
@@ -63,6 +81,7 @@ impl Shared {
             certs,
             xdp: Arc::default(),
             last_reload_failed: std::sync::atomic::AtomicBool::new(false),
+            admin_tokens: arc_swap::ArcSwap::default(),
             next_server_id: AtomicU32::new(next_server_id),
         }
     }
@@ -411,6 +430,14 @@ impl Control {
         if config.group != self.config.group {
             tracing::warn!("[group] changed: not applied by a reload; an upgrade or a restart applies it");
         }
+        let (old, new) = (&self.config.admin, &config.admin);
+        if (&old.socket, old.listen, &old.group) != (&new.socket, new.listen, &new.group) {
+            tracing::warn!(
+                "[admin] socket, listen or group changed: not applied by a reload; an upgrade or a restart applies them (the tokens are applied now)"
+            );
+        }
+        // Rotated at once: an old token stops working with this reload.
+        self.shared.admin_tokens.store(Arc::new(AdminTokens::of(new)));
         self.config = config.clone();
         self.install(rt, next);
         self.listeners.start();

@@ -5,8 +5,7 @@
 
 use super::Verdict::{self, NotNeeded, NotTranslated};
 
-const LOGGING: &str =
-    "the ingress logs structured lines per call to the journal (INGRESS_LOG_FORMAT=journald, as its unit sets) or stderr";
+const LOGGING: &str = "the ingress logs structured lines per call to the journal (INGRESS_LOG_FORMAT=journald, as its unit sets) or stderr";
 const STATS: &str = "replaced by the admin API: `ingress ctl stat`, and /stats, /metrics on `[admin] listen`";
 
 /// Keywords reported wherever they are, with their verdict and reason.
