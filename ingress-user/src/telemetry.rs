@@ -182,7 +182,26 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Every family whose label values are known up front has them at 0
+    /// from the start: a rate over one reads 0, not "no data", and an
+    /// alert's `increase()` sees the first event.
     fn default() -> Self {
+        let m = Self::empty();
+        for reason in ["max_connections", "accept_error"] {
+            let _ = m.refused.get_or_create(&label(reason));
+        }
+        for what in ["call", "http", "health"] {
+            let _ = m.local_errors.get_or_create(&label(what));
+        }
+        for why in ["idle", "header_timeout", "stalled"] {
+            let _ = m.keepalive_closed.get_or_create(&label(why));
+        }
+        m
+    }
+}
+
+impl Metrics {
+    fn empty() -> Self {
         Self {
             accepted: Family::default(),
             refused: Family::default(),
