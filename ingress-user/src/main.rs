@@ -367,9 +367,21 @@ async fn probe_all(
     Ok(failed)
 }
 
+/// A `ctl` that did not get done: the reason on stderr, or with `--json`
+/// as `{"error", "status"}` on stdout (status: the daemon's, when it refused).
+fn failed(json_out: bool, code: i32, why: &str, status: Option<u16>) -> i32 {
+    if json_out {
+        println!("{}", serde_json::json!({ "error": why, "status": status }));
+    } else {
+        eprintln!("{why}");
+    }
+    code
+}
+
 async fn ctl(socket: &std::path::Path, json_out: bool, command: CtlCommand) -> i32 {
     use ingress_user::admin::ctl::{
-        EXIT_UNREACHABLE, EXIT_USAGE, change_line, report, request, seg, servers_table, split_target, status_lines,
+        EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_USAGE, change_line, report, request, seg, servers_table, split_target,
+        status_lines,
     };
     let target = |t: &str| split_target(t).map(|(p, n)| (seg(p), seg(n)));
     let (method, path, body, kind) = match &command {
@@ -378,10 +390,7 @@ async fn ctl(socket: &std::path::Path, json_out: bool, command: CtlCommand) -> i
         CtlCommand::Drain { target: t, .. } | CtlCommand::Ready { target: t } | CtlCommand::Maint { target: t } => {
             let (pool, name) = match target(t) {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return EXIT_USAGE;
-                }
+                Err(e) => return failed(json_out, EXIT_USAGE, &e, None),
             };
             let state = match &command {
                 CtlCommand::Drain { .. } => "drain",
@@ -413,10 +422,7 @@ async fn ctl(socket: &std::path::Path, json_out: bool, command: CtlCommand) -> i
         CtlCommand::Remove { target: t, now } => {
             let (pool, name) = match target(t) {
                 Ok(t) => t,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return EXIT_USAGE;
-                }
+                Err(e) => return failed(json_out, EXIT_USAGE, &e, None),
             };
             let q = if *now { "?now=1" } else { "" };
             ("DELETE", format!("/api/servers/{pool}/{name}{q}"), None, "remove")
@@ -438,11 +444,14 @@ async fn ctl(socket: &std::path::Path, json_out: bool, command: CtlCommand) -> i
     };
     let answer = match request(socket, method, &path, body).await {
         Ok(a) => a,
-        Err(e) => {
-            eprintln!("{e}");
-            return EXIT_UNREACHABLE;
-        }
+        Err(e) => return failed(json_out, EXIT_UNREACHABLE, &e.to_string(), None),
     };
+    if json_out && !(200..300).contains(&answer.status) {
+        let why = answer.body["error"]
+            .as_str()
+            .map_or_else(|| answer.body.to_string(), str::to_owned);
+        return failed(true, EXIT_REFUSED, &why, Some(answer.status));
+    }
     let (out, code) = report(&answer, |v| match kind {
         _ if json_out => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
         "stat" => servers_table(v),

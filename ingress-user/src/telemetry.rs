@@ -106,18 +106,20 @@ pub fn duration_histogram() -> Histogram {
 }
 
 /// Counts by HTTP status (a fleet's answers, what was handed on): a few
-/// distinct codes in practice, 500 at most.
+/// distinct codes in practice, 501 at most (100–599, and `other` for a
+/// code outside them, which a fleet may send).
 #[derive(Debug, Default)]
 pub struct StatusCounts(std::sync::Mutex<std::collections::BTreeMap<u16, u64>>);
 
 impl StatusCounts {
     pub fn inc(&self, status: u16) {
-        *self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(status)
-            .or_default() += 1;
+        let key = if (100..=599).contains(&status) { status } else { 0 };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+    }
+
+    /// A key's `status` label value.
+    pub fn label(key: u16) -> String {
+        if key == 0 { "other".to_owned() } else { key.to_string() }
     }
     pub fn get(&self, status: u16) -> u64 {
         self.snapshot().get(&status).copied().unwrap_or(0)
@@ -368,5 +370,28 @@ impl Metrics {
                 closed_by: closed_by.to_owned(),
             })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_counts_stay_bounded() {
+        let c = StatusCounts::default();
+        for s in [101, 429, 429, 0, 99, 600, 999] {
+            c.inc(s);
+        }
+        let got: Vec<(String, u64)> = c
+            .snapshot()
+            .into_iter()
+            .map(|(k, n)| (StatusCounts::label(k), n))
+            .collect();
+        assert_eq!(
+            got,
+            [("other".into(), 4), ("101".into(), 1), ("429".into(), 2)],
+            "codes a fleet may send outside 100-599 share one series"
+        );
     }
 }

@@ -72,6 +72,19 @@ async fn drain_moves_new_calls_and_keeps_live_ones() {
 /// `ctl` for scripts: `--json` on every subcommand (the answer as one
 /// document), a line or table otherwise, and exit codes told apart.
 async fn ctl_for_scripts(ingress: &Ingress) {
+    // A hold lasts until a report on a probe a second after it: read at once.
+    let (code, out, err) = ingress.ctl(&["pick", "fleets", "--hold", "5s", "--json"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let (_, held, _) = ingress.ctl(&["stat", "--json"]).await;
+    let held: serde_json::Value = serde_json::from_str(&held).unwrap();
+    assert!(
+        held["servers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["held"].as_u64() >= Some(1)),
+        "the hold shows in stat: {held}"
+    );
     let cases: [(&[&str], &str); 7] = [
         (&["stat"], "POOL"),
         (&["status"], "pool fleets:"),
@@ -96,17 +109,6 @@ async fn ctl_for_scripts(ingress: &Ingress) {
             "{args:?}: a line, not JSON: {out}"
         );
     }
-    let (_, held, _) = ingress.ctl(&["stat", "--json"]).await;
-    let held: serde_json::Value = serde_json::from_str(&held).unwrap();
-    assert!(
-        held["servers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|s| s["held"].as_u64() >= Some(1)),
-        "the hold shows in stat: {held}"
-    );
-
     let ctl = |args: &[&str]| {
         let out = std::process::Command::new(ingress_tests::bin("ingress"))
             .arg("ctl")
@@ -124,6 +126,22 @@ async fn ctl_for_scripts(ingress: &Ingress) {
     assert!(err.contains("/nonexistent/admin.sock"), "{err}");
     let (code, _, err) = ingress.ctl(&["drain", "fleets/nope"]).await;
     assert_eq!(code, 1, "refused: {err}");
+    // With --json a script gets a document on every outcome.
+    for (args, code) in [
+        (&["drain", "fleets/nope", "--json"][..], 1),
+        (&["drain", "no-slash", "--json"], 64),
+    ] {
+        let (got, out, err) = ingress.ctl(args).await;
+        assert_eq!(got, code, "{args:?}: {out}{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"));
+        assert!(v["error"].is_string(), "{v}");
+    }
+    let (code, out, _) = ctl(&["--socket", "/nonexistent/admin.sock", "--json", "status"]);
+    assert_eq!(code, 2);
+    assert!(
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()["error"].is_string(),
+        "{out}"
+    );
     for usage in [&["frobnicate"][..], &["drain"], &["pick", "fleets", "--hold", "soon"]] {
         let (code, _, err) = ctl(usage);
         assert_eq!(code, 64, "{usage:?} is a usage error: {err}");

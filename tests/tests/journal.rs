@@ -133,25 +133,61 @@ async fn the_journal_has_call_lines_refusals_and_priorities() {
     assert_eq!(field(&ended, "CLOSED_BY"), "carrier", "{ended:#?}");
     assert_eq!(field(&ended, "STATUS"), "101");
 
-    // Refusals: each with its reason, at most a budget a second.
-    for i in 0..40 {
-        let Err(e) = client::connect(ingress.https, "localhost", &format!("/nope/{i}"), pki.client_tls()).await else {
-            panic!("/nope/{i} has no route")
-        };
-        assert_eq!(e.status(), Some(404), "{e}");
+    // Refusals: each with its reason, at most 10 lines a second, and the
+    // first line after a cut tells how many were left out.
+    let refuse = |i: usize| {
+        let (https, tls) = (ingress.https, pki.client_tls());
+        async move {
+            let Err(e) = client::connect(https, "localhost", &format!("/nope/{i}"), tls).await else {
+                panic!("/nope/{i} has no route")
+            };
+            assert_eq!(e.status(), Some(404), "{e}");
+        }
+    };
+    let flood = std::time::Instant::now();
+    futures_util::future::join_all((0..40).map(refuse)).await;
+    let seconds = flood.elapsed().as_secs_f64().ceil() + 1.0;
+    // A new second's budget, then one more: it carries the count left out.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    refuse(40).await;
+    let refusals = || {
+        entries(&journal, None)
+            .into_iter()
+            .filter(|e| field(e, "MESSAGE") == "request refused")
+            .collect::<Vec<_>>()
+    };
+    let told = |lines: &[Entry]| {
+        lines.len() as u64
+            + lines
+                .iter()
+                .map(|e| field(e, "LEFT_OUT").parse::<u64>().unwrap_or(0))
+                .sum::<u64>()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut lines = refusals();
+    while told(&lines) < 41 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        lines = refusals();
     }
-    let refusal = wait_entry(&journal, "for a refusal", |e| field(e, "MESSAGE") == "request refused").await;
-    assert_eq!(field(&refusal, "STATUS"), "404", "{refusal:#?}");
-    assert_eq!(field(&refusal, "REASON"), "no_route");
-    assert!(field(&refusal, "CLIENT").starts_with("127.0.0.1:"), "{refusal:#?}");
-    let logged = entries(&journal, None)
-        .iter()
-        .filter(|e| field(e, "MESSAGE") == "request refused")
-        .count();
-    assert!(
-        (1..=30).contains(&logged),
-        "40 refusals within a second or three: {logged} lines (10 a second at most)"
+    assert_eq!(
+        told(&lines),
+        41,
+        "every refusal logged or counted as left out: {lines:#?}"
     );
+    assert!(
+        (lines.len() as f64) <= 10.0 * seconds + 1.0 && lines.len() < 41,
+        "{} lines for 41 refusals over about {seconds} s",
+        lines.len()
+    );
+    assert_eq!(
+        ingress_tests::metric(&ingress.metrics().await, "ingress_log_lines_suppressed_total", &[]),
+        Some((41 - lines.len()) as f64),
+        "the lines left out are counted"
+    );
+    let refusal = &lines[0];
+    assert_eq!(field(refusal, "STATUS"), "404", "{refusal:#?}");
+    assert_eq!(field(refusal, "REASON"), "no_route");
+    assert!(field(refusal, "CLIENT").starts_with("127.0.0.1:"), "{refusal:#?}");
 
     // A fleet DOWN is a warning; the routine lines are not.
     f1.control("/health?mode=500").await;

@@ -261,6 +261,18 @@ pub fn change_line(command: &str, v: &Value) -> String {
         "reload" => {
             let commands = v["commands"].as_array().map_or(0, Vec::len);
             let mut l = format!("reloaded: generation {}, {commands} changes", v["generation"]);
+            let waiting: Vec<&str> = v["not_applied"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            if !waiting.is_empty() {
+                l.push_str(&format!(
+                    "; changed but applied only by an upgrade or a restart: [{}]",
+                    waiting.join("], [")
+                ));
+            }
             for c in v["commands"].as_array().into_iter().flatten() {
                 l.push_str(&format!("\n  {}", words(c)));
             }
@@ -327,6 +339,11 @@ mod tests {
         assert_eq!(
             change_line("other", &serde_json::json!({"a": 1, "b": "x", "c": null})),
             "a=1 b=x\n"
+        );
+        let v = serde_json::json!({"generation": 4, "commands": [], "not_applied": ["xdp", "admin"]});
+        assert_eq!(
+            change_line("reload", &v),
+            "reloaded: generation 4, 0 changes; changed but applied only by an upgrade or a restart: [xdp], [admin]\n"
         );
     }
 

@@ -16,7 +16,7 @@ use crate::{
     model::ServerState,
     telemetry::{
         BundleLabel, OutcomeLabel, PoolLabel, PoolStatusLabels, ServerLabels, ServerStatusLabels, StateLabels,
-        TlsLabels, VersionLabel,
+        StatusCounts, TlsLabels, VersionLabel,
     },
 };
 
@@ -84,7 +84,7 @@ pub fn render(shared: &Shared) -> String {
             passed
                 .get_or_create(&PoolStatusLabels {
                     pool: pl.pool.clone(),
-                    status: status.to_string(),
+                    status: StatusCounts::label(status),
                 })
                 .inc_by(n);
         }
@@ -125,7 +125,7 @@ pub fn render(shared: &Shared) -> String {
                 .get_or_create(&ServerStatusLabels {
                     pool: l.pool.clone(),
                     server: l.server.clone(),
-                    status: status.to_string(),
+                    status: StatusCounts::label(status),
                 })
                 .inc_by(n);
         }
@@ -228,6 +228,11 @@ pub fn render(shared: &Shared) -> String {
         "ingress_connections_open",
         "Front connections holding a max_connections slot, calls included",
         gauge(shared.data.connections_open() as i64),
+    );
+    r.register(
+        "ingress_log_lines_suppressed",
+        "Refusal and 503 log lines left out by the per-second budget",
+        counter(shared.data.metrics.refusal_log.suppressed_total()),
     );
     r.register(
         "ingress_cert_reloads",

@@ -132,6 +132,10 @@ pub struct ReloadStatus {
 pub struct Reloaded {
     pub generation: u64,
     pub commands: Vec<Command>,
+    /// Sections the new file changes that a reload does not apply (an
+    /// upgrade or a restart does): `xdp`, `group`, `admin`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_applied: Vec<&'static str>,
 }
 
 /// What `drain`, `ready` and `maint` changed.
@@ -422,16 +426,20 @@ impl Control {
             .sync(&config.listen)
             .await
             .map_err(|e| ControlError::Invalid(format!("listeners: {e}")))?;
+        let mut not_applied = Vec::new();
         if config.xdp != self.config.xdp {
+            not_applied.push("xdp");
             tracing::warn!(
                 "[xdp] changed: not applied by a reload; an upgrade applies action, ports, carriers and lease, a restart everything (an upgrade keeps the attached link: its interface and mode)"
             );
         }
         if config.group != self.config.group {
+            not_applied.push("group");
             tracing::warn!("[group] changed: not applied by a reload; an upgrade or a restart applies it");
         }
         let (old, new) = (&self.config.admin, &config.admin);
         if (&old.socket, old.listen, &old.group) != (&new.socket, new.listen, &new.group) {
+            not_applied.push("admin");
             tracing::warn!(
                 "[admin] socket, listen or group changed: not applied by a reload; an upgrade or a restart applies them (the tokens are applied now)"
             );
@@ -454,6 +462,7 @@ impl Control {
         Ok(Reloaded {
             generation: self.shared.data.runtime.load().generation,
             commands,
+            not_applied,
         })
     }
 }

@@ -101,16 +101,31 @@ impl CallLog {
         );
     }
 
+    /// A call no fleet took: the fleet's answer passed on, or our own
+    /// (502, 504, 503). Our 503s come in floods (every call while the
+    /// pools are full), so their lines share the refusals' budget.
+    pub fn unrouted(&self, shared: &DataCtx, status: u16, attempts: u32, server: &str, reason: &str) {
+        let left_out = if status == 503 {
+            match shared.metrics.refusal_log.allow() {
+                Some(n) => Some(n),
+                None => return,
+            }
+        } else {
+            None
+        };
+        self.emit(status, attempts, server, (0, 0), (reason, None, left_out));
+    }
+
     /// The call's last line: bytes (to the server, to the client); how it
-    /// ended; `closed_by` for a call past its 101.
-    pub fn emit(
+    /// ended: its reason, `closed_by` for a call past its 101, and for a
+    /// rate-limited line how many were left out before it.
+    fn emit(
         &self,
         status: u16,
         attempts: u32,
         server: &str,
         (to_server, to_client): (u64, u64),
-        reason: &str,
-        closed_by: Option<&str>,
+        (reason, closed_by, left_out): (&str, Option<&str>, Option<u64>),
     ) {
         tracing::info!(
             target: "call",
@@ -126,6 +141,7 @@ impl CallLog {
             bytes_to_client = to_client,
             close_reason = reason,
             closed_by,
+            left_out,
             client = %self.peer,
             "call"
         );
@@ -150,8 +166,7 @@ impl CallLog {
             attempts,
             server,
             (stats.to_server, stats.to_client),
-            reason,
-            Some(closed_by),
+            (reason, Some(closed_by), None),
         );
     }
 }

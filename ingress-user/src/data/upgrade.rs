@@ -346,11 +346,7 @@ pub async fn forward<C, H>(
         (503, "no_capacity")
     };
     shared.metrics.response(status);
-    // Our own 503s come in floods (every call while the pools are full):
-    // their lines share the refusals' budget.
-    if status != 503 || shared.metrics.refusal_log.allow().is_some() {
-        log.emit(status, attempts, &server_name, (0, 0), reason, None);
-    }
+    log.unrouted(&shared, status, attempts, &server_name, reason);
 }
 
 /// An accepted call from its 101 to its end: what the call holds while it

@@ -17,6 +17,8 @@ pub struct LogLimiter {
     spent: AtomicU32,
     /// Lines left out since the last one let through.
     suppressed: AtomicU64,
+    /// Lines ever left out.
+    suppressed_total: AtomicU64,
 }
 
 impl LogLimiter {
@@ -27,12 +29,18 @@ impl LogLimiter {
             second: AtomicU64::new(0),
             spent: AtomicU32::new(0),
             suppressed: AtomicU64::new(0),
+            suppressed_total: AtomicU64::new(0),
         }
     }
 
     /// `Some(left out since the last line)` when this line may be written.
     pub fn allow(&self) -> Option<u64> {
         self.allow_at(self.origin.elapsed().as_secs())
+    }
+
+    /// Lines ever left out (`ingress_log_lines_suppressed_total`).
+    pub fn suppressed_total(&self) -> u64 {
+        self.suppressed_total.load(Relaxed)
     }
 
     fn allow_at(&self, now: u64) -> Option<u64> {
@@ -44,6 +52,7 @@ impl LogLimiter {
             Some(self.suppressed.swap(0, Relaxed))
         } else {
             self.suppressed.fetch_add(1, Relaxed);
+            self.suppressed_total.fetch_add(1, Relaxed);
             None
         }
     }
@@ -64,5 +73,6 @@ mod tests {
         assert_eq!(l.allow_at(1), Some(0));
         assert_eq!(l.allow_at(1), None);
         assert_eq!(l.allow_at(5), Some(1));
+        assert_eq!(l.suppressed_total(), 3);
     }
 }
