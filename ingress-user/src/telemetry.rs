@@ -59,6 +59,8 @@ pub struct TlsLabels {
     pub server: String,
     /// `full` or `resumed`.
     pub kind: String,
+    /// `1.3` or `1.2`.
+    pub version: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

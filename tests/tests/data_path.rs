@@ -320,32 +320,52 @@ async fn a_hung_fleet_costs_at_most_one_call_one_connect_timeout() {
 
 /// Both fleets answer to the same name (127.0.0.1) but issue their own TLS
 /// sessions: each is resumed against the fleet that issued it, so after the
-/// first handshake with a fleet (a call's or a check's) the rest resume.
+/// first handshake with a fleet (a call's or a check's) the rest resume, in
+/// the version the pool offers (`versions = ["1.2"]`: from a ticket, with no
+/// key exchange).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fleet_tls_sessions_resume_per_fleet() {
-    let dir = TestDir::new("resume");
-    let pki = Pki::new(&dir);
-    let (_f1, _f2, ingress) = two_fleets(&dir, &pki, "", "").await;
-    for i in 0..20 {
-        let mut ws = call(&ingress, &pki, &format!("/ws/resume-{i}")).await.unwrap();
-        echo(&mut ws, "hi").await.unwrap();
-    }
-    let m = ingress.metrics().await;
-    for fleet in ["fleet1", "fleet2"] {
-        let count = |kind| {
-            metric(
-                &m,
-                "ingress_server_tls_handshakes_total",
-                &[("server", fleet), ("kind", kind)],
-            )
-            .unwrap_or(0.0)
-        };
-        let (full, resumed) = (count("full"), count("resumed"));
-        // Full: the first call's or check's, and one more when a check and a call race to be first.
-        assert!(
-            full <= 2.0 && resumed >= 8.0,
-            "{fleet}: {full} full and {resumed} resumed handshakes"
+    for (versions, want) in [(None, "1.3"), (Some(r#"["1.2"]"#), "1.2")] {
+        let dir = TestDir::new("resume");
+        let pki = Pki::new(&dir);
+        let (f1, f2) = (
+            Fleet::start(&dir, &pki, "fleet1", 16),
+            Fleet::start(&dir, &pki, "fleet2", 16),
         );
+        let mut cfg = config(&dir, &pki, &[("fleet1", f1.https), ("fleet2", f2.https)], "", "");
+        if let Some(v) = versions {
+            assert!(cfg.contains("[pools.fleets.tls]\n"), "{cfg}");
+            cfg = cfg.replace("[pools.fleets.tls]\n", &format!("[pools.fleets.tls]\nversions = {v}\n"));
+        }
+        let ingress = Ingress::start(&dir, &cfg);
+        ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+        for i in 0..20 {
+            let mut ws = call(&ingress, &pki, &format!("/ws/resume-{i}")).await.unwrap();
+            echo(&mut ws, "hi").await.unwrap();
+        }
+        let m = ingress.metrics().await;
+        for fleet in ["fleet1", "fleet2"] {
+            let count = |kind, version| {
+                metric(
+                    &m,
+                    "ingress_server_tls_handshakes_total",
+                    &[("server", fleet), ("kind", kind), ("version", version)],
+                )
+                .unwrap_or(0.0)
+            };
+            let (full, resumed) = (count("full", want), count("resumed", want));
+            let other = if want == "1.3" { "1.2" } else { "1.3" };
+            // Full: the first call's or check's, and one more when a check and a call race to be first.
+            assert!(
+                full <= 2.0 && resumed >= 8.0,
+                "{fleet} on TLS {want}: {full} full and {resumed} resumed handshakes"
+            );
+            assert_eq!(
+                count("full", other) + count("resumed", other),
+                0.0,
+                "{fleet}: nothing on TLS {other}"
+            );
+        }
     }
 }
 

@@ -129,14 +129,17 @@ pub fn render(shared: &Shared) -> String {
                 })
                 .inc_by(n);
         }
-        for (kind, n) in [("full", &live.tls_full), ("resumed", &live.tls_resumed)] {
-            tls_handshakes
-                .get_or_create(&TlsLabels {
-                    pool: l.pool.clone(),
-                    server: l.server.clone(),
-                    kind: kind.to_owned(),
-                })
-                .inc_by(n.load(Relaxed));
+        for (version, counts) in ["1.3", "1.2"].into_iter().zip(&live.tls_handshakes) {
+            for (kind, n) in ["full", "resumed"].into_iter().zip(counts) {
+                tls_handshakes
+                    .get_or_create(&TlsLabels {
+                        pool: l.pool.clone(),
+                        server: l.server.clone(),
+                        kind: kind.to_owned(),
+                        version: version.to_owned(),
+                    })
+                    .inc_by(n.load(Relaxed));
+            }
         }
         check_ok.get_or_create(&l).set(i64::from(v.check.ok));
         connects.push((l.clone(), live.connect_latency.clone()));

@@ -78,9 +78,9 @@ pub struct Live {
     upgraded_total: AtomicU64,
     /// The server's answers to upgrades (101 included), by status.
     pub answers: telemetry::StatusCounts,
-    /// TLS handshakes with the server: full, and resumed from a session it issued.
-    pub tls_full: AtomicU64,
-    pub tls_resumed: AtomicU64,
+    /// TLS handshakes with the server, by [TLS 1.3, 1.2] and [full,
+    /// resumed from a session it issued].
+    pub tls_handshakes: [[AtomicU64; 2]; 2],
     pub check: Mutex<CheckStatus>,
     pub last_report: Mutex<Option<Instant>>,
     /// Bumped to end this server's calls with a Close 1001 (removal with
@@ -151,8 +151,7 @@ impl Server {
                 sessions_total: AtomicU64::new(0),
                 upgraded_total: AtomicU64::new(0),
                 answers: telemetry::StatusCounts::default(),
-                tls_full: AtomicU64::new(0),
-                tls_resumed: AtomicU64::new(0),
+                tls_handshakes: Default::default(),
                 check: Mutex::new(CheckStatus::default()),
                 last_report: Mutex::new(None),
                 end_epoch: AtomicU64::new(0),

@@ -193,11 +193,26 @@ pub struct RouteConfig {
 }
 
 /// `tls = false` (plain TCP to the servers) or a `[pools.NAME.tls]` table.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum PoolTlsSetting {
     Enabled(bool),
     Settings(PoolTls),
+}
+
+impl<'de> Deserialize<'de> for PoolTlsSetting {
+    /// A bool or the table, with the table's own error (an unknown key, a
+    /// bad version) rather than "no variant matched".
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error as _;
+        match toml::Value::deserialize(d)? {
+            toml::Value::Boolean(b) => Ok(Self::Enabled(b)),
+            v @ toml::Value::Table(_) => PoolTls::deserialize(v).map(Self::Settings).map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "expected true, false or a table, found {}",
+                other.type_str()
+            ))),
+        }
+    }
 }
 
 impl Default for PoolTlsSetting {
@@ -322,6 +337,12 @@ pub struct PoolTls {
     pub ca: Option<PathBuf>,
     /// TLS server name for every server of the pool (default: each server's host).
     pub sni: Option<String>,
+    /// Versions offered to the servers (default both, 1.3 preferred).
+    /// `["1.2"]` lets a fleet resume a session from its ticket without a
+    /// key exchange (TLS 1.3 resumption still does one): cheaper set-ups,
+    /// at the price of no forward secrecy for a resumed session (whoever
+    /// steals the fleet's ticket key reads those calls).
+    pub versions: Vec<crate::model::TlsVersion>,
 }
 
 impl Default for PoolTls {
@@ -330,6 +351,7 @@ impl Default for PoolTls {
             verify: true,
             ca: None,
             sni: None,
+            versions: vec![crate::model::TlsVersion::Tls13, crate::model::TlsVersion::Tls12],
         }
     }
 }

@@ -140,3 +140,17 @@ fn a_pick_token_must_be_set_and_differ_from_the_admin_token() {
         assert!(err.contains("admin.pick_token") && err.contains(named), "{err}");
     }
 }
+
+#[test]
+fn fleet_tls_versions_are_named_when_wrong() {
+    let pool = |versions: &str| {
+        format!("{MINIMAL}\n[pools.fleets]\nservers = [\"10.0.0.1:443\"]\n[pools.fleets.tls]\nversions = {versions}\n")
+    };
+    let c = Config::parse(&pool(r#"["1.2"]"#)).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.pools["fleets"].tls.settings().unwrap().versions, [TlsVersion::Tls12]);
+    let err = Config::parse(&pool("[]")).unwrap().validate().unwrap_err();
+    assert!(err.to_string().contains("pools.fleets.tls.versions"), "{err}");
+    let err = Config::parse(&pool(r#"["1.1"]"#)).unwrap_err();
+    assert!(err.to_string().contains("1.1"), "{err}");
+}

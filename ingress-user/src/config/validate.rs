@@ -100,6 +100,12 @@ impl Config {
         if pool.maxconn == 0 {
             return Err(invalid(format!("{key}.maxconn"), "must be at least 1"));
         }
+        if pool.tls.settings().is_some_and(|t| t.versions.is_empty()) {
+            return Err(invalid(
+                format!("{key}.tls.versions"),
+                "offers no version: \"1.3\", \"1.2\" or both",
+            ));
+        }
         if pool.servers_seed.is_some() && pool.servers_file.is_none() {
             return Err(invalid(
                 format!("{key}.servers_seed"),

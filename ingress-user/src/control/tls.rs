@@ -64,8 +64,15 @@ pub fn server_config(store: Arc<CertStore>, min: TlsVersion) -> Result<Arc<Serve
 /// A pool's client config: its `ca` or the system roots, or no verification.
 /// Sessions are resumed per server (see `Pool::client_tls`).
 pub fn client_config(tls: &PoolTls) -> Result<Arc<ClientConfig>, TlsError> {
-    let builder = ClientConfig::builder_with_provider(preferred_provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = tls
+        .versions
+        .iter()
+        .map(|v| match v {
+            TlsVersion::Tls13 => &rustls::version::TLS13,
+            TlsVersion::Tls12 => &rustls::version::TLS12,
+        })
+        .collect();
+    let builder = ClientConfig::builder_with_provider(preferred_provider()).with_protocol_versions(&versions)?;
     let mut cfg = if !tls.verify {
         builder
             .dangerous()

@@ -143,11 +143,10 @@ pub async fn connect(
             .connect(server.server_name.clone(), tcp)
             .await
             .map(|s| {
-                let counter = match s.get_ref().1.handshake_kind() {
-                    Some(rustls::HandshakeKind::Resumed) => &server.live().tls_resumed,
-                    _ => &server.live().tls_full,
-                };
-                counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let conn = s.get_ref().1;
+                let version = usize::from(conn.protocol_version() == Some(rustls::ProtocolVersion::TLSv1_2));
+                let kind = usize::from(conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+                server.live().tls_handshakes[version][kind].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 UpStream::Tls(Box::new(s))
             })
             .map_err(|source| ConnectError::Tls {
