@@ -180,7 +180,7 @@ pub fn render(shared: &Shared) -> String {
     );
     r.register(
         "ingress_server_tls_handshakes",
-        "TLS handshakes with the server (calls, requests and checks), full or resumed",
+        "TLS handshakes with the server (calls, requests and checks), full or resumed, by version",
         tls_handshakes,
     );
     r.register(

@@ -201,17 +201,22 @@ pub enum PoolTlsSetting {
 
 impl<'de> Deserialize<'de> for PoolTlsSetting {
     /// A bool or the table, with the table's own error (an unknown key, a
-    /// bad version) rather than "no variant matched".
+    /// bad version, at its place) rather than "no variant matched".
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        match toml::Value::deserialize(d)? {
-            toml::Value::Boolean(b) => Ok(Self::Enabled(b)),
-            v @ toml::Value::Table(_) => PoolTls::deserialize(v).map(Self::Settings).map_err(D::Error::custom),
-            other => Err(D::Error::custom(format!(
-                "expected true, false or a table, found {}",
-                other.type_str()
-            ))),
+        struct Setting;
+        impl<'de> serde::de::Visitor<'de> for Setting {
+            type Value = PoolTlsSetting;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a table")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(PoolTlsSetting::Enabled(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                PoolTls::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(PoolTlsSetting::Settings)
+            }
         }
+        d.deserialize_any(Setting)
     }
 }
 
@@ -337,11 +342,13 @@ pub struct PoolTls {
     pub ca: Option<PathBuf>,
     /// TLS server name for every server of the pool (default: each server's host).
     pub sni: Option<String>,
-    /// Versions offered to the servers (default both, 1.3 preferred).
-    /// `["1.2"]` lets a fleet resume a session from its ticket without a
-    /// key exchange (TLS 1.3 resumption still does one): cheaper set-ups,
-    /// at the price of no forward secrecy for a resumed session (whoever
-    /// steals the fleet's ticket key reads those calls).
+    /// Versions offered to the servers (default both; a server that speaks
+    /// 1.3 gets it, whatever the order). `["1.2"]` lets a fleet resume a
+    /// session from its ticket or session ID without a key exchange (TLS
+    /// 1.3 resumption still does one): cheaper set-ups, at the price of
+    /// forward secrecy for every TLS 1.2 session the fleet keeps (whoever
+    /// gets its ticket key or session cache reads the full handshake's call
+    /// and every resumption).
     pub versions: Vec<crate::model::TlsVersion>,
 }
 

@@ -143,12 +143,13 @@ pub(super) fn server(
             "alpn" | "check-alpn" if v.as_deref().is_some_and(|a| a.split(',').all(|p| p == "http/1.1")) => {
                 (NotNeeded, "the ingress speaks HTTP/1.1 to servers")
             }
-            "ciphers" | "ciphersuites" | "curves" | "sigalgs" | "ssl-min-ver" | "ssl-max-ver" => {
+            "ciphers" | "ciphersuites" | "curves" | "sigalgs" | "no-sslv3" => {
                 (NotTranslated, "rustls's safe defaults towards the servers")
             }
-            k if k.starts_with("force-") || k.starts_with("no-tlsv") || k == "no-sslv3" => {
-                (NotTranslated, "rustls's safe defaults towards the servers")
-            }
+            k if k == "ssl-min-ver" || k == "ssl-max-ver" || k.starts_with("force-") || k.starts_with("no-tlsv") => (
+                NotTranslated,
+                "set the pool's versions by hand: [pools.NAME.tls] versions = [\"1.2\"] or [\"1.3\"] (default both)",
+            ),
             "maxqueue" | "minconn" => (NotTranslated, "no queue: a call with no free server gets 503 at once"),
             "resolvers" | "init-addr" | "resolve-prefer" | "resolve-opts" | "resolve-net" => (
                 NotTranslated,
