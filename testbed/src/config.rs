@@ -185,6 +185,7 @@ pub struct Pool {
     raw: Vec<String>,
     tls_verify: Option<bool>,
     tls_ca: Option<PathBuf>,
+    tls_versions: Vec<String>,
     check: Option<Check>,
 }
 
@@ -201,6 +202,7 @@ impl Pool {
             raw: Vec::new(),
             tls_verify: None,
             tls_ca: None,
+            tls_versions: Vec::new(),
             check: None,
         }
     }
@@ -247,6 +249,12 @@ impl Pool {
         self
     }
 
+    /// `[pools.NAME.tls] versions` (empty: the daemon's default).
+    pub fn tls_versions(mut self, versions: &[&str]) -> Self {
+        self.tls_versions = versions.iter().map(|v| (*v).to_owned()).collect();
+        self
+    }
+
     pub fn tls_verify(mut self, on: bool) -> Self {
         self.tls_verify = Some(on);
         self
@@ -286,10 +294,13 @@ impl Pool {
         for r in &self.raw {
             let _ = writeln!(out, "{r}");
         }
-        if self.tls_verify.is_some() || self.tls_ca.is_some() {
+        if self.tls_verify.is_some() || self.tls_ca.is_some() || !self.tls_versions.is_empty() {
             let _ = writeln!(out, "\n[pools.{}.tls]", self.name);
             opt_num(out, "verify", self.tls_verify);
             opt_str(out, "ca", self.tls_ca.as_ref().map(|p| p.display()));
+            if !self.tls_versions.is_empty() {
+                let _ = writeln!(out, "versions = {}", strings(&self.tls_versions));
+            }
         }
         if let Some(c) = &self.check {
             let _ = writeln!(out, "\n[pools.{}.check]", self.name);

@@ -142,12 +142,16 @@ impl Ctx {
         count: u32,
         conc: u32,
         timeout_ms: u64,
+        resume: bool,
     ) -> anyhow::Result<fleet_sim::report::Setups> {
         let mut cmd = self.loadgen(netns);
         cmd.arg("setups");
         self.target_args(&mut cmd, addr, "/ws/setup-");
         cmd.args(["--count", &count.to_string(), "--concurrency", &conc.to_string()])
             .args(["--timeout-ms", &timeout_ms.to_string()]);
+        if resume {
+            cmd.arg("--resume");
+        }
         loadgen(&mut cmd, Duration::from_secs(600))
     }
 
@@ -185,6 +189,7 @@ impl Ctx {
             maxconn,
             check_interval_ms: 1000,
             xdp: None,
+            fleet_tls12: false,
             netns: None,
             core: PROXY_CORE,
         }
@@ -247,6 +252,8 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     let mut results = Results {
         meta: meta(quick),
         setups: Figure::missing(SKIPPED),
+        setups_tls12: Figure::missing(SKIPPED),
+        setups_resumed: Figure::missing(SKIPPED),
         echo: Figure::missing(SKIPPED),
         perf: Figure::missing(SKIPPED),
         idle: Figure::missing(SKIPPED),
@@ -256,7 +263,14 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     if ["setups", "echo", "perf", "idle"].iter().any(|f| wanted(f)) {
         let fleets = ctx.start_fleets(2, ctx.sizes.fleet_workers, None, "load")?;
         if wanted("setups") {
-            results.setups = figure("1. TLS + upgrade set-ups", || calls::setups(&ctx, &fleets));
+            use calls::Setup;
+            results.setups = figure("1. TLS + upgrade set-ups", || calls::setups(&ctx, &fleets, Setup::Full));
+            results.setups_tls12 = figure("1b. set-ups, every proxy on TLS 1.2 to the fleets", || {
+                calls::setups(&ctx, &fleets, Setup::FleetTls12)
+            });
+            results.setups_resumed = figure("1c. set-ups of a carrier that resumes its TLS session", || {
+                calls::setups(&ctx, &fleets, Setup::CarrierResumed)
+            });
         }
         if wanted("echo") {
             results.echo = figure("2. echo round trips", || calls::echo(&ctx, &fleets));

@@ -17,19 +17,38 @@ use super::{
 };
 
 /// Figure 1: full TLS handshake + upgrade; proxy CPU per set-up and set-ups/s.
-pub(super) fn setups(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<PerProxy<SetupsResult>> {
+/// Which set-ups figure 1 measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Setup {
+    /// 1: a full handshake from each carrier, each proxy's default to the fleets.
+    Full,
+    /// 1b: the same, every proxy on TLS 1.2 to the fleets.
+    FleetTls12,
+    /// 1c: carriers that resume the session the proxy issued them.
+    CarrierResumed,
+}
+
+/// Figure 1, 1b or 1c: proxy CPU per TLS + upgrade set-up.
+pub(super) fn setups(ctx: &Ctx, fleets: &[Fleet], which: Setup) -> anyhow::Result<PerProxy<SetupsResult>> {
     let s = ctx.sizes;
+    let tag = match which {
+        Setup::Full => "load",
+        Setup::FleetTls12 => "load-tls12",
+        Setup::CarrierResumed => "load-resumed",
+    };
+    let resume = which == Setup::CarrierResumed;
     Ok(PerProxy::measure(|kind| {
-        figure(&format!("  set-ups through {}", kind.key()), || {
-            let spec = ctx.spec(kind, "load", port(kind), fleets, s.fleet_workers);
+        figure(&format!("  set-ups ({tag}) through {}", kind.key()), || {
+            let mut spec = ctx.spec(kind, tag, port(kind), fleets, s.fleet_workers);
+            spec.fleet_tls12 = which == Setup::FleetTls12;
             let addr = spec.listen;
             let p = ctx.start(&spec, addr)?;
             // Warm-up (first allocations, session caches to the fleets).
-            ctx.setups(None, addr, 50, 4, 5000)?;
+            ctx.setups(None, addr, 50, 4, 5000, resume)?;
             let mut runs = Vec::new();
             for _ in 0..s.reps {
                 let cpu = Cpu::read(p.pid());
-                let r = ctx.setups(None, addr, s.setups, s.setup_concurrency, 5000)?;
+                let r = ctx.setups(None, addr, s.setups, s.setup_concurrency, 5000, resume)?;
                 let cpu_ms = cpu.since(p.pid());
                 runs.push(SetupsRun {
                     cpu_ms,

@@ -63,7 +63,7 @@ pub(super) fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
     let spec = ctx.spec(Kind::Ingress, "perf", port(Kind::Ingress), fleets, s.fleet_workers);
     let addr = spec.listen;
     let p = ctx.start(&spec, addr)?;
-    ctx.setups(None, addr, 50, 4, 5000)?;
+    ctx.setups(None, addr, 50, 4, 5000, false)?;
     let data = ctx.dir.join("perf.data");
     let secs = if s.reps == 1 { 3 } else { 6 };
     let mut rec = Proc::start(
@@ -86,7 +86,7 @@ pub(super) fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
         None,
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    let _ = ctx.setups(None, addr, s.perf_setups, s.setup_concurrency, 5000)?;
+    let _ = ctx.setups(None, addr, s.perf_setups, s.setup_concurrency, 5000, false)?;
     wait_for(
         "perf record to finish",
         Duration::from_secs(secs + 30),

@@ -71,6 +71,10 @@ pub struct Spec {
     pub check_interval_ms: u64,
     /// Ours only: `None` = XDP off.
     pub xdp: Option<Xdp>,
+    /// Every proxy talks TLS 1.2 only to the fleets (resumption without a
+    /// key exchange); otherwise each its default (ours and HAProxy 1.3,
+    /// nginx 1.22 1.2: its `proxy_ssl_protocols` has no TLSv1.3 by default).
+    pub fleet_tls12: bool,
     pub netns: Option<String>,
     pub core: u32,
 }
@@ -100,6 +104,7 @@ fn ingress_config(pki: &Pki, s: &Spec, socket: &Path) -> IngressConfig {
         .retries(3)
         .tls_verify(true)
         .tls_ca(&pki.ca)
+        .tls_versions(if s.fleet_tls12 { &["1.2"] } else { &[] })
         .check(
             Check::default()
                 .path("/health/fleet")
@@ -163,7 +168,7 @@ backend fleets
     option httpchk
     http-check send meth GET uri /health/fleet ver HTTP/1.1 hdr Host localhost
     http-check expect rstring "\"fleet_available\":([1-9][0-9]*)[,}}]"
-    default-server check inter {interval}ms fall 2 rise 2 maxconn {maxconn} ssl verify required ca-file {ca} sni str(localhost) check-sni localhost
+    default-server check inter {interval}ms fall 2 rise 2 maxconn {maxconn} ssl verify required ca-file {ca} sni str(localhost) check-sni localhost{tls12}
 {servers}
 "#,
         tag = s.tag,
@@ -173,6 +178,7 @@ backend fleets
         maxconn = s.maxconn,
         ca = pki.ca.display(),
         servers = servers.join("\n"),
+        tls12 = if s.fleet_tls12 { " ssl-max-ver TLSv1.2" } else { "" },
     )
 }
 
@@ -234,6 +240,7 @@ http {{
             proxy_ssl_name localhost;
             proxy_ssl_verify on;
             proxy_ssl_trusted_certificate {ca};
+            {protocols}
             proxy_next_upstream error timeout http_429;
             proxy_connect_timeout 2s;
             proxy_read_timeout 1h;
@@ -254,6 +261,11 @@ http {{
         cert = pki.cert.display(),
         key = pki.key.display(),
         ca = pki.ca.display(),
+        protocols = if s.fleet_tls12 {
+            "proxy_ssl_protocols TLSv1.2;"
+        } else {
+            "# proxy_ssl_protocols: 1.22's default (TLSv1 TLSv1.1 TLSv1.2)"
+        },
     )
 }
 

@@ -63,6 +63,10 @@ impl<T> PerProxy<T> {
 pub struct Results {
     pub meta: Meta,
     pub setups: Figure<PerProxy<SetupsResult>>,
+    /// The same with every proxy on TLS 1.2 to the fleets (`[pools.X.tls] versions`).
+    pub setups_tls12: Figure<PerProxy<SetupsResult>>,
+    /// Carriers that resume their TLS session (a reconnect).
+    pub setups_resumed: Figure<PerProxy<SetupsResult>>,
     pub echo: Figure<EchoFigure>,
     pub perf: Figure<Perf>,
     pub idle: Figure<IdleFigure>,

@@ -126,7 +126,7 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
             let cpu = Cpu::read(p.pid());
             let soft = softirq_ms();
             let at = Instant::now();
-            let r = ctx.setups(Some(&pair.carrier_ns), dial, s.storm, 50, 1000)?;
+            let r = ctx.setups(Some(&pair.carrier_ns), dial, s.storm, 50, 1000, false)?;
             let elapsed = at.elapsed().as_secs_f64();
             let cpu_ms = cpu.since(p.pid());
             let soft_ms = softirq_ms() - soft;

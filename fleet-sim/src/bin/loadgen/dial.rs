@@ -1,5 +1,5 @@
-//! Dialling calls for every mode: the target, the client TLS config (no
-//! resumption), what an attempt ended in, batches of calls, and the fleets'
+//! Dialling calls for every mode: the target, the client TLS configs (no
+//! resumption, or a reconnecting carrier's), what an attempt ended in, batches of calls, and the fleets'
 //! control ports (through `testbed::FleetControl`).
 
 use std::{
@@ -34,10 +34,20 @@ pub struct Target {
 
 /// The client TLS config with session resumption off: every set-up is a full handshake.
 pub fn tls(ca: &Path) -> anyhow::Result<Arc<ClientConfig>> {
+    client_tls(ca, rustls::client::Resumption::disabled())
+}
+
+/// The client TLS config of a carrier that reconnects: sessions the proxy
+/// issued are kept (rustls's in-memory cache) and resumed.
+pub fn resuming_tls(ca: &Path) -> anyhow::Result<Arc<ClientConfig>> {
+    client_tls(ca, rustls::client::Resumption::in_memory_sessions(1024))
+}
+
+fn client_tls(ca: &Path, resumption: rustls::client::Resumption) -> anyhow::Result<Arc<ClientConfig>> {
     let pem = std::fs::read_to_string(ca).with_context(|| format!("reading {}", ca.display()))?;
     let base = fleet_sim::client::tls_config(&pem)?;
     let mut cfg = (*base).clone();
-    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.resumption = resumption;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -16,10 +16,10 @@ use fleet_sim::{
 use futures_util::{SinkExt as _, StreamExt as _};
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::dial::{Target, close, open_calls, outcome, tls};
+use crate::dial::{Target, close, open_calls, outcome, resuming_tls, tls};
 
-pub async fn setups(t: Target, count: u32, concurrency: u32, timeout_ms: u64) -> anyhow::Result<Report> {
-    let tls = tls(&t.ca)?;
+pub async fn setups(t: Target, count: u32, concurrency: u32, timeout_ms: u64, resume: bool) -> anyhow::Result<Report> {
+    let tls = if resume { resuming_tls(&t.ca)? } else { tls(&t.ca)? };
     let next = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let started = Instant::now();
     let t = Arc::new(t);

@@ -50,6 +50,10 @@ enum Mode {
         /// Per attempt: TCP + TLS + upgrade.
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
+        /// Resume TLS sessions the proxy issued (a carrier that reconnects)
+        /// instead of a full handshake each time.
+        #[arg(long)]
+        resume: bool,
     },
     Echo {
         #[command(flatten)]
@@ -152,7 +156,8 @@ fn main() -> anyhow::Result<()> {
                 count,
                 concurrency,
                 timeout_ms,
-            } => load::setups(target, count, concurrency, timeout_ms).await,
+                resume,
+            } => load::setups(target, count, concurrency, timeout_ms, resume).await,
             Mode::Echo {
                 target,
                 calls,
