@@ -45,8 +45,9 @@ enum Command {
     },
     /// Operate a running daemon through its admin socket.
     #[command(
-        after_help = "Exit status:\n  0   done\n  1   refused by the daemon (the reason on stderr)\n  \
-                            2   the daemon could not be reached\n  64  usage error (the command line did not parse)"
+        after_help = "Exit status (the reason on stderr; with --json as {\"error\", \"status\"} on stdout):\n  \
+                            0   done\n  1   refused by the daemon\n  2   the daemon could not be reached\n  \
+                            64  usage error (the command line did not parse)"
     )]
     Ctl {
         /// The admin unix socket.
