@@ -107,16 +107,30 @@ pub fn duration_histogram() -> Histogram {
     ])
 }
 
-/// Counts by HTTP status (a fleet's answers, what was handed on): a few
-/// distinct codes in practice, 501 at most (100–599, and `other` for a
-/// code outside them, which a fleet may send).
-#[derive(Debug, Default)]
-pub struct StatusCounts(std::sync::Mutex<std::collections::BTreeMap<u16, u64>>);
+/// Counts by HTTP status (a fleet's answers, what was handed on), one
+/// atomic per code, as the data path bumps them: 100–599, and slot 0
+/// (`other`) for a code outside them, which a fleet may send.
+#[derive(Debug)]
+pub struct StatusCounts(Box<[std::sync::atomic::AtomicU64]>);
+
+impl Default for StatusCounts {
+    fn default() -> Self {
+        Self((0..=500).map(|_| std::sync::atomic::AtomicU64::new(0)).collect())
+    }
+}
 
 impl StatusCounts {
+    /// The slot of a status: 1–500 for 100–599, 0 for anything else.
+    fn slot(status: u16) -> usize {
+        if (100..=599).contains(&status) {
+            usize::from(status - 99)
+        } else {
+            0
+        }
+    }
+
     pub fn inc(&self, status: u16) {
-        let key = if (100..=599).contains(&status) { status } else { 0 };
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(key).or_default() += 1;
+        self.0[Self::slot(status)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A key's `status` label value.
@@ -124,14 +138,32 @@ impl StatusCounts {
         if key == 0 { "other".to_owned() } else { key.to_string() }
     }
     pub fn get(&self, status: u16) -> u64 {
-        self.snapshot().get(&status).copied().unwrap_or(0)
+        self.0[Self::slot(status)].load(std::sync::atomic::Ordering::Relaxed)
     }
+
+    /// The codes seen so far, by key (0: `other`).
     pub fn snapshot(&self) -> std::collections::BTreeMap<u16, u64> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.0
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                (
+                    if i == 0 { 0 } else { i as u16 + 99 },
+                    n.load(std::sync::atomic::Ordering::Relaxed),
+                )
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
+
     /// Takes over another's counts (a reload's new pool keeps the old one's).
     pub fn carry(&self, old: &StatusCounts) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = old.snapshot();
+        for (new, old) in self.0.iter().zip(old.0.iter()) {
+            new.store(
+                old.load(std::sync::atomic::Ordering::Relaxed),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
     }
 }
 

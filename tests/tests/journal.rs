@@ -49,13 +49,13 @@ fn entries(dir: &std::path::Path, priority: Option<&str>) -> Vec<Entry> {
         .collect()
 }
 
-/// Waits for an entry matching `want` (journald writes as it receives; this
-/// bounds the read, it does not pace it).
-async fn wait_entry(dir: &std::path::Path, what: &str, want: impl Fn(&Entry) -> bool) -> Entry {
+/// Waits until the journal's entries give `found` something (journald
+/// writes as it receives; this bounds the read, it does not pace it).
+async fn wait_journal<T>(dir: &std::path::Path, what: &str, found: impl Fn(Vec<Entry>) -> Option<T>) -> T {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(e) = entries(dir, None).into_iter().find(&want) {
-            return e;
+        if let Some(t) = found(entries(dir, None)) {
+            return t;
         }
         assert!(
             std::time::Instant::now() < deadline,
@@ -64,6 +64,11 @@ async fn wait_entry(dir: &std::path::Path, what: &str, want: impl Fn(&Entry) -> 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Waits for an entry matching `want`.
+async fn wait_entry(dir: &std::path::Path, what: &str, want: impl Fn(&Entry) -> bool) -> Entry {
+    wait_journal(dir, what, |entries| entries.into_iter().find(&want)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -150,12 +155,6 @@ async fn the_journal_has_call_lines_refusals_and_priorities() {
     // A new second's budget, then one more: it carries the count left out.
     tokio::time::sleep(Duration::from_millis(1100)).await;
     refuse(40).await;
-    let refusals = || {
-        entries(&journal, None)
-            .into_iter()
-            .filter(|e| field(e, "MESSAGE") == "request refused")
-            .collect::<Vec<_>>()
-    };
     let told = |lines: &[Entry]| {
         lines.len() as u64
             + lines
@@ -163,12 +162,14 @@ async fn the_journal_has_call_lines_refusals_and_priorities() {
                 .map(|e| field(e, "LEFT_OUT").parse::<u64>().unwrap_or(0))
                 .sum::<u64>()
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let mut lines = refusals();
-    while told(&lines) < 41 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        lines = refusals();
-    }
+    let lines = wait_journal(&journal, "telling of 41 refusals", |entries| {
+        let lines: Vec<Entry> = entries
+            .into_iter()
+            .filter(|e| field(e, "MESSAGE") == "request refused")
+            .collect();
+        (told(&lines) >= 41).then_some(lines)
+    })
+    .await;
     assert_eq!(
         told(&lines),
         41,

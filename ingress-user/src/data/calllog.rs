@@ -172,9 +172,10 @@ impl CallLog {
 }
 
 /// A request the ingress answered itself before any fleet saw it (400, 404,
-/// 408, 431, 503): counted, and logged with its reason at most a few times
-/// a second.
+/// 408, 431): counted by status, and logged with its reason at most a few
+/// times a second (a budget its own 503s share, see [`CallLog::unrouted`]).
 pub fn refused(shared: &DataCtx, peer: SocketAddr, status: u16, reason: &str, detail: &str) {
+    shared.metrics.response(status);
     if let Some(left_out) = shared.metrics.refusal_log.allow() {
         tracing::info!(
             target: "refused",

@@ -140,7 +140,6 @@ async fn handle(
     let rt = shared.runtime.load_full();
     if let Err(why) = settle(&mut req) {
         shared.metrics.bad_request("target");
-        shared.metrics.response(400);
         super::calllog::refused(&shared, peer, 400, "target", why);
         return local(StatusCode::BAD_REQUEST, why);
     }
@@ -158,7 +157,6 @@ async fn handle(
         Target::Health if shared.is_withdrawn() => return local(StatusCode::SERVICE_UNAVAILABLE, "leaving"),
         Target::Health => return local(StatusCode::OK, "ok"),
         _ => {
-            shared.metrics.response(404);
             super::calllog::refused(&shared, peer, 404, "no_route", "not found");
             return local(StatusCode::NOT_FOUND, "not found");
         }
@@ -342,7 +340,6 @@ async fn later_upgrade(
     };
     if let Some(why) = super::http1::websocket_upgrade_error(&head) {
         shared.metrics.bad_request("not_websocket");
-        shared.metrics.response(400);
         super::calllog::refused(&shared, call.peer, 400, "not_websocket", why);
         return local(StatusCode::BAD_REQUEST, why);
     }

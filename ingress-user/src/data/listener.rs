@@ -98,7 +98,6 @@ async fn refuse<S: AsyncWrite + Unpin>(
     (status, reason): (u16, &str),
     why: &str,
 ) {
-    shared.metrics.response(status);
     calllog::refused(shared, peer, status, reason, why);
     http1::respond(io, status, why, &[]).await;
 }
