@@ -10,6 +10,7 @@
 
 mod calls;
 mod chart;
+mod growth;
 mod net;
 mod perf;
 pub(crate) mod procs;
@@ -64,12 +65,17 @@ struct Sizes {
     echo_secs: u64,
     idle_low: u32,
     idle_high: u32,
+    /// A third idle point, the most a proxy's 20 000 descriptors hold here.
+    idle_top: Option<u32>,
     fleet_workers: u32,
     storm: u32,
     flood: u64,
     perf_setups: u32,
     s4_probes: u32,
     s4_recover_s: u64,
+    /// Figure 7: seconds of no-call CPU per configuration, set-ups per proxy.
+    growth_idle_s: u64,
+    growth_setups: u32,
 }
 
 impl Sizes {
@@ -85,12 +91,15 @@ impl Sizes {
                 echo_secs: 5,
                 idle_low: 1000,
                 idle_high: 2000,
+                idle_top: None,
                 fleet_workers: 1500,
                 storm: 300,
                 flood: 300_000,
                 perf_setups: 400,
                 s4_probes: 30,
                 s4_recover_s: 12,
+                growth_idle_s: 2,
+                growth_setups: 300,
             }
         } else {
             Self {
@@ -103,12 +112,15 @@ impl Sizes {
                 echo_secs: 20,
                 idle_low: 1000,
                 idle_high: 5000,
-                fleet_workers: 3000,
+                idle_top: Some(9000),
+                fleet_workers: 4600,
                 storm: 1000,
                 flood: 2_000_000,
                 perf_setups: 1500,
                 s4_probes: 40,
                 s4_recover_s: 15,
+                growth_idle_s: 5,
+                growth_setups: 1000,
             }
         }
     }
@@ -232,7 +244,7 @@ fn figure<T>(name: &str, f: impl FnOnce() -> anyhow::Result<T>) -> Figure<T> {
 }
 
 pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
-    const FIGURES: [&str; 6] = ["setups", "echo", "perf", "idle", "s4", "storm"];
+    const FIGURES: [&str; 7] = ["setups", "echo", "perf", "idle", "s4", "storm", "growth"];
     if let Some(bad) = only.iter().find(|o| !FIGURES.contains(&o.as_str())) {
         bail!("--only {bad}: one of {FIGURES:?} expected");
     }
@@ -259,6 +271,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
         idle: Figure::missing(SKIPPED),
         s4: Figure::missing(SKIPPED),
         storm: Figure::missing(SKIPPED),
+        growth: Figure::missing(SKIPPED),
     };
     if ["setups", "echo", "perf", "idle"].iter().any(|f| wanted(f)) {
         let fleets = ctx.start_fleets(2, ctx.sizes.fleet_workers, None, "load")?;
@@ -287,6 +300,9 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
     }
     if wanted("storm") {
         results.storm = figure("5. carrier storm and SYN flood", || storm::storm(&ctx));
+    }
+    if wanted("growth") {
+        results.growth = figure("7. how cost grows with the fleets", || growth::growth(&ctx));
     }
     results.meta.elapsed_s = Some(started.elapsed().as_secs());
     report::write(&ctx.dir, &results)

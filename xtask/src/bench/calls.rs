@@ -11,8 +11,9 @@ use testbed::{Fleet, Proc, poll::wait_for};
 
 use super::{
     Ctx, figure, port,
-    procs::{Cpu, loadgen, median, rss_kb},
-    results::{EchoFigure, EchoResult, EchoRun, IdleFigure, IdleResult, PerProxy, SetupsResult, SetupsRun},
+    procs::{Cpu, kernel_kb, loadgen, median, rss_kb},
+    proxies::Kind,
+    results::{EchoFigure, EchoResult, EchoRun, Figure, IdleFigure, IdleResult, PerProxy, SetupsResult, SetupsRun},
     wait_idle,
 };
 
@@ -70,46 +71,78 @@ pub(super) fn setups(ctx: &Ctx, fleets: &[Fleet], which: Setup) -> anyhow::Resul
     }))
 }
 
-/// Figure 2: echo round trips at a fixed offered load.
+/// Figure 2: echo round trips at a fixed offered load. Every proxy is up
+/// at once (its own port, the same core) and the repetitions alternate
+/// (ours, HAProxy, nginx, ours, …), so a slow minute of the machine falls
+/// on one repetition of each rather than on one proxy's three.
 pub(super) fn echo(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<EchoFigure> {
     let s = ctx.sizes;
-    let proxies = PerProxy::measure(|kind| {
-        figure(&format!("  echo through {}", kind.key()), || {
+    let running = PerProxy::measure(|kind| {
+        figure(&format!("  start {} for echo", kind.key()), || {
             let spec = ctx.spec(kind, "echo", port(kind), fleets, s.fleet_workers);
-            let addr = spec.listen;
-            let p = ctx.start(&spec, addr)?;
-            let mut runs = Vec::new();
-            for _ in 0..s.reps {
-                let cpu = Cpu::read(p.pid());
-                let mut cmd = ctx.loadgen(None);
-                cmd.arg("echo");
-                ctx.target_args(&mut cmd, addr, "/ws/echo-");
-                cmd.args(["--calls", &s.echo_calls.to_string(), "--rate", &s.echo_rate.to_string()])
-                    .args([
-                        "--size",
-                        &s.echo_size.to_string(),
-                        "--seconds",
-                        &s.echo_secs.to_string(),
-                    ]);
-                let load: Echo = loadgen(&mut cmd, Duration::from_secs(s.echo_secs + 120))?;
-                runs.push(EchoRun {
-                    load,
-                    proxy_cpu_ms: cpu.since(p.pid()),
-                });
-                wait_idle(fleets)?;
-            }
-            let ms = |pick: fn(&Echo) -> Option<f64>| median(runs.iter().filter_map(|r| pick(&r.load)).collect());
-            Ok(EchoResult {
-                p50_ms: ms(|e| e.rtt_us.p50.map(|us| us / 1000.0)),
-                p99_ms: ms(|e| e.rtt_us.p99.map(|us| us / 1000.0)),
-                p999_ms: ms(|e| e.rtt_us.p999.map(|us| us / 1000.0)),
-                lost: runs.iter().map(|r| r.load.lost).sum(),
-                sent: runs.iter().map(|r| r.load.sent).sum(),
-                proxy_cpu_ms: median(runs.iter().map(|r| r.proxy_cpu_ms).collect()),
-                runs,
-            })
+            Ok((ctx.start(&spec, spec.listen)?, spec.listen))
         })
     });
+    let mut runs: [Result<Vec<EchoRun>, String>; 3] = std::array::from_fn(|_| Ok(Vec::new()));
+    for rep in 0..s.reps {
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            let (Ok((p, addr)), Ok(done)) = (running.get(kind).get(), runs[i].as_mut()) else {
+                continue;
+            };
+            let run = figure(
+                &format!("  echo through {} ({} of {})", kind.key(), rep + 1, s.reps),
+                || {
+                    let cpu = Cpu::read(p.pid());
+                    let mut cmd = ctx.loadgen(None);
+                    cmd.arg("echo");
+                    ctx.target_args(&mut cmd, *addr, "/ws/echo-");
+                    cmd.args(["--calls", &s.echo_calls.to_string(), "--rate", &s.echo_rate.to_string()])
+                        .args([
+                            "--size",
+                            &s.echo_size.to_string(),
+                            "--seconds",
+                            &s.echo_secs.to_string(),
+                        ]);
+                    let load: Echo = loadgen(&mut cmd, Duration::from_secs(s.echo_secs + 120))?;
+                    let run = EchoRun {
+                        load,
+                        proxy_cpu_ms: cpu.since(p.pid()),
+                    };
+                    wait_idle(fleets)?;
+                    Ok(run)
+                },
+            );
+            match run {
+                Figure::Done(r) => done.push(r),
+                Figure::Missing { missing } => runs[i] = Err(missing),
+            }
+        }
+    }
+    let mut runs = runs.map(Some);
+    let proxies = PerProxy::measure(|kind| {
+        if let Err(m) = running.get(kind).get() {
+            return Figure::missing(m);
+        }
+        match runs[kind.index()]
+            .take()
+            .unwrap_or_else(|| Err("measured twice".into()))
+        {
+            Err(m) => Figure::missing(m),
+            Ok(runs) => {
+                let ms = |pick: fn(&Echo) -> Option<f64>| median(runs.iter().filter_map(|r| pick(&r.load)).collect());
+                Figure::Done(EchoResult {
+                    p50_ms: ms(|e| e.rtt_us.p50.map(|us| us / 1000.0)),
+                    p99_ms: ms(|e| e.rtt_us.p99.map(|us| us / 1000.0)),
+                    p999_ms: ms(|e| e.rtt_us.p999.map(|us| us / 1000.0)),
+                    lost: runs.iter().map(|r| r.load.lost).sum(),
+                    sent: runs.iter().map(|r| r.load.sent).sum(),
+                    proxy_cpu_ms: median(runs.iter().map(|r| r.proxy_cpu_ms).collect()),
+                    runs,
+                })
+            }
+        }
+    });
+    drop(running);
     Ok(EchoFigure {
         offered: format!(
             "{} calls × {} msg/s × {} B for {} s",
@@ -146,38 +179,50 @@ pub(super) fn idle(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<IdleFigure> {
                 }
                 Ok(g)
             };
-            let mut low = hold(s.idle_low, "a")?;
+            let mut groups = vec![hold(s.idle_low, "a")?];
             std::thread::sleep(Duration::from_secs(1));
-            let rss_low = rss_kb(p.pid());
-            let mut high = hold(s.idle_high - s.idle_low, "b")?;
+            let (rss_low, kernel_low) = (rss_kb(p.pid()), kernel_kb());
+            groups.push(hold(s.idle_high - s.idle_low, "b")?);
             std::thread::sleep(Duration::from_secs(1));
-            let rss_high = rss_kb(p.pid());
-            for g in [&mut low, &mut high] {
+            let (rss_high, kernel_high) = (rss_kb(p.pid()), kernel_kb());
+            let rss_top_kb = match s.idle_top {
+                Some(top) => {
+                    groups.push(hold(top - s.idle_high, "c")?);
+                    std::thread::sleep(Duration::from_secs(1));
+                    Some(rss_kb(p.pid()))
+                }
+                None => None,
+            };
+            for g in &mut groups {
                 drop(g.stdin.take());
             }
             let _ = wait_for(
                 "idle loadgens to close their calls",
                 Duration::from_secs(30),
                 Duration::from_millis(50),
-                || !low.alive() && !high.alive(),
+                || groups.iter_mut().all(|g| !g.alive()),
             );
-            drop((low, high));
+            drop(groups);
             drop(p);
             wait_idle(fleets)?;
-            let per_call = (rss_high as f64 - rss_low as f64) / f64::from(s.idle_high - s.idle_low);
+            let calls = f64::from(s.idle_high - s.idle_low);
+            let per_call = (rss_high as f64 - rss_low as f64) / calls;
             Ok(IdleResult {
                 base_kb: base,
                 rss_low_kb: rss_low,
                 rss_high_kb: rss_high,
+                rss_top_kb,
                 kb_per_call: per_call,
                 kb_per_call_from_base: (rss_low as f64 - base as f64) / f64::from(s.idle_low),
                 mb_per_1000_calls: per_call * 1000.0 / 1024.0,
+                kernel_kb_per_call: (kernel_high as f64 - kernel_low as f64) / calls,
             })
         })
     });
     Ok(IdleFigure {
         low: s.idle_low,
         high: s.idle_high,
+        top: s.idle_top,
         proxies,
     })
 }

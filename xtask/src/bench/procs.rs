@@ -130,6 +130,25 @@ pub fn rss_kb(pid: i32) -> u64 {
     testbed::proc::status_kib(pid, "VmRSS")
 }
 
+/// What the kernel holds system-wide, in KiB: slab caches (sockets,
+/// their inodes, epoll entries) plus TCP's buffer pages (`/proc/net/sockstat`).
+pub fn kernel_kb() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let slab = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let tcp_pages = sockstat
+        .lines()
+        .find_map(|l| l.strip_prefix("TCP:"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    slab + tcp_pages * 4
+}
+
 /// System-wide softirq time in milliseconds (all CPUs).
 pub fn softirq_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();

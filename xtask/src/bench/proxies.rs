@@ -31,6 +31,15 @@ pub enum Kind {
 impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Ingress, Kind::Haproxy, Kind::Nginx];
 
+    /// Its place in [`Kind::ALL`].
+    pub fn index(self) -> usize {
+        match self {
+            Kind::Ingress => 0,
+            Kind::Haproxy => 1,
+            Kind::Nginx => 2,
+        }
+    }
+
     pub fn key(self) -> &'static str {
         match self {
             Kind::Ingress => "ingress",

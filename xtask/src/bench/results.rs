@@ -72,6 +72,7 @@ pub struct Results {
     pub idle: Figure<IdleFigure>,
     pub s4: Figure<PerProxy<S4>>,
     pub storm: Figure<Storm>,
+    pub growth: Figure<Growth>,
 }
 
 /// The machine and the run.
@@ -144,9 +145,15 @@ pub struct IdleResult {
     pub base_kb: u64,
     pub rss_low_kb: u64,
     pub rss_high_kb: u64,
+    /// At the third point (full runs).
+    pub rss_top_kb: Option<u64>,
     pub kb_per_call: f64,
     pub kb_per_call_from_base: f64,
     pub mb_per_1000_calls: f64,
+    /// The kernel's slab and TCP buffer pages per call over the same
+    /// slope, system-wide: all four sockets of a call (the carrier's, the
+    /// proxy's two, the fleet's), which RSS does not show.
+    pub kernel_kb_per_call: f64,
 }
 
 /// Figure 3: the two call counts and each proxy's RSS.
@@ -154,6 +161,7 @@ pub struct IdleResult {
 pub struct IdleFigure {
     pub low: u32,
     pub high: u32,
+    pub top: Option<u32>,
     #[serde(flatten)]
     pub proxies: PerProxy<IdleResult>,
 }
@@ -234,4 +242,22 @@ pub struct Floods {
 pub struct Storm {
     pub runs: Vec<Figure<StormRun>>,
     pub flood: Floods,
+}
+
+/// Figure 7, one proxy configuration with one fleet count.
+#[derive(Debug, Serialize)]
+pub struct GrowthRun {
+    pub fleets: usize,
+    pub name: String,
+    pub check_interval_ms: u64,
+    pub idle_cpu_ms_per_s: f64,
+    pub cpu_ms_per_setup: Option<f64>,
+}
+
+/// Figure 7: how cost grows with the fleets behind one pool.
+#[derive(Debug, Serialize)]
+pub struct Growth {
+    pub setups: u32,
+    pub idle_s: u64,
+    pub runs: Vec<Figure<GrowthRun>>,
 }

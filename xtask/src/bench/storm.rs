@@ -26,11 +26,11 @@ use super::{
 const POLL: Duration = Duration::from_millis(50);
 
 /// A bpffs directory for one run's pinned maps, removed on drop.
-struct Pins(PathBuf);
+pub(super) struct Pins(pub(super) PathBuf);
 
 impl Pins {
     /// `/sys/fs/bpf/ingress-bench-{pid}-{tag}`, emptied first.
-    fn new(tag: &str) -> Self {
+    pub(super) fn new(tag: &str) -> Self {
         let p = PathBuf::from(format!("/sys/fs/bpf/ingress-bench-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         Self(p)

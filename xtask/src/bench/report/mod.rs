@@ -1,6 +1,8 @@
-//! The bench's output from its typed results: a Markdown table (stdout and
-//! `README-performance.md`), the storm and profile sections, `results.json`,
-//! and `chart.svg` (see [`super::chart`]).
+//! The bench's output from its typed results: the main Markdown table
+//! (stdout and `README-performance.md`) with the sections below it (see
+//! [`sections`]), `results.json`, and `chart.svg` (see [`super::chart`]).
+
+mod sections;
 
 use std::{fmt::Write as _, path::Path};
 
@@ -14,7 +16,7 @@ use super::{
 type Check = Box<dyn Fn(f64, Option<f64>) -> bool>;
 
 /// `missing: ` and the first line of the reason, shortened.
-fn missing(reason: &str) -> String {
+pub(super) fn missing(reason: &str) -> String {
     let first = reason.lines().next().unwrap_or_default();
     let short: String = first.chars().take(90).collect();
     format!("missing: {short}")
@@ -185,7 +187,7 @@ pub fn table(r: &Results) -> (String, Chart) {
             "3. RSS KB per idle WSS call (slope low→high)",
             |v| finite(v.kb_per_call),
             1,
-            Some(("≤ 0.5× better", le(0.5))),
+            Some(("≤ 6 KB", Box::new(|v, _| v <= 6.0))),
             true,
         ),
         Some("RSS/idle call"),
@@ -195,6 +197,31 @@ pub fn table(r: &Results) -> (String, Chart) {
             idle,
             "3. RSS MB at the high count",
             |v| Some(v.rss_high_kb as f64 / 1024.0),
+            1,
+            None,
+            true,
+        ),
+        None,
+    );
+    let top = r.idle.get().ok().and_then(|i| i.top);
+    if let Some(top) = top {
+        push(
+            row(
+                idle,
+                &format!("3. RSS MB at {top} idle calls (what 20 000 descriptors hold)"),
+                |v| v.rss_top_kb.map(|kb| kb as f64 / 1024.0),
+                1,
+                None,
+                true,
+            ),
+            None,
+        );
+    }
+    push(
+        row(
+            idle,
+            "3. kernel KB per idle call (slab + TCP pages, all four sockets)",
+            |v| finite(v.kernel_kb_per_call),
             1,
             None,
             true,
@@ -261,148 +288,15 @@ pub fn table(r: &Results) -> (String, Chart) {
     (out, chart)
 }
 
-fn storm_tables(r: &Results) -> (String, Option<[Option<f64>; 2]>) {
-    let mut out = String::new();
-    let st = match r.storm.get() {
-        Ok(st) => st,
-        Err(m) => {
-            let _ = writeln!(out, "5. carrier storm: {}", missing(m));
-            return (out, None);
-        }
-    };
-    let _ = writeln!(
-        out,
-        "5a. every fleet full; {} TLS + upgrade attempts from a carrier namespace over a veth, 50 at a time, 1 s each:\n",
-        st.runs.first().and_then(|r| r.get().ok()).map_or(0, |r| r.attempts)
-    );
-    let _ = writeln!(
-        out,
-        "| proxy | proxy CPU ms / attempt | softirq ms / attempt | what the carrier sees | answer p50 ms |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---|---:|");
-    let mut cpu = std::collections::BTreeMap::new();
-    for run in &st.runs {
-        let run = match run.get() {
-            Ok(run) => run,
-            Err(m) => {
-                let _ = writeln!(out, "| ? | {} | | | |", missing(m));
-                continue;
-            }
-        };
-        cpu.insert(run.name.clone(), finite(run.cpu_ms_per_attempt));
-        let sees = run
-            .carrier_sees
-            .iter()
-            .map(|(k, v)| format!("{k}×{v}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} | {sees} | {} |",
-            run.name,
-            fmt(Some(run.cpu_ms_per_attempt), 4),
-            fmt(Some(run.softirq_ms_per_attempt), 4),
-            fmt(run.answer_p50_ms, 1)
-        );
-    }
-    let ours = cpu.get("ours, XDP drop").copied().flatten();
-    let h = cpu.get("HAProxy").copied().flatten();
-    let n = cpu.get("nginx").copied().flatten();
-    let best = better(h, n, true);
-    let met = match (ours, best) {
-        (Some(o), Some(b)) => {
-            if o <= b / 100.0 {
-                "yes"
-            } else {
-                "**no**"
-            }
-        }
-        _ => "n/a",
-    };
-    let _ = writeln!(
-        out,
-        "\nours (XDP drop) / HAProxy = {}, / nginx = {}; goal ≤ 1/100 of the better anchor: {met}\n",
-        fmt(ratio(ours, h), 4),
-        fmt(ratio(ours, n), 4)
-    );
-    let x = st.flood.xdp_drop.as_ref();
-    let k = st.flood.kernel_stack.as_ref();
-    let _ = writeln!(out, "5b. bounded SYN flood over the veth (every fleet full):\n");
-    let _ = writeln!(
-        out,
-        "| path | SYNs sent | SYNs/s absorbed | reached TCP | softirq ms | proxy CPU ms | tool |"
-    );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
-    for (name, v) in [("XDP drop", x), ("kernel stack (XDP off)", k)] {
-        match v.map(|f| f.get()) {
-            Some(Err(m)) => {
-                let _ = writeln!(out, "| {name} | {} | | | | | |", missing(m));
-            }
-            Some(Ok(f)) => {
-                let _ = writeln!(
-                    out,
-                    "| {name} | {} | {} | {} | {} | {} | {} |",
-                    f.sent,
-                    fmt(Some(f.absorbed_per_s), 0),
-                    f.reached_tcp,
-                    fmt(Some(f.softirq_ms), 0),
-                    fmt(Some(f.proxy_cpu_ms), 1),
-                    f.tool
-                );
-            }
-            None => {
-                let _ = writeln!(out, "| {name} | missing | missing | missing | missing | missing | ? |");
-            }
-        }
-    }
-    let absorbed = |v: Option<&super::results::Figure<super::results::Flood>>| {
-        v.and_then(|f| f.get().ok()).and_then(|f| finite(f.absorbed_per_s))
-    };
-    let fr = ratio(absorbed(x), absorbed(k));
-    let met = match fr {
-        Some(f) if f >= 4.0 => "yes",
-        Some(_) => "**no**",
-        None => "n/a",
-    };
-    let _ = writeln!(out, "\nXDP / kernel stack = {}×; goal ≥ 4×: {met}\n", fmt(fr, 2));
-    (out, Some([ratio(ours, h), ratio(ours, n)]))
-}
-
-fn perf_text(r: &Results) -> String {
-    let p = match r.perf.get() {
-        Ok(p) => p,
-        Err(m) => return format!("6. CPU profile: {}\n", missing(m)),
-    };
-    let mut out = format!(
-        "6. CPU profile of ours while setting calls up ({}), top five frames by self time:\n\n",
-        p.during
-    );
-    let sp = &p.split_percent;
-    let _ = writeln!(
-        out,
-        "Self time by kind: crypto (ring) {:.0}%, kernel {:.0}%, allocator and copies {:.0}%, everything else {:.0}%.\n",
-        sp.crypto, sp.kernel, sp.allocator, sp.other
-    );
-    for (i, f) in p.top.iter().enumerate() {
-        let _ = writeln!(
-            out,
-            "{}. {:.2}% `{}`{}",
-            i + 1,
-            f.percent,
-            f.symbol,
-            if f.kernel { " (kernel)" } else { "" }
-        );
-    }
-    out
-}
-
 pub fn write(dir: &Path, r: &Results) -> anyhow::Result<()> {
     let (main, mut chart) = table(r);
-    let (storm, storm_ratios) = storm_tables(r);
+    let (storm, storm_ratios) = sections::storm_tables(r);
     if let Some(x) = storm_ratios {
         chart.push(("storm CPU/attempt".into(), x));
     }
-    let perf = perf_text(r);
+    let perf = sections::perf_text(r);
+    let main = format!("{main}\n{}", sections::echo_reps(r));
+    let perf = format!("{perf}\n{}", super::growth::table(&r.growth));
     let meta = &r.meta;
     let machine = format!(
         "{} cores ({}), kernel {}, {}, {}, {}; proxy pinned to core 1 with one worker, fleets and load generator on core 0; {} run{}.",
