@@ -50,8 +50,8 @@ const BENCH_PACKAGES: &[&str] = &[
 ];
 
 /// The core the proxy under test gets; everything else runs on the other.
-const PROXY_CORE: u32 = 1;
-const LOAD_CORE: u32 = 0;
+pub(crate) const PROXY_CORE: u32 = 1;
+pub(crate) const LOAD_CORE: u32 = 0;
 
 /// How much of everything, full or `--quick`.
 #[derive(Debug, Clone, Copy)]

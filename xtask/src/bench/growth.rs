@@ -97,6 +97,7 @@ pub(super) fn growth(ctx: &Ctx) -> anyhow::Result<Growth> {
                     interface: pair.ingress_if.clone(),
                     action: "drop",
                     pin_path: pins.0.clone(),
+                    mode: None,
                 });
                 let p = ctx.start(&spec, dial)?;
                 if c.xdp && p.proc.ready["xdp"]["attached"] != true {

@@ -23,8 +23,17 @@ pub struct Sent {
 
 /// Sends `count` TCP SYNs (random source port and sequence) from the carrier
 /// side to `port` on the ingress side, from core `core`; bounded by `count` and
-/// 120 s. Returns what ran and how long it took.
-pub fn syn_flood(pair: &NetPair, port: u16, count: u64, core: u32, dir: &Path) -> anyhow::Result<Sent> {
+/// 120 s. Returns what ran and how long it took. With `gap`, trafgen sends
+/// one packet per system call that far apart instead of through its TX
+/// ring (which fails with EAGAIN when the receive side is steered away).
+pub fn syn_flood(
+    pair: &NetPair,
+    port: u16,
+    count: u64,
+    core: u32,
+    dir: &Path,
+    gap: Option<&str>,
+) -> anyhow::Result<Sent> {
     let dst_mac = NetPair::mac(&pair.ingress_ns, &pair.ingress_if)?;
     let src_mac = NetPair::mac(&pair.carrier_ns, &pair.carrier_if)?;
     let conf = dir.join("syn-flood.trafgen");
@@ -50,7 +59,8 @@ pub fn syn_flood(pair: &NetPair, port: u16, count: u64, core: u32, dir: &Path) -
                 "--conf",
             ])
             .arg(&conf)
-            .args(["--num", &count.to_string(), "--cpus", "1", "--no-sock-mem"]),
+            .args(["--num", &count.to_string(), "--cpus", "1", "--no-sock-mem"])
+            .args(gap.map(|g| ["--gap", g]).into_iter().flatten()),
         Duration::from_secs(120),
     );
     match trafgen {

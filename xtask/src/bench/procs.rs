@@ -149,6 +149,17 @@ pub fn kernel_kb() -> u64 {
     slab + tcp_pages * 4
 }
 
+/// Packets the kernel dropped because a CPU's receive backlog was full
+/// (`/proc/net/softnet_stat`, second column, every CPU).
+pub fn backlog_dropped() -> u64 {
+    std::fs::read_to_string("/proc/net/softnet_stat")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|v| u64::from_str_radix(v, 16).ok())
+        .sum()
+}
+
 /// System-wide softirq time in milliseconds (all CPUs).
 pub fn softirq_ms() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();

@@ -55,6 +55,8 @@ pub struct Xdp {
     pub interface: String,
     pub action: &'static str,
     pub pin_path: PathBuf,
+    /// `skb` to force SKB mode; None: the daemon's default (`auto`).
+    pub mode: Option<&'static str>,
 }
 
 /// Files shared by every proxy: the CA and the front certificate.
@@ -125,10 +127,16 @@ fn ingress_config(pki: &Pki, s: &Spec, socket: &Path) -> IngressConfig {
         );
     let xdp = match &s.xdp {
         None => XdpTable::off(),
-        Some(x) => XdpTable::on(&x.interface)
-            .action(x.action)
-            .lease("3s")
-            .pin_path(&x.pin_path),
+        Some(x) => {
+            let t = XdpTable::on(&x.interface)
+                .action(x.action)
+                .lease("3s")
+                .pin_path(&x.pin_path);
+            match x.mode {
+                Some(m) => t.mode(m),
+                None => t,
+            }
+        }
     };
     IngressConfig::new(s.listen, &pki.certs_dir, socket)
         .comment(format!("Written by `cargo xtask bench` ({}).", s.tag))

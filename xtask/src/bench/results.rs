@@ -225,6 +225,8 @@ pub struct Flood {
     pub proxy_cpu_ms: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub xdp_dropped: Option<u64>,
+    /// Dropped by a full per-CPU backlog before XDP (SKB mode) or TCP saw them.
+    pub backlog_dropped: u64,
     pub absorbed_per_s: f64,
 }
 
@@ -235,6 +237,11 @@ pub struct Floods {
     pub xdp_drop: Option<Figure<Flood>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub kernel_stack: Option<Figure<Flood>>,
+    /// 5c: the same with the receive side on the proxy's core (RPS), XDP in SKB mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xdp_drop_steered: Option<Figure<Flood>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_stack_steered: Option<Figure<Flood>>,
 }
 
 /// Figure 5.

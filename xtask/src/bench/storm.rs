@@ -16,10 +16,10 @@ use serde_json::Value;
 use testbed::{NetPair, poll::wait_for};
 
 use super::{
-    Ctx, LOAD_CORE, figure, net,
+    Ctx, LOAD_CORE, PROXY_CORE, figure, net,
     procs::{self, Cpu, softirq_ms},
     proxies::{Kind, Running, Xdp},
-    results::{Floods, Storm, StormRun},
+    results::{Flood, Floods, Storm, StormRun},
 };
 
 /// How often the bench polls a condition.
@@ -93,23 +93,13 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
                 interface: pair.ingress_if.clone(),
                 action,
                 pin_path: pins.0.clone(),
+                mode: None,
             });
             let p = ctx.start(&spec, dial)?;
             let mut attached = Value::Null;
-            if let Some(admin) = &p.admin {
+            if p.admin.is_some() {
                 attached = p.proc.ready["xdp"].clone();
-                if xdp.is_some() {
-                    if p.proc.ready["xdp"]["attached"] != true {
-                        bail!("XDP did not attach: {}", p.proc.ready["xdp"]);
-                    }
-                    wait_for("XDP shedding", Duration::from_secs(10), POLL, || {
-                        admin.json("/api/status").is_ok_and(|v| v["xdp"]["shedding"] == true)
-                    })?;
-                } else {
-                    wait_for("every fleet FULL", Duration::from_secs(10), POLL, || {
-                        admin.servers().is_ok_and(|a| a.iter().all(|s| s["state"] == "FULL"))
-                    })?;
-                }
+                settle(&p, xdp.is_some())?;
             } else if kind == Kind::Haproxy {
                 // fall 2 × inter 1s after start: both fleets DOWN.
                 std::thread::sleep(Duration::from_millis(1500));
@@ -146,7 +136,7 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
             // 5b: the SYN flood, with XDP dropping and with the kernel stack taking it.
             if kind == Kind::Ingress && xdp != Some("rst") {
                 let f = figure(&format!("  SYN flood: {name}"), || {
-                    flood(ctx, &pair, &p, &pins.0, xdp.is_some(), port)
+                    flood(ctx, &pair, &p, &pins.0, xdp.is_some(), port, None)
                 });
                 if xdp.is_some() {
                     floods.xdp_drop = Some(f);
@@ -171,9 +161,92 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
         });
         runs.push(r);
     }
+    // 5c: the same floods with the receive side steered off the sender's core.
+    for with_xdp in [true, false] {
+        let f = figure(
+            &format!(
+                "  SYN flood steered to core {PROXY_CORE}, XDP {}",
+                if with_xdp { "drop (SKB mode)" } else { "off" }
+            ),
+            || steered_flood(ctx, &pair, &fleets, port, with_xdp),
+        );
+        if with_xdp {
+            floods.xdp_drop_steered = Some(f);
+        } else {
+            floods.kernel_stack_steered = Some(f);
+        }
+    }
     drop(fleets);
     drop(pair);
     Ok(Storm { runs, flood: floods })
+}
+
+/// Waits until ours sheds (XDP on) or sees every fleet FULL (XDP off).
+fn settle(p: &Running, with_xdp: bool) -> anyhow::Result<()> {
+    let Some(admin) = &p.admin else {
+        return Ok(());
+    };
+    if with_xdp {
+        if p.proc.ready["xdp"]["attached"] != true {
+            bail!("XDP did not attach: {}", p.proc.ready["xdp"]);
+        }
+        wait_for("XDP shedding", Duration::from_secs(10), POLL, || {
+            admin.json("/api/status").is_ok_and(|v| v["xdp"]["shedding"] == true)
+        })
+    } else {
+        wait_for("every fleet FULL", Duration::from_secs(10), POLL, || {
+            admin.servers().is_ok_and(|a| a.iter().all(|s| s["state"] == "FULL"))
+        })
+    }
+}
+
+/// 5c: on a veth the receive side runs on the sending core, so the flood's
+/// generator and the path under test share it. Receive packet steering
+/// (RPS) on the ingress end moves the receive side to the proxy's core;
+/// XDP then runs in SKB mode (after steering; native XDP on a veth runs
+/// in the sender's NAPI poll, before it). trafgen's TX ring fails with
+/// EAGAIN once the receive side is steered away, so it sends one packet
+/// per system call here (a tenth of the count); when that is slower than
+/// both paths, the generator is the limit and the ratio reads near 1.
+fn steered_flood(
+    ctx: &Ctx,
+    pair: &NetPair,
+    fleets: &[testbed::Fleet],
+    port: u16,
+    with_xdp: bool,
+) -> anyhow::Result<Flood> {
+    let pins = Pins::new(if with_xdp { "steered-xdp" } else { "steered-off" });
+    let tag = if with_xdp {
+        "flood-steered-xdp"
+    } else {
+        "flood-steered-off"
+    };
+    let mut spec = ctx.spec(Kind::Ingress, tag, port, fleets, 16);
+    spec.listen = SocketAddr::from(([0, 0, 0, 0], port));
+    spec.netns = Some(pair.ingress_ns.clone());
+    spec.xdp = with_xdp.then(|| Xdp {
+        interface: pair.ingress_if.clone(),
+        action: "drop",
+        pin_path: pins.0.clone(),
+        mode: Some("skb"),
+    });
+    let p = ctx.start(&spec, SocketAddr::from((pair.ingress_ip, port)))?;
+    settle(&p, with_xdp)?;
+    let rps = |mask: &str| {
+        procs::output(
+            Command::new("ip")
+                .args(["netns", "exec", &pair.ingress_ns, "sh", "-c"])
+                .arg(format!(
+                    "echo {mask} > /sys/class/net/{}/queues/rx-0/rps_cpus",
+                    pair.ingress_if
+                )),
+            Duration::from_secs(10),
+        )
+    };
+    rps(&format!("{:x}", 1u32 << PROXY_CORE))?;
+    let r = flood(ctx, pair, &p, &pins.0, with_xdp, port, Some("1ns"));
+    let _ = rps("0");
+    r
 }
 
 fn name_tag(name: &str) -> String {
@@ -194,16 +267,21 @@ fn flood(
     pins: &Path,
     with_xdp: bool,
     port: u16,
+    gap: Option<&str>,
 ) -> anyhow::Result<super::results::Flood> {
     let s = ctx.sizes;
     let before = with_xdp.then(|| xdp_counters(ctx, pins));
     let segs = testbed::netns::tcp_in_segs(&pair.ingress_ns);
+    let backlog = procs::backlog_dropped();
     let cpu = Cpu::read(p.pid());
     let soft = softirq_ms();
-    let r = net::syn_flood(pair, port, s.flood, LOAD_CORE, &ctx.dir)?;
+    // One packet per system call is slower: a tenth of the count.
+    let count = if gap.is_some() { s.flood / 10 } else { s.flood };
+    let r = net::syn_flood(pair, port, count, LOAD_CORE, &ctx.dir, gap)?;
     let proxy_ms = cpu.since(p.pid());
     let soft_ms = softirq_ms() - soft;
     let reached_stack = testbed::netns::tcp_in_segs(&pair.ingress_ns).saturating_sub(segs);
+    let backlog_dropped = procs::backlog_dropped().saturating_sub(backlog);
     let elapsed = r.elapsed_s;
     let sent = r.sent;
     let (xdp_dropped, absorbed) = match before {
@@ -223,6 +301,7 @@ fn flood(
         softirq_ms: soft_ms,
         proxy_cpu_ms: proxy_ms,
         xdp_dropped,
+        backlog_dropped,
         absorbed_per_s: absorbed,
     })
 }

@@ -118,44 +118,66 @@ pub(super) fn storm_tables(r: &Results) -> (String, Option<[Option<f64>; 2]>) {
         fmt(ratio(ours, h), 4),
         fmt(ratio(ours, n), 4)
     );
-    let x = st.flood.xdp_drop.as_ref();
-    let k = st.flood.kernel_stack.as_ref();
-    let _ = writeln!(out, "5b. bounded SYN flood over the veth (every fleet full):\n");
+    let fl = &st.flood;
+    let (x, k) = (fl.xdp_drop.as_ref(), fl.kernel_stack.as_ref());
+    let (xs, ks) = (fl.xdp_drop_steered.as_ref(), fl.kernel_stack_steered.as_ref());
     let _ = writeln!(
         out,
-        "| path | SYNs sent | SYNs/s absorbed | reached TCP | softirq ms | proxy CPU ms | tool |"
+        "5b. bounded SYN flood over the veth (every fleet full); 5c the same with the ingress end's receive side steered to core {} (RPS) and XDP in SKB mode, so the generator on core {} no longer does the receiving too:\n",
+        crate::bench::PROXY_CORE,
+        crate::bench::LOAD_CORE
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---|");
-    for (name, v) in [("XDP drop", x), ("kernel stack (XDP off)", k)] {
+    let _ = writeln!(
+        out,
+        "| path | SYNs sent | SYNs/s absorbed | reached TCP | backlog drops | softirq ms | proxy CPU ms | tool |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---|");
+    for (name, v) in [
+        ("5b. XDP drop", x),
+        ("5b. kernel stack (XDP off)", k),
+        ("5c. XDP drop (SKB mode), steered", xs),
+        ("5c. kernel stack, steered", ks),
+    ] {
         match v.map(|f| f.get()) {
             Some(Err(m)) => {
-                let _ = writeln!(out, "| {name} | {} | | | | | |", missing(m));
+                let _ = writeln!(out, "| {name} | {} | | | | | | |", missing(m));
             }
             Some(Ok(f)) => {
                 let _ = writeln!(
                     out,
-                    "| {name} | {} | {} | {} | {} | {} | {} |",
+                    "| {name} | {} | {} | {} | {} | {} | {} | {} |",
                     f.sent,
                     fmt(Some(f.absorbed_per_s), 0),
                     f.reached_tcp,
+                    f.backlog_dropped,
                     fmt(Some(f.softirq_ms), 0),
                     fmt(Some(f.proxy_cpu_ms), 1),
                     f.tool
                 );
             }
             None => {
-                let _ = writeln!(out, "| {name} | missing | missing | missing | missing | missing | ? |");
+                let _ = writeln!(
+                    out,
+                    "| {name} | missing | missing | missing | missing | missing | missing | ? |"
+                );
             }
         }
     }
     let absorbed = |v: Option<&Figure<Flood>>| v.and_then(|f| f.get().ok()).and_then(|f| finite(f.absorbed_per_s));
-    let fr = ratio(absorbed(x), absorbed(k));
-    let met = match fr {
+    let met = |fr: Option<f64>| match fr {
         Some(f) if f >= 4.0 => "yes",
         Some(_) => "**no**",
         None => "n/a",
     };
-    let _ = writeln!(out, "\nXDP / kernel stack = {}×; goal ≥ 4×: {met}\n", fmt(fr, 2));
+    let (fr, frs) = (ratio(absorbed(x), absorbed(k)), ratio(absorbed(xs), absorbed(ks)));
+    let _ = writeln!(
+        out,
+        "\nXDP / kernel stack = {}× (5b), {}× (5c, steered); goal ≥ 4×: {} (5b), {} (5c)\n",
+        fmt(fr, 2),
+        fmt(frs, 2),
+        met(fr),
+        met(frs)
+    );
     (out, Some([ratio(ours, h), ratio(ours, n)]))
 }
 
