@@ -341,6 +341,7 @@ pub struct Check {
     fall: Option<u32>,
     rise: Option<u32>,
     capacity: Option<String>,
+    reuse_connection: Option<bool>,
 }
 
 impl Check {
@@ -376,6 +377,12 @@ impl Check {
         self
     }
 
+    /// Probe on the last probe's connection while it stays open.
+    pub fn reuse_connection(mut self, on: bool) -> Self {
+        self.reuse_connection = Some(on);
+        self
+    }
+
     fn render(&self, out: &mut String) {
         opt_str(out, "path", self.path.as_ref());
         opt_str(out, "interval", self.interval.as_ref());
@@ -383,6 +390,9 @@ impl Check {
         opt_num(out, "fall", self.fall);
         opt_num(out, "rise", self.rise);
         opt_str(out, "capacity", self.capacity.as_ref());
+        if let Some(on) = self.reuse_connection {
+            let _ = writeln!(out, "reuse_connection = {on}");
+        }
     }
 }
 

@@ -8,7 +8,12 @@ use std::{
 };
 
 use ingress_tests::{
-    Fleet, Ingress, Pki, TestDir, client, config, echo, http_raw, https_raw, metric, parse_response, upgrade_request,
+    Fleet, Ingress, Pki, TestDir, client, config, echo, http_raw, https_raw, metric, metric_sum, parse_response,
+    upgrade_request,
+};
+use testbed::{
+    IngressConfig,
+    config::{Check, Pool, Server, Xdp},
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -367,6 +372,66 @@ async fn fleet_tls_sessions_resume_per_fleet() {
             );
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_reuse_their_connection_only_when_asked() {
+    let dir = TestDir::new("reusecheck");
+    let pki = Pki::new(&dir);
+    let (f1, f2) = (
+        Fleet::start(&dir, &pki, "fleet1", 16),
+        Fleet::start(&dir, &pki, "fleet2", 16),
+    );
+    // fleet1 in a pool whose checks keep their connection, fleet2 in one whose checks do not.
+    let pool = |name: &str, server: &str, f: &Fleet, reuse: bool| {
+        Pool::new(name)
+            .maxconn(16)
+            .server(Server::new(server, f.https))
+            .tls_ca(&pki.ca_path)
+            .check(
+                Check::default()
+                    .interval("200ms")
+                    .timeout("500ms")
+                    .reuse_connection(reuse),
+            )
+    };
+    let cfg = IngressConfig::new("127.0.0.1:0", &pki.certs_dir, dir.path("admin.sock"))
+        .http("127.0.0.1:0")
+        .call_routes("kept")
+        .pool(pool("kept", "fleet1", &f1, true))
+        .pool(pool("fresh", "fleet2", &f2, false))
+        .xdp(Xdp::off())
+        .render();
+    let ingress = Ingress::start(&dir, &cfg);
+    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
+    let checks = async |f: &Fleet| f.state().await["health_checks"].as_u64().unwrap();
+    // Full and resumed, either version: one per connection made.
+    let handshakes =
+        |m: &str, server: &str| metric_sum(m, "ingress_server_tls_handshakes_total", &[("server", server)]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while checks(&f1).await < 10 || checks(&f2).await < 10 {
+        assert!(Instant::now() < deadline, "ten checks each");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let m = ingress.metrics().await;
+    let (n1, n2) = (checks(&f1).await as f64, checks(&f2).await as f64);
+    assert!(
+        handshakes(&m, "fleet1") <= 1.0,
+        "{n1} kept checks: {} handshakes",
+        handshakes(&m, "fleet1")
+    );
+    assert!(
+        handshakes(&m, "fleet2") >= n2 - 1.0,
+        "{n2} fresh checks: {} handshakes",
+        handshakes(&m, "fleet2")
+    );
+    // A kept connection does not hide a hung fleet: two slow answers (fall 2) take it DOWN,
+    // and the next probe, on a new connection, brings it back.
+    f1.control("/health?mode=slow&delay_ms=1500&count=2").await;
+    ingress.wait_state(&["fleet1"], "DOWN").await;
+    ingress.wait_state(&["fleet1"], "UP").await;
+    let m = ingress.metrics().await;
+    assert!(handshakes(&m, "fleet1") >= 2.0, "a new connection after the timeouts");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -200,6 +200,7 @@ impl Ctx {
             fleets: fleets.iter().map(|f| f.https).collect(),
             maxconn,
             check_interval_ms: 1000,
+            reuse_checks: false,
             xdp: None,
             fleet_tls12: false,
             netns: None,

@@ -385,6 +385,11 @@ pub struct CheckConfig {
     pub expect_status: String,
     /// JSON pointer to the spare capacity in the body; `""` for liveness-only pools.
     pub capacity: String,
+    /// Probe on the connection the last probe used while the fleet keeps
+    /// it open (HTTP keep-alive), instead of a new TCP + TLS connection
+    /// each time: far less CPU at short intervals and many fleets, but a
+    /// probe then no longer proves the fleet accepts new connections.
+    pub reuse_connection: bool,
 }
 
 impl Default for CheckConfig {
@@ -399,6 +404,7 @@ impl Default for CheckConfig {
             rise: 2,
             expect_status: "^2".to_owned(),
             capacity: "/fleet_available".to_owned(),
+            reuse_connection: false,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::{
 };
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Empty, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use regex::Regex;
 
@@ -97,37 +98,76 @@ pub enum ProbeError {
     Server(String),
 }
 
-/// One probe: status and body, or why it failed.
+/// A probe's HTTP connection kept for the next probe (`reuse_connection`),
+/// with what it was made for: a changed server or TLS config drops it.
+pub struct Kept {
+    sender: SendRequest<Empty<Bytes>>,
+    server: Arc<Server>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// One probe on a fresh connection: status and body, or why it failed.
 pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), ProbeError> {
+    let tls = pool.client_tls(server);
+    probe_on(server, pool, tls, None, false).await.map(|(answer, _)| answer)
+}
+
+/// One probe. With `reuse_connection`, on the connection the last probe
+/// left in `kept` when it is still open and made for this server and TLS
+/// config (else, or when the fleet closed it as the request went out, on
+/// a fresh one), which is kept in turn; otherwise on a fresh connection
+/// closed after the answer.
+pub async fn probe_keeping(
+    server: &Arc<Server>,
+    pool: &Pool,
+    kept: &mut Option<Kept>,
+) -> Result<(u16, Bytes), ProbeError> {
+    let tls = pool.client_tls(server);
+    let reuse = pool.check.reuse_connection;
+    let old = kept.take().filter(|k| {
+        reuse
+            && Arc::ptr_eq(&k.server, server)
+            && k.tls.as_ref().map(Arc::as_ptr) == tls.as_ref().map(Arc::as_ptr)
+            && !k.sender.is_closed()
+    });
+    let (answer, sender) = probe_on(server, pool, tls.clone(), old.map(|k| k.sender), reuse).await?;
+    *kept = sender.map(|sender| Kept {
+        sender,
+        server: Arc::clone(server),
+        tls,
+    });
+    Ok(answer)
+}
+
+/// A probe within the check's timeout: on `old` when it answers, else on a
+/// fresh connection; returns the connection too when `keep`.
+async fn probe_on(
+    server: &Server,
+    pool: &Pool,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    old: Option<SendRequest<Empty<Bytes>>>,
+    keep: bool,
+) -> Result<((u16, Bytes), Option<SendRequest<Empty<Bytes>>>), ProbeError> {
     let check = &pool.check;
     let fut = async {
-        let tls = upstream::connect(server, pool.client_tls(server), check.timeout.0)
+        if let Some(mut sender) = old {
+            // A kept connection the fleet closed between probes is no answer:
+            // the probe goes on a fresh one.
+            if sender.ready().await.is_ok()
+                && let Ok(answer) = request(&mut sender, server, pool, false).await
+            {
+                return Ok((answer, Some(sender)));
+            }
+        }
+        let io = upstream::connect(server, tls, check.timeout.0)
             .await
             .map_err(|e| e.by_blame(ProbeError::Local, ProbeError::Server))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
             .map_err(|e| ProbeError::Server(format!("HTTP handshake: {e}")))?;
         tokio::spawn(conn);
-        let host = check.host.clone().unwrap_or_else(|| server.def.host_header());
-        let req = http::Request::builder()
-            .method(check.method.as_str())
-            .uri(check.path.as_str())
-            .header(http::header::HOST, host)
-            .header(http::header::USER_AGENT, "ingress-health-check")
-            .header(http::header::CONNECTION, "close")
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| ProbeError::Server(format!("bad request: {e}")))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| ProbeError::Server(format!("request: {e}")))?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| ProbeError::Server(format!("reading body: {e}")))?
-            .to_bytes();
-        Ok((status, body))
+        let answer = request(&mut sender, server, pool, !keep).await?;
+        Ok((answer, keep.then_some(sender)))
     };
     match tokio::time::timeout(check.timeout.0, fut).await {
         Ok(r) => r,
@@ -136,6 +176,40 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), ProbeEr
             humantime::format_duration(check.timeout.0)
         ))),
     }
+}
+
+/// The probe's request on `sender` and its whole answer (read to the end,
+/// so the connection can carry the next one).
+async fn request(
+    sender: &mut SendRequest<Empty<Bytes>>,
+    server: &Server,
+    pool: &Pool,
+    close: bool,
+) -> Result<(u16, Bytes), ProbeError> {
+    let check = &pool.check;
+    let host = check.host.clone().unwrap_or_else(|| server.def.host_header());
+    let mut req = http::Request::builder()
+        .method(check.method.as_str())
+        .uri(check.path.as_str())
+        .header(http::header::HOST, host)
+        .header(http::header::USER_AGENT, "ingress-health-check");
+    if close {
+        req = req.header(http::header::CONNECTION, "close");
+    }
+    let req = req
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| ProbeError::Server(format!("bad request: {e}")))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| ProbeError::Server(format!("request: {e}")))?;
+    let status = resp.status().as_u16();
+    let body = Limited::new(resp.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| ProbeError::Server(format!("reading body: {e}")))?
+        .to_bytes();
+    Ok((status, body))
 }
 
 /// The server with `id` and its pool in the snapshot in force, if it is still there.
@@ -165,6 +239,7 @@ pub async fn run(id: u32, ctx: Arc<DataCtx>) {
     let mut ticker = tokio::time::interval(check.interval.0);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut ever_up = server.healthy();
+    let mut kept: Option<Kept> = None;
     loop {
         ticker.tick().await;
         let Some((pool, server)) = current(&ctx, id) else {
@@ -188,7 +263,7 @@ pub async fn run(id: u32, ctx: Arc<DataCtx>) {
         let started = Instant::now();
         // Calls routed from here on count against this probe's answer.
         server.probe_sent();
-        let result = match probe(&server, &pool).await {
+        let result = match probe_keeping(&server, &pool, &mut kept).await {
             Err(ProbeError::Local(reason)) => {
                 // Neither a failure nor a success of the server: its streaks,
                 // state and last check stand (a server never checked stays

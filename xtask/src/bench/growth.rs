@@ -1,7 +1,8 @@
 //! Figure 7: how cost grows with the number of fleets. With 2, 10 and 50
 //! fleets behind one pool, ours and HAProxy (nginx has no active checks):
 //! CPU per second with no call at a 1 s and a 200 ms check interval (ours
-//! also with XDP attached), and CPU per TLS + upgrade set-up. The proxy and
+//! also with XDP attached, and with probes keeping their connection), and
+//! CPU per TLS + upgrade set-up. The proxy and
 //! its fleets run in a namespace and carriers dial over a veth, as in
 //! figure 5, so XDP attaches where it would in production.
 
@@ -34,16 +35,19 @@ struct Config {
     kind: Kind,
     xdp: bool,
     check_interval_ms: u64,
+    /// Ours: probes keep their connection (`reuse_connection`).
+    reuse: bool,
     /// Also measure set-ups (once per proxy, at the 1 s interval, XDP off).
     setups: bool,
 }
 
-const CONFIGS: [Config; 5] = [
+const CONFIGS: [Config; 6] = [
     Config {
         name: "ours, 1 s checks",
         kind: Kind::Ingress,
         xdp: false,
         check_interval_ms: 1000,
+        reuse: false,
         setups: true,
     },
     Config {
@@ -51,6 +55,7 @@ const CONFIGS: [Config; 5] = [
         kind: Kind::Ingress,
         xdp: true,
         check_interval_ms: 1000,
+        reuse: false,
         setups: false,
     },
     Config {
@@ -58,6 +63,15 @@ const CONFIGS: [Config; 5] = [
         kind: Kind::Ingress,
         xdp: false,
         check_interval_ms: 200,
+        reuse: false,
+        setups: false,
+    },
+    Config {
+        name: "ours, 200 ms checks, kept connections",
+        kind: Kind::Ingress,
+        xdp: false,
+        check_interval_ms: 200,
+        reuse: true,
         setups: false,
     },
     Config {
@@ -65,6 +79,7 @@ const CONFIGS: [Config; 5] = [
         kind: Kind::Haproxy,
         xdp: false,
         check_interval_ms: 1000,
+        reuse: false,
         setups: true,
     },
     Config {
@@ -72,6 +87,7 @@ const CONFIGS: [Config; 5] = [
         kind: Kind::Haproxy,
         xdp: false,
         check_interval_ms: 200,
+        reuse: false,
         setups: false,
     },
 ];
@@ -88,11 +104,17 @@ pub(super) fn growth(ctx: &Ctx) -> anyhow::Result<Growth> {
         for c in &CONFIGS {
             let run = figure(&format!("  {n} fleets: {}", c.name), || -> anyhow::Result<GrowthRun> {
                 let pins = Pins::new(&format!("growth-{n}"));
-                let tag = format!("growth-{n}-{}-{}", c.kind.key(), c.check_interval_ms);
+                let tag = format!(
+                    "growth-{n}-{}-{}{}",
+                    c.kind.key(),
+                    c.check_interval_ms,
+                    if c.reuse { "-kept" } else { "" }
+                );
                 let mut spec = ctx.spec(c.kind, &tag, port, &fleets, WORKERS);
                 spec.listen = SocketAddr::from(([0, 0, 0, 0], port));
                 spec.netns = Some(ns.clone());
                 spec.check_interval_ms = c.check_interval_ms;
+                spec.reuse_checks = c.reuse;
                 spec.xdp = c.xdp.then(|| Xdp {
                     interface: pair.ingress_if.clone(),
                     action: "drop",

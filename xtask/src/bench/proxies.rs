@@ -80,6 +80,8 @@ pub struct Spec {
     pub maxconn: u32,
     /// Health check interval (HAProxy and ours; nginx has no active checks).
     pub check_interval_ms: u64,
+    /// Ours only: probes on the last probe's connection (`reuse_connection`).
+    pub reuse_checks: bool,
     /// Ours only: `None` = XDP off.
     pub xdp: Option<Xdp>,
     /// Every proxy talks TLS 1.2 only to the fleets (resumption without a
@@ -123,7 +125,8 @@ fn ingress_config(pki: &Pki, s: &Spec, socket: &Path) -> IngressConfig {
                 .timeout("800ms")
                 .fall(2)
                 .rise(2)
-                .capacity("/fleet_available"),
+                .capacity("/fleet_available")
+                .reuse_connection(s.reuse_checks),
         );
     let xdp = match &s.xdp {
         None => XdpTable::off(),
