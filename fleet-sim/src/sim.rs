@@ -114,6 +114,9 @@ pub struct Fleet {
     pub last_health_host: std::sync::Mutex<String>,
     pub available_first: AtomicBool,
     pub decoy: AtomicBool,
+    /// New HTTPS connections are closed as soon as they are accepted
+    /// (connections already open carry on): a fleet whose listener broke.
+    pub refuse_new: AtomicBool,
     health: std::sync::Mutex<(HealthMode, Option<u32>)>,
     upgrade: std::sync::Mutex<(UpgradeMode, Option<u32>)>,
     /// Bumped to close every open call.
@@ -138,6 +141,7 @@ impl Fleet {
             last_health_host: std::sync::Mutex::new(String::new()),
             available_first: AtomicBool::new(false),
             decoy: AtomicBool::new(false),
+            refuse_new: AtomicBool::new(false),
             health: std::sync::Mutex::new((HealthMode::Normal, None)),
             upgrade: std::sync::Mutex::new((UpgradeMode::Normal, None)),
             close_all: watch::channel(0).0,
@@ -431,7 +435,8 @@ fn num(req: &Request<Incoming>, key: &str) -> Option<u64> {
 /// `/occupy?n=N`, `/free?n=N`, `/capacity?workers=N`,
 /// `/health?mode=normal|slow|truncated|garbage|500|missing|hang[&delay_ms=D][&count=C]`,
 /// `/upgrade?mode=normal|reset|malformed|partial|stall|slow[&count=C]`,
-/// `/order?available_first=0|1`, `/decoy?on=0|1`, `/close-all`, `/exit`, `/state`.
+/// `/order?available_first=0|1`, `/decoy?on=0|1`, `/accept?mode=refuse|normal`, `/close-all`,
+/// `/exit`, `/state`.
 async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infallible> {
     let ok = |f: &Fleet| plain(StatusCode::OK, f.state_json());
     let resp = match req.uri().path() {
@@ -485,6 +490,18 @@ async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infa
                 None => plain(StatusCode::BAD_REQUEST, format!("unknown upgrade mode `{mode}`")),
             }
         }
+        "/accept" => match query(&req, "mode").as_deref() {
+            Some("refuse") | Some("normal") => {
+                fleet
+                    .refuse_new
+                    .store(query(&req, "mode").as_deref() == Some("refuse"), SeqCst);
+                ok(&fleet)
+            }
+            other => plain(
+                StatusCode::BAD_REQUEST,
+                format!("accept mode `{}`: refuse or normal expected", other.unwrap_or_default()),
+            ),
+        },
         "/close-all" => {
             fleet.close_all();
             ok(&fleet)
@@ -506,6 +523,10 @@ pub async fn run(fleet: Arc<Fleet>, https: TcpListener, control_listener: TcpLis
     let https_task = tokio::spawn(async move {
         loop {
             let Ok((tcp, _)) = https.accept().await else { continue };
+            if f.refuse_new.load(SeqCst) {
+                drop(tcp);
+                continue;
+            }
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let f = Arc::clone(&f);

@@ -1,5 +1,5 @@
 //! The data path end to end: routes, capacity-aware picking, 503 when full,
-//! retries past a 429 and past dead or hung fleets, health bodies, TLS
+//! retries past a 429 and past dead or hung fleets, TLS
 //! versions, certificate replacement under live calls, ACME on :80, limits.
 
 use std::{
@@ -8,13 +8,9 @@ use std::{
 };
 
 use ingress_tests::{
-    Fleet, Ingress, Pki, TestDir, client, config, echo, http_raw, https_raw, metric, metric_sum, parse_response,
-    upgrade_request,
+    Fleet, Ingress, Pki, TestDir, client, config, echo, http_raw, https_raw, metric, parse_response, upgrade_request,
 };
-use testbed::{
-    IngressConfig,
-    config::{Check, Pool, Server, Xdp},
-};
+
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 async fn call(ingress: &Ingress, pki: &Pki, path: &str) -> Result<client::Wss, client::CallError> {
@@ -372,125 +368,6 @@ async fn fleet_tls_sessions_resume_per_fleet() {
             );
         }
     }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_checks_reuse_their_connection_only_when_asked() {
-    let dir = TestDir::new("reusecheck");
-    let pki = Pki::new(&dir);
-    let (f1, f2) = (
-        Fleet::start(&dir, &pki, "fleet1", 16),
-        Fleet::start(&dir, &pki, "fleet2", 16),
-    );
-    // fleet1 in a pool whose checks keep their connection, fleet2 in one whose checks do not.
-    let pool = |name: &str, server: &str, f: &Fleet, reuse: bool| {
-        Pool::new(name)
-            .maxconn(16)
-            .server(Server::new(server, f.https))
-            .tls_ca(&pki.ca_path)
-            .check(
-                Check::default()
-                    .interval("200ms")
-                    .timeout("500ms")
-                    .reuse_connection(reuse),
-            )
-    };
-    let cfg = IngressConfig::new("127.0.0.1:0", &pki.certs_dir, dir.path("admin.sock"))
-        .http("127.0.0.1:0")
-        .call_routes("kept")
-        .pool(pool("kept", "fleet1", &f1, true))
-        .pool(pool("fresh", "fleet2", &f2, false))
-        .xdp(Xdp::off())
-        .render();
-    let ingress = Ingress::start(&dir, &cfg);
-    ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
-    let checks = async |f: &Fleet| f.state().await["health_checks"].as_u64().unwrap();
-    // Full and resumed, either version: one per connection made.
-    let handshakes =
-        |m: &str, server: &str| metric_sum(m, "ingress_server_tls_handshakes_total", &[("server", server)]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while checks(&f1).await < 10 || checks(&f2).await < 10 {
-        assert!(Instant::now() < deadline, "ten checks each");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let m = ingress.metrics().await;
-    let (n1, n2) = (checks(&f1).await as f64, checks(&f2).await as f64);
-    assert!(
-        handshakes(&m, "fleet1") <= 1.0,
-        "{n1} kept checks: {} handshakes",
-        handshakes(&m, "fleet1")
-    );
-    assert!(
-        handshakes(&m, "fleet2") >= n2 - 1.0,
-        "{n2} fresh checks: {} handshakes",
-        handshakes(&m, "fleet2")
-    );
-    // A kept connection does not hide a hung fleet: two slow answers (fall 2) take it DOWN,
-    // and the next probe, on a new connection, brings it back.
-    f1.control("/health?mode=slow&delay_ms=1500&count=2").await;
-    ingress.wait_state(&["fleet1"], "DOWN").await;
-    ingress.wait_state(&["fleet1"], "UP").await;
-    let m = ingress.metrics().await;
-    assert!(handshakes(&m, "fleet1") >= 2.0, "a new connection after the timeouts");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_bodies_are_parsed_not_matched() {
-    let dir = TestDir::new("bodies");
-    let pki = Pki::new(&dir);
-    let names = [
-        "first",
-        "decoy",
-        "truncated",
-        "garbage",
-        "error500",
-        "missing",
-        "twenty",
-    ];
-    let fleets: Vec<Fleet> = names
-        .iter()
-        .map(|n| Fleet::start(&dir, &pki, n, if *n == "twenty" { 20 } else { 16 }))
-        .collect();
-    let servers: Vec<(&str, std::net::SocketAddr)> = names.iter().zip(&fleets).map(|(n, f)| (*n, f.https)).collect();
-    let ingress = Ingress::start(&dir, &config(&dir, &pki, &servers, "", ""));
-    ingress.wait_state(&names, "UP").await;
-    fleets[0].control("/order?available_first=1").await;
-    fleets[1].control("/decoy?on=1").await;
-    fleets[1].control("/occupy?n=11").await;
-    fleets[2].control("/health?mode=truncated").await;
-    fleets[3].control("/health?mode=garbage").await;
-    fleets[4].control("/health?mode=500").await;
-    fleets[5].control("/health?mode=missing").await;
-    ingress
-        .wait_state(&["truncated", "garbage", "error500", "missing"], "DOWN")
-        .await;
-    ingress
-        .wait_servers("the decoy fleet's real capacity", Duration::from_secs(5), |s| {
-            s.iter().any(|s| s["name"] == "decoy" && s["reported"] == 5)
-        })
-        .await;
-    let servers = ingress.servers().await;
-    let by = |n: &str| servers.iter().find(|s| s["name"] == n).unwrap().clone();
-    assert_eq!(by("first")["state"], "UP");
-    assert_eq!(by("first")["reported"], 16);
-    assert_eq!(by("decoy")["state"], "UP");
-    assert_eq!(by("twenty")["state"], "UP", "20 available with maxconn 16 is UP");
-    assert_eq!(by("twenty")["reported"], 20);
-    assert_eq!(by("twenty")["effective"], 16);
-    for (name, reason) in [
-        ("truncated", "not valid JSON"),
-        ("garbage", "not valid JSON"),
-        ("error500", "status 500"),
-        ("missing", "no `/fleet_available`"),
-    ] {
-        let s = by(name);
-        let got = s["check"]["reason"].as_str().unwrap_or_default();
-        assert!(got.contains(reason), "{name}: {s}");
-        assert_eq!(s["check"]["ok"], false);
-    }
-    // A valid 0 is FULL at once, not DOWN.
-    fleets[0].control("/occupy?n=16").await;
-    ingress.wait_state(&["first"], "FULL").await;
 }
 
 fn versioned_client(pki: &Pki, version: &'static rustls::SupportedProtocolVersion) -> Arc<rustls::ClientConfig> {

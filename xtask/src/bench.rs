@@ -269,6 +269,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
         setups_resumed: Figure::missing(SKIPPED),
         echo: Figure::missing(SKIPPED),
         perf: Figure::missing(SKIPPED),
+        perf_echo: Figure::missing(SKIPPED),
         idle: Figure::missing(SKIPPED),
         s4: Figure::missing(SKIPPED),
         storm: Figure::missing(SKIPPED),
@@ -291,6 +292,7 @@ pub fn run(quick: bool, only: &[String]) -> anyhow::Result<()> {
         }
         if wanted("perf") {
             results.perf = figure("6. CPU profile of ours", || perf::perf(&ctx, &fleets));
+            results.perf_echo = figure("6b. CPU profile of ours during echo", || perf::perf_echo(&ctx, &fleets));
         }
         if wanted("idle") {
             results.idle = figure("3. RSS of idle calls", || calls::idle(&ctx, &fleets));

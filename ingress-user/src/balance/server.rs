@@ -81,6 +81,9 @@ pub struct Live {
     /// TLS handshakes with the server, by [TLS 1.3, 1.2] and [full,
     /// resumed from a session it issued].
     pub tls_handshakes: [[AtomicU64; 2]; 2],
+    /// Passive failures so far (connect or TLS failures of calls): a kept
+    /// health-check connection made before the latest one is not used.
+    pub passive_failures: AtomicU64,
     pub check: Mutex<CheckStatus>,
     pub last_report: Mutex<Option<Instant>>,
     /// Bumped to end this server's calls with a Close 1001 (removal with
@@ -152,6 +155,7 @@ impl Server {
                 upgraded_total: AtomicU64::new(0),
                 answers: telemetry::StatusCounts::default(),
                 tls_handshakes: Default::default(),
+                passive_failures: AtomicU64::new(0),
                 check: Mutex::new(CheckStatus::default()),
                 last_report: Mutex::new(None),
                 end_epoch: AtomicU64::new(0),
@@ -415,6 +419,7 @@ impl Server {
     /// once, back with the next good health check (so a hung fleet costs at
     /// most one call one connect timeout).
     pub fn passive_failure(&self, reason: &str) {
+        self.live.passive_failures.fetch_add(1, Relaxed);
         self.set_healthy(false);
         self.record_check(false, format!("connection failed: {reason}"), None);
     }

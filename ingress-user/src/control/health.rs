@@ -3,7 +3,10 @@
 //! a JSON pointer (never a regex over JSON). `fall`/`rise` smooth failures;
 //! a valid report of 0 is an answer and takes effect at once (FULL).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use crate::{
     balance::{Pool, Server},
@@ -98,13 +101,22 @@ pub enum ProbeError {
     Server(String),
 }
 
+/// A kept probe connection is replaced after this long, so DNS is
+/// resolved and the fleet's certificate verified again now and then.
+const KEPT_MAX_AGE: Duration = Duration::from_secs(30);
+
 /// A probe's HTTP connection kept for the next probe (`reuse_connection`),
-/// with what it was made for: a changed server or TLS config drops it.
+/// with what it was made for: a changed server or TLS config, a passive
+/// failure since, or [`KEPT_MAX_AGE`] drops it.
 pub struct Kept {
     sender: SendRequest<Empty<Bytes>>,
     server: Arc<Server>,
     tls: Option<Arc<rustls::ClientConfig>>,
+    passive_failures: u64,
+    made: Instant,
 }
+
+type Sender = SendRequest<Empty<Bytes>>;
 
 /// One probe on a fresh connection: status and body, or why it failed.
 pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), ProbeError> {
@@ -112,11 +124,12 @@ pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), ProbeEr
     probe_on(server, pool, tls, None, false).await.map(|(answer, _)| answer)
 }
 
-/// One probe. With `reuse_connection`, on the connection the last probe
-/// left in `kept` when it is still open and made for this server and TLS
-/// config (else, or when the fleet closed it as the request went out, on
-/// a fresh one), which is kept in turn; otherwise on a fresh connection
-/// closed after the answer.
+/// One probe. With `reuse_connection`, first on the connection an earlier
+/// probe left in `kept` while it is fit (see [`Kept`]); when that fails in
+/// any way or gives no answer within half the timeout, on a fresh
+/// connection within the rest, whose result is the probe's: a failure is
+/// always a fresh connection's. The connection that answered is kept.
+/// Without `reuse_connection`, on a fresh connection closed after the answer.
 pub async fn probe_keeping(
     server: &Arc<Server>,
     pool: &Pool,
@@ -124,39 +137,58 @@ pub async fn probe_keeping(
 ) -> Result<(u16, Bytes), ProbeError> {
     let tls = pool.client_tls(server);
     let reuse = pool.check.reuse_connection;
+    let passive_failures = server
+        .live()
+        .passive_failures
+        .load(std::sync::atomic::Ordering::Relaxed);
     let old = kept.take().filter(|k| {
         reuse
             && Arc::ptr_eq(&k.server, server)
             && k.tls.as_ref().map(Arc::as_ptr) == tls.as_ref().map(Arc::as_ptr)
+            && k.passive_failures == passive_failures
+            && k.made.elapsed() < KEPT_MAX_AGE
             && !k.sender.is_closed()
     });
+    let made = old.as_ref().map(|k| k.made);
     let (answer, sender) = probe_on(server, pool, tls.clone(), old.map(|k| k.sender), reuse).await?;
-    *kept = sender.map(|sender| Kept {
+    *kept = sender.map(|(sender, reused)| Kept {
         sender,
         server: Arc::clone(server),
         tls,
+        passive_failures,
+        made: made.filter(|_| reused).unwrap_or_else(Instant::now),
     });
     Ok(answer)
 }
 
-/// A probe within the check's timeout: on `old` when it answers, else on a
-/// fresh connection; returns the connection too when `keep`.
+/// A probe within the check's timeout: on `old` when it answers within
+/// half of it, else on a fresh connection; returns the connection too
+/// when `keep` (and whether it was `old`).
 async fn probe_on(
     server: &Server,
     pool: &Pool,
     tls: Option<Arc<rustls::ClientConfig>>,
-    old: Option<SendRequest<Empty<Bytes>>>,
+    old: Option<Sender>,
     keep: bool,
-) -> Result<((u16, Bytes), Option<SendRequest<Empty<Bytes>>>), ProbeError> {
+) -> Result<((u16, Bytes), Option<(Sender, bool)>), ProbeError> {
     let check = &pool.check;
     let fut = async {
         if let Some(mut sender) = old {
-            // A kept connection the fleet closed between probes is no answer:
-            // the probe goes on a fresh one.
-            if sender.ready().await.is_ok()
-                && let Ok(answer) = request(&mut sender, server, pool, false).await
-            {
-                return Ok((answer, Some(sender)));
+            let attempt = async {
+                sender
+                    .ready()
+                    .await
+                    .map_err(|e| ProbeError::Server(format!("kept connection: {e}")))?;
+                request(&mut sender, server, pool, false).await
+            };
+            match tokio::time::timeout(check.timeout.0 / 2, attempt).await {
+                Ok(Ok(answer)) => return Ok((answer, keep.then_some((sender, true)))),
+                Ok(Err(e)) => {
+                    tracing::debug!(pool = %server.pool, server = server.name(), error = %e, "kept check connection failed; probing on a new one");
+                }
+                Err(_) => {
+                    tracing::debug!(pool = %server.pool, server = server.name(), "no answer on the kept check connection within half the timeout; probing on a new one");
+                }
             }
         }
         let io = upstream::connect(server, tls, check.timeout.0)
@@ -167,7 +199,7 @@ async fn probe_on(
             .map_err(|e| ProbeError::Server(format!("HTTP handshake: {e}")))?;
         tokio::spawn(conn);
         let answer = request(&mut sender, server, pool, !keep).await?;
-        Ok((answer, keep.then_some(sender)))
+        Ok((answer, keep.then_some((sender, false))))
     };
     match tokio::time::timeout(check.timeout.0, fut).await {
         Ok(r) => r,

@@ -19,7 +19,7 @@ use super::{
     procs::Cpu,
     proxies::{Kind, Xdp},
     results::{Figure, Growth, GrowthRun},
-    storm::Pins,
+    storm::{Pins, attached},
     wait_idle,
 };
 
@@ -122,8 +122,8 @@ pub(super) fn growth(ctx: &Ctx) -> anyhow::Result<Growth> {
                     mode: None,
                 });
                 let p = ctx.start(&spec, dial)?;
-                if c.xdp && p.proc.ready["xdp"]["attached"] != true {
-                    anyhow::bail!("XDP did not attach: {}", p.proc.ready["xdp"]);
+                if c.xdp {
+                    attached(&p)?;
                 }
                 let cpu = Cpu::read(p.pid());
                 let at = Instant::now();
@@ -198,8 +198,8 @@ pub(super) fn table(g: &Figure<Growth>) -> String {
             .collect();
         let _ = writeln!(
             out,
-            "| {}: CPU ms per set-up | {} |",
-            c.name.split(',').next().unwrap_or(c.name),
+            "| {} (XDP off): CPU ms per set-up | {} |",
+            c.name,
             cells.join(" | ")
         );
     }

@@ -1,6 +1,7 @@
-//! Figure 6: where our CPU goes while setting calls up — `perf record` on
-//! the daemon during a burst of set-ups, the top frames by self time and the
-//! self time split by kind of frame (crypto, kernel, allocator, other).
+//! Figures 6 and 6b: where our CPU goes while setting calls up and while
+//! echoing — `perf record` on the daemon, the top frames by self time, the
+//! self time split by kind of frame (crypto, kernel, allocator, other) and
+//! frame tracking's share.
 
 use std::{process::Command, time::Duration};
 
@@ -58,14 +59,16 @@ fn samples(report: &str) -> impl Iterator<Item = (f64, &str)> {
         })
 }
 
-pub(super) fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
-    let s = ctx.sizes;
-    let spec = ctx.spec(Kind::Ingress, "perf", port(Kind::Ingress), fleets, s.fleet_workers);
-    let addr = spec.listen;
-    let p = ctx.start(&spec, addr)?;
-    ctx.setups(None, addr, 50, 4, 5000, false)?;
-    let data = ctx.dir.join("perf.data");
-    let secs = if s.reps == 1 { 3 } else { 6 };
+/// `perf record` on `pid` for `secs` seconds while `load` runs, then the
+/// report by self time (kept as `target/bench/perf-{tag}.txt`).
+fn profile(
+    ctx: &Ctx,
+    pid: i32,
+    tag: &str,
+    secs: u64,
+    load: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    let data = ctx.dir.join(format!("perf-{tag}.data"));
     let mut rec = Proc::start(
         "perf",
         Command::new("perf")
@@ -77,16 +80,16 @@ pub(super) fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
                 "999",
                 "-g",
                 "-p",
-                &p.pid().to_string(),
+                &pid.to_string(),
                 "-o",
             ])
             .arg(&data)
             .args(["--", "sleep", &secs.to_string()]),
-        Some(&ctx.dir.join("perf-record.log")),
+        Some(&ctx.dir.join(format!("perf-record-{tag}.log"))),
         None,
     )?;
     std::thread::sleep(Duration::from_millis(300));
-    let _ = ctx.setups(None, addr, s.perf_setups, s.setup_concurrency, 5000, false)?;
+    load()?;
     wait_for(
         "perf record to finish",
         Duration::from_secs(secs + 30),
@@ -108,8 +111,13 @@ pub(super) fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
             .arg(&data),
         Duration::from_secs(120),
     )?;
-    std::fs::write(ctx.dir.join("perf-report.txt"), &report)?;
-    let top: Vec<Frame> = samples(&report)
+    std::fs::write(ctx.dir.join(format!("perf-{tag}.txt")), &report)?;
+    Ok(report)
+}
+
+/// The top five frames of a report and its split by kind.
+fn summary(report: &str, during: String) -> anyhow::Result<Perf> {
+    let top: Vec<Frame> = samples(report)
         .map(|(percent, rest)| Frame {
             percent,
             symbol: rest
@@ -123,18 +131,69 @@ pub(super) fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
         .take(5)
         .collect();
     if top.is_empty() {
-        bail!("perf report had no samples (see target/bench/perf-report.txt)");
+        bail!("perf report had no samples (see target/bench/perf-*.txt)");
     }
     let mut split = Split::default();
-    for (pct, rest) in samples(&report) {
+    for (pct, rest) in samples(report) {
         split.add(pct, rest);
     }
+    let share = |needle: &str| {
+        samples(report)
+            .filter(|(_, r)| r.contains(needle))
+            .map(|(p, _)| p)
+            .sum()
+    };
     Ok(Perf {
         top,
         split_percent: split,
-        during: format!(
+        frame_tracking_percent: share("FrameCursor"),
+        during,
+    })
+}
+
+/// Figure 6: our profile during a burst of set-ups.
+pub(super) fn perf(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
+    let s = ctx.sizes;
+    let spec = ctx.spec(Kind::Ingress, "perf", port(Kind::Ingress), fleets, s.fleet_workers);
+    let addr = spec.listen;
+    let p = ctx.start(&spec, addr)?;
+    ctx.setups(None, addr, 50, 4, 5000, false)?;
+    let secs = if s.reps == 1 { 3 } else { 6 };
+    let report = profile(ctx, p.pid(), "setups", secs, || {
+        ctx.setups(None, addr, s.perf_setups, s.setup_concurrency, 5000, false)
+            .map(drop)
+    })?;
+    summary(
+        &report,
+        format!(
             "{} set-ups, perf record -e cpu-clock -F 999 -p <ingress>",
             s.perf_setups
         ),
-    })
+    )
+}
+
+/// Figure 6b: our profile during echo at figure 2's load: how much of it
+/// is frame tracking (`FrameCursor`, kept out of line for this).
+pub(super) fn perf_echo(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
+    let s = ctx.sizes;
+    let spec = ctx.spec(Kind::Ingress, "perf-echo", port(Kind::Ingress), fleets, s.fleet_workers);
+    let addr = spec.listen;
+    let p = ctx.start(&spec, addr)?;
+    let secs = 6;
+    let report = profile(ctx, p.pid(), "echo", secs, || {
+        let mut cmd = ctx.loadgen(None);
+        cmd.arg("echo");
+        ctx.target_args(&mut cmd, addr, "/ws/perf-echo-");
+        cmd.args(["--calls", &s.echo_calls.to_string(), "--rate", &s.echo_rate.to_string()])
+            .args(["--size", &s.echo_size.to_string(), "--seconds", &(secs - 1).to_string()]);
+        procs::loadgen::<fleet_sim::report::Echo>(&mut cmd, Duration::from_secs(secs + 120)).map(drop)
+    })?;
+    super::wait_idle(fleets)?;
+    summary(
+        &report,
+        format!(
+            "echo, {} calls × {} msg/s × {} B, perf record -e cpu-clock -F 999 -p <ingress>",
+            s.echo_calls, s.echo_rate, s.echo_size
+        ),
+    )
 }

@@ -130,13 +130,13 @@ pub fn rss_kb(pid: i32) -> u64 {
     testbed::proc::status_kib(pid, "VmRSS")
 }
 
-/// What the kernel holds system-wide, in KiB: slab caches (sockets,
+/// What the kernel holds system-wide, in KiB: unreclaimable slab (sockets,
 /// their inodes, epoll entries) plus TCP's buffer pages (`/proc/net/sockstat`).
 pub fn kernel_kb() -> u64 {
     let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     let slab = meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("Slab:"))
+        .find_map(|l| l.strip_prefix("SUnreclaim:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .unwrap_or(0);
     let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
@@ -146,7 +146,13 @@ pub fn kernel_kb() -> u64 {
         .and_then(|l| l.split_whitespace().skip_while(|w| *w != "mem").nth(1))
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(0);
-    slab + tcp_pages * 4
+    let page_kb = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|b| u64::try_from(b).ok())
+        .unwrap_or(4096)
+        / 1024;
+    slab + tcp_pages * page_kb
 }
 
 /// Packets the kernel dropped because a CPU's receive backlog was full

@@ -69,6 +69,7 @@ pub struct Results {
     pub setups_resumed: Figure<PerProxy<SetupsResult>>,
     pub echo: Figure<EchoFigure>,
     pub perf: Figure<Perf>,
+    pub perf_echo: Figure<Perf>,
     pub idle: Figure<IdleFigure>,
     pub s4: Figure<PerProxy<S4>>,
     pub storm: Figure<Storm>,
@@ -188,6 +189,8 @@ pub struct Split {
 pub struct Perf {
     pub top: Vec<Frame>,
     pub split_percent: Split,
+    /// Self time in `FrameCursor` (the tunnel's WebSocket frame tracking).
+    pub frame_tracking_percent: f64,
     /// What ran while perf recorded.
     #[serde(rename = "while")]
     pub during: String,

@@ -181,15 +181,21 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
     Ok(Storm { runs, flood: floods })
 }
 
+/// Fails unless ours attached its XDP program (its ready line says).
+pub(super) fn attached(p: &Running) -> anyhow::Result<()> {
+    if p.proc.ready["xdp"]["attached"] != true {
+        bail!("XDP did not attach: {}", p.proc.ready["xdp"]);
+    }
+    Ok(())
+}
+
 /// Waits until ours sheds (XDP on) or sees every fleet FULL (XDP off).
 fn settle(p: &Running, with_xdp: bool) -> anyhow::Result<()> {
     let Some(admin) = &p.admin else {
         return Ok(());
     };
     if with_xdp {
-        if p.proc.ready["xdp"]["attached"] != true {
-            bail!("XDP did not attach: {}", p.proc.ready["xdp"]);
-        }
+        attached(p)?;
         wait_for("XDP shedding", Duration::from_secs(10), POLL, || {
             admin.json("/api/status").is_ok_and(|v| v["xdp"]["shedding"] == true)
         })
