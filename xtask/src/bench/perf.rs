@@ -141,7 +141,8 @@ fn summary(report: &str, during: String) -> anyhow::Result<Perf> {
         samples(report)
             .filter(|(_, r)| r.contains(needle))
             .map(|(p, _)| p)
-            .sum()
+            .sum::<f64>()
+            + 0.0 // an empty float sum is -0.0
     };
     Ok(Perf {
         top,
