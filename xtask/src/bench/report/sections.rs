@@ -164,12 +164,17 @@ pub(super) fn storm_tables(r: &Results) -> (String, Option<[Option<f64>; 2]>) {
         }
     }
     let absorbed = |v: Option<&Figure<Flood>>| v.and_then(|f| f.get().ok()).and_then(|f| finite(f.absorbed_per_s));
-    // Both paths took all that was sent: the generator was the limit, not them.
+    // Both paths took all that was sent, and it was sent as fast to either:
+    // the generator was the limit, not the paths (on a veth the sender does
+    // the receiving too, so a slower path normally slows the sending).
     let generator_bound = |a: Option<&Figure<Flood>>, b: Option<&Figure<Flood>>| {
-        [a, b].iter().all(|v| {
-            v.and_then(|f| f.get().ok())
-                .is_some_and(|f| f.absorbed_per_s >= 0.9 * f.syn_per_s)
-        })
+        let (Some(a), Some(b)) = (a.and_then(|f| f.get().ok()), b.and_then(|f| f.get().ok())) else {
+            return false;
+        };
+        let took_all = |f: &Flood| f.absorbed_per_s >= 0.9 * f.syn_per_s;
+        took_all(a)
+            && took_all(b)
+            && ratio(Some(a.syn_per_s), Some(b.syn_per_s)).is_some_and(|r| (0.85..=1.15).contains(&r))
     };
     let met = |fr: Option<f64>, bound: bool| match fr {
         _ if bound => "n/a (the generator was the limit: both paths took all it sent)",
