@@ -114,8 +114,9 @@ pub struct Fleet {
     pub last_health_host: std::sync::Mutex<String>,
     pub available_first: AtomicBool,
     pub decoy: AtomicBool,
-    /// New HTTPS connections are closed as soon as they are accepted
-    /// (connections already open carry on): a fleet whose listener broke.
+    /// New connections to the call and health port are closed as soon as
+    /// they are accepted (those already open carry on): a fleet whose
+    /// listener broke.
     pub refuse_new: AtomicBool,
     health: std::sync::Mutex<(HealthMode, Option<u32>)>,
     upgrade: std::sync::Mutex<(UpgradeMode, Option<u32>)>,
@@ -491,10 +492,8 @@ async fn control(fleet: Arc<Fleet>, req: Request<Incoming>) -> Result<Resp, Infa
             }
         }
         "/accept" => match query(&req, "mode").as_deref() {
-            Some("refuse") | Some("normal") => {
-                fleet
-                    .refuse_new
-                    .store(query(&req, "mode").as_deref() == Some("refuse"), SeqCst);
+            Some(mode @ ("refuse" | "normal")) => {
+                fleet.refuse_new.store(mode == "refuse", SeqCst);
                 ok(&fleet)
             }
             other => plain(

@@ -121,15 +121,18 @@ type Sender = SendRequest<Empty<Bytes>>;
 /// One probe on a fresh connection: status and body, or why it failed.
 pub async fn probe(server: &Server, pool: &Pool) -> Result<(u16, Bytes), ProbeError> {
     let tls = pool.client_tls(server);
-    probe_on(server, pool, tls, None, false).await.map(|(answer, _)| answer)
+    probe_on(server, pool, tls, None, false, || true)
+        .await
+        .map(|(answer, _)| answer)
 }
 
 /// One probe. With `reuse_connection`, first on the connection an earlier
-/// probe left in `kept` while it is fit (see [`Kept`]); when that fails in
-/// any way or gives no answer within half the timeout, on a fresh
-/// connection within the rest, whose result is the probe's: a failure is
-/// always a fresh connection's. The connection that answered is kept.
-/// Without `reuse_connection`, on a fresh connection closed after the answer.
+/// probe left in `kept` while it is fit (see [`Kept`]); when that gives no
+/// answer (a connection error, or nothing within half the timeout), or
+/// the server had a passive failure while it was on its way, on a fresh
+/// connection within the rest of the timeout, whose result is the probe's.
+/// The connection that answered is kept. Without `reuse_connection`, on a
+/// fresh connection closed after the answer.
 pub async fn probe_keeping(
     server: &Arc<Server>,
     pool: &Pool,
@@ -150,7 +153,24 @@ pub async fn probe_keeping(
             && !k.sender.is_closed()
     });
     let made = old.as_ref().map(|k| k.made);
-    let (answer, sender) = probe_on(server, pool, tls.clone(), old.map(|k| k.sender), reuse).await?;
+    // An answer on the old connection counts only if no call failed to
+    // connect meanwhile: only a new connection may bring the server back.
+    let no_passive_failure = || {
+        server
+            .live()
+            .passive_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == passive_failures
+    };
+    let (answer, sender) = probe_on(
+        server,
+        pool,
+        tls.clone(),
+        old.map(|k| k.sender),
+        reuse,
+        no_passive_failure,
+    )
+    .await?;
     *kept = sender.map(|(sender, reused)| Kept {
         sender,
         server: Arc::clone(server),
@@ -162,16 +182,18 @@ pub async fn probe_keeping(
 }
 
 /// A probe within the check's timeout: on `old` when it answers within
-/// half of it, else on a fresh connection; returns the connection too
-/// when `keep` (and whether it was `old`).
+/// half of it and `old_still_counts` then, else on a fresh connection;
+/// returns the connection too when `keep` (and whether it was `old`).
 async fn probe_on(
     server: &Server,
     pool: &Pool,
     tls: Option<Arc<rustls::ClientConfig>>,
     old: Option<Sender>,
     keep: bool,
+    old_still_counts: impl Fn() -> bool,
 ) -> Result<((u16, Bytes), Option<(Sender, bool)>), ProbeError> {
     let check = &pool.check;
+    let deadline = tokio::time::Instant::now() + check.timeout.0;
     let fut = async {
         if let Some(mut sender) = old {
             let attempt = async {
@@ -182,7 +204,10 @@ async fn probe_on(
                 request(&mut sender, server, pool, false).await
             };
             match tokio::time::timeout(check.timeout.0 / 2, attempt).await {
-                Ok(Ok(answer)) => return Ok((answer, keep.then_some((sender, true)))),
+                Ok(Ok(answer)) if old_still_counts() => return Ok((answer, keep.then_some((sender, true)))),
+                Ok(Ok(_)) => {
+                    tracing::debug!(pool = %server.pool, server = server.name(), "a call failed to connect while the probe was on the kept connection; probing on a new one");
+                }
                 Ok(Err(e)) => {
                     tracing::debug!(pool = %server.pool, server = server.name(), error = %e, "kept check connection failed; probing on a new one");
                 }
@@ -191,7 +216,8 @@ async fn probe_on(
                 }
             }
         }
-        let io = upstream::connect(server, tls, check.timeout.0)
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let io = upstream::connect(server, tls, left)
             .await
             .map_err(|e| e.by_blame(ProbeError::Local, ProbeError::Server))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))

@@ -21,7 +21,7 @@ pub(super) fn echo_reps(r: &Results) -> String {
     let runs = |k: Kind| e.proxies.get(k).get().map_or(&[][..], |x| x.runs.as_slice());
     let n = Kind::ALL.iter().map(|k| runs(*k).len()).max().unwrap_or(0);
     let mut out = String::from(
-        "2b. echo per repetition (alternated: ours, HAProxy, nginx, then again), p99 / p999 ms:\n\n\
+        "2b. echo per repetition (alternated, each repetition starting with the next proxy), p99 / p999 ms:\n\n\
          | repetition | ingress | HAProxy | nginx | ours ≤ better at both |\n|---|---:|---:|---:|---|\n",
     );
     let tails: [fn(&Percentiles) -> Option<f64>; 2] = [|p| p.p99, |p| p.p999];
