@@ -390,9 +390,7 @@ impl Check {
         opt_num(out, "fall", self.fall);
         opt_num(out, "rise", self.rise);
         opt_str(out, "capacity", self.capacity.as_ref());
-        if let Some(on) = self.reuse_connection {
-            let _ = writeln!(out, "reuse_connection = {on}");
-        }
+        opt_num(out, "reuse_connection", self.reuse_connection);
     }
 }
 

@@ -28,6 +28,11 @@ pub struct Ingress {
 }
 
 impl Ingress {
+    /// A WSS call to `path` on the front (SNI `localhost`, the test CA).
+    pub async fn call(&self, pki: &Pki, path: &str) -> Result<fleet_sim::client::Wss, fleet_sim::client::CallError> {
+        fleet_sim::client::connect(self.https, "localhost", path, pki.client_tls()).await
+    }
+
     /// Starts `ingress run --config {config}`.
     pub fn start(dir: &TestDir, config: &str) -> Self {
         Self::start_with(dir, config, None)

@@ -5,15 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, metric_sum};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, metric_sum};
 use testbed::{
     IngressConfig,
     config::{Check, Pool, Server, Xdp},
 };
-
-async fn call(ingress: &Ingress, pki: &Pki, path: &str) -> Result<client::Wss, client::CallError> {
-    client::connect(ingress.https, "localhost", path, pki.client_tls()).await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_keep_their_connection_only_when_asked_and_never_to_hide_a_failure() {
@@ -64,7 +60,7 @@ async fn probes_keep_their_connection_only_when_asked_and_never_to_hide_a_failur
     // A fleet that stops taking new connections: a call's connect fails and
     // takes it out, and a probe on the old connection must not bring it back.
     f1.control("/accept?mode=refuse").await;
-    let refused = call(&ingress, &pki, "/ws/refused").await;
+    let refused = ingress.call(&pki, "/ws/refused").await;
     assert!(refused.is_err(), "the only fleet refuses new connections");
     // One probe may have been on its way when the call failed; its answer
     // must not count either.

@@ -13,10 +13,6 @@ use ingress_tests::{
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-async fn call(ingress: &Ingress, pki: &Pki, path: &str) -> Result<client::Wss, client::CallError> {
-    client::connect(ingress.https, "localhost", path, pki.client_tls()).await
-}
-
 async fn two_fleets(dir: &TestDir, pki: &Pki, pool_extra: &str, extra: &str) -> (Fleet, Fleet, Ingress) {
     let f1 = Fleet::start(dir, pki, "fleet1", 16);
     let f2 = Fleet::start(dir, pki, "fleet2", 16);
@@ -79,9 +75,7 @@ async fn route_table_and_local_answers() {
     }
     // Both route patterns reach a fleet.
     for path in ["/ws/bot-7", "/exotel/bot-8"] {
-        let mut ws = call(&ingress, &pki, path)
-            .await
-            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        let mut ws = ingress.call(&pki, path).await.unwrap_or_else(|e| panic!("{path}: {e}"));
         echo(&mut ws, path).await.unwrap();
     }
     let m = ingress.metrics().await;
@@ -141,7 +135,7 @@ async fn calls_spread_by_capacity_and_the_33rd_gets_503_at_once() {
     let (f1, f2, ingress) = two_fleets(&dir, &pki, "", "").await;
     let mut calls = Vec::new();
     for i in 0..20 {
-        calls.push(call(&ingress, &pki, &format!("/ws/bot-{i}")).await.expect("call"));
+        calls.push(ingress.call(&pki, &format!("/ws/bot-{i}")).await.expect("call"));
     }
     assert_eq!(
         (f1.state().await["calls"].as_u64(), f2.state().await["calls"].as_u64()),
@@ -149,7 +143,8 @@ async fn calls_spread_by_capacity_and_the_33rd_gets_503_at_once() {
     );
     for i in 20..32 {
         calls.push(
-            call(&ingress, &pki, &format!("/ws/bot-{i}"))
+            ingress
+                .call(&pki, &format!("/ws/bot-{i}"))
                 .await
                 .unwrap_or_else(|e| panic!("call {i}: {e}")),
         );
@@ -189,7 +184,7 @@ async fn a_fleet_filled_directly_hands_no_429_to_carriers() {
     let mut held = Vec::new();
     let mut statuses = Vec::new();
     for i in 0..8 {
-        match call(&ingress, &pki, &format!("/ws/s4-{i}")).await {
+        match ingress.call(&pki, &format!("/ws/s4-{i}")).await {
             Ok(ws) => {
                 statuses.push(101);
                 held.push(ws);
@@ -270,7 +265,7 @@ async fn a_killed_fleet_ends_its_calls_and_new_calls_never_fail() {
     let (mut f1, f2, ingress) = two_fleets(&dir, &pki, "", "").await;
     let mut calls = Vec::new();
     for i in 0..4 {
-        calls.push(call(&ingress, &pki, &format!("/ws/k-{i}")).await.unwrap());
+        calls.push(ingress.call(&pki, &format!("/ws/k-{i}")).await.unwrap());
     }
     assert_eq!(f1.state().await["calls"], 2);
     f1.proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -284,7 +279,7 @@ async fn a_killed_fleet_ends_its_calls_and_new_calls_never_fail() {
     assert_eq!(ended, 2, "the calls on the killed fleet end, the others go on");
     let mut failures = 0;
     for i in 0..10 {
-        match call(&ingress, &pki, &format!("/ws/after-{i}")).await {
+        match ingress.call(&pki, &format!("/ws/after-{i}")).await {
             Ok(mut ws) => echo(&mut ws, "ok").await.unwrap(),
             Err(e) => {
                 eprintln!("call {i} failed: {e}");
@@ -305,7 +300,8 @@ async fn a_hung_fleet_costs_at_most_one_call_one_connect_timeout() {
     let mut slow = 0;
     for i in 0..6 {
         let started = Instant::now();
-        let mut ws = call(&ingress, &pki, &format!("/ws/h-{i}"))
+        let mut ws = ingress
+            .call(&pki, &format!("/ws/h-{i}"))
             .await
             .unwrap_or_else(|e| panic!("call {i}: {e}"));
         echo(&mut ws, "ok").await.unwrap();
@@ -341,7 +337,7 @@ async fn fleet_tls_sessions_resume_per_fleet() {
         let ingress = Ingress::start(&dir, &cfg);
         ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
         for i in 0..20 {
-            let mut ws = call(&ingress, &pki, &format!("/ws/resume-{i}")).await.unwrap();
+            let mut ws = ingress.call(&pki, &format!("/ws/resume-{i}")).await.unwrap();
             echo(&mut ws, "hi").await.unwrap();
         }
         let m = ingress.metrics().await;
@@ -516,7 +512,7 @@ async fn certificate_replaced_under_20_live_calls() {
     let (_f1, _f2, ingress) = two_fleets(&dir, &pki, "", "").await;
     let mut calls = Vec::new();
     for i in 0..20 {
-        calls.push(call(&ingress, &pki, &format!("/ws/c-{i}")).await.unwrap());
+        calls.push(ingress.call(&pki, &format!("/ws/c-{i}")).await.unwrap());
     }
     let old = peer_cert(&ingress, &pki).await;
     // A broken file first: refused, the old certificate keeps serving.

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use ingress_tests::{Fleet, Ingress, Pki, TestDir, client, config, echo, http_raw, metric, metric_sum};
+use ingress_tests::{Fleet, Ingress, Pki, TestDir, config, echo, http_raw, metric, metric_sum};
 
 async fn two(dir: &TestDir, pki: &Pki, extra: &str) -> (Fleet, Fleet, Ingress) {
     let f1 = Fleet::start(dir, pki, "fleet1", 16);
@@ -19,10 +19,6 @@ async fn two(dir: &TestDir, pki: &Pki, extra: &str) -> (Fleet, Fleet, Ingress) {
     (f1, f2, ingress)
 }
 
-async fn call(ingress: &Ingress, pki: &Pki, path: &str) -> Result<client::Wss, client::CallError> {
-    client::connect(ingress.https, "localhost", path, pki.client_tls()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faults_before_the_101_are_retried_on_another_fleet() {
     let dir = TestDir::new("upfaults");
@@ -31,7 +27,8 @@ async fn faults_before_the_101_are_retried_on_another_fleet() {
     for mode in ["reset", "malformed", "partial"] {
         f1.control(&format!("/upgrade?mode={mode}")).await;
         for i in 0..4 {
-            let mut ws = call(&ingress, &pki, &format!("/ws/{mode}-{i}"))
+            let mut ws = ingress
+                .call(&pki, &format!("/ws/{mode}-{i}"))
                 .await
                 .unwrap_or_else(|e| panic!("{mode} call {i}: {e}"));
             echo(&mut ws, mode).await.unwrap();
@@ -67,7 +64,7 @@ async fn a_fleet_stalling_after_the_101_hits_the_idle_timeout() {
     );
     ingress.wait_state(&["fleet1"], "UP").await;
     f1.control("/upgrade?mode=stall").await;
-    let mut ws = call(&ingress, &pki, "/ws/stall").await.expect("the 101 arrives");
+    let mut ws = ingress.call(&pki, "/ws/stall").await.expect("the 101 arrives");
     let started = Instant::now();
     assert!(echo(&mut ws, "anyone?").await.is_err(), "no echo from a stalled fleet");
     use futures_util::StreamExt as _;
@@ -139,7 +136,8 @@ async fn emptied_or_missing_cert_directory_keeps_the_old_cert() {
     let base = errors(&ingress.metrics().await);
     std::fs::remove_file(pki.certs_dir.join("localhost.pem")).unwrap();
     wait_errors(base).await;
-    let mut ws = call(&ingress, &pki, "/ws/after-empty")
+    let mut ws = ingress
+        .call(&pki, "/ws/after-empty")
         .await
         .expect("old cert still served");
     echo(&mut ws, "ok").await.unwrap();
@@ -148,7 +146,8 @@ async fn emptied_or_missing_cert_directory_keeps_the_old_cert() {
     std::fs::rename(&pki.certs_dir, dir.path("certs-gone")).unwrap();
     ingress.proc.signal(nix::sys::signal::Signal::SIGHUP).unwrap();
     wait_errors(base).await;
-    let mut ws = call(&ingress, &pki, "/ws/after-gone")
+    let mut ws = ingress
+        .call(&pki, "/ws/after-gone")
         .await
         .expect("old cert still served");
     echo(&mut ws, "ok").await.unwrap();
@@ -165,14 +164,14 @@ async fn a_garbage_servers_file_is_refused_on_reload() {
         &config(&dir, &pki, &[], &format!("servers_file = \"{}\"", file.display()), ""),
     );
     ingress.wait_state(&["fleet1"], "UP").await;
-    let mut live = call(&ingress, &pki, "/ws/live").await.unwrap();
+    let mut live = ingress.call(&pki, "/ws/live").await.unwrap();
     std::fs::write(&file, "\u{0}\u{1}garbage ::: weight=??\n").unwrap();
     let (code, _, err) = ingress.ctl(&["reload"]).await;
     assert_eq!(code, 1);
     assert!(err.contains("servers_file") && err.contains("line 1"), "{err}");
     assert_eq!(ingress.servers().await.len(), 1, "nothing lost");
     echo(&mut live, "still").await.unwrap();
-    let mut ws = call(&ingress, &pki, "/ws/new").await.unwrap();
+    let mut ws = ingress.call(&pki, "/ws/new").await.unwrap();
     echo(&mut ws, "ok").await.unwrap();
 }
 
@@ -183,7 +182,7 @@ async fn sigkill_and_restart_under_20_live_calls() {
     let (_f1, _f2, mut ingress) = two(&dir, &pki, "").await;
     let mut calls = Vec::new();
     for i in 0..20 {
-        calls.push(call(&ingress, &pki, &format!("/ws/k-{i}")).await.unwrap());
+        calls.push(ingress.call(&pki, &format!("/ws/k-{i}")).await.unwrap());
     }
     let cfg = std::fs::read_to_string(&ingress.config).unwrap();
     ingress.proc.signal(nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -195,7 +194,7 @@ async fn sigkill_and_restart_under_20_live_calls() {
     let restarted_at = Instant::now();
     let ingress = Ingress::start(&dir, &cfg);
     ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
-    let mut ws = call(&ingress, &pki, "/ws/after-restart").await.expect("new calls flow");
+    let mut ws = ingress.call(&pki, "/ws/after-restart").await.expect("new calls flow");
     echo(&mut ws, "ok").await.unwrap();
     eprintln!("restart → first new call after {:?}", restarted_at.elapsed());
     assert!(restarted_at.elapsed() < Duration::from_secs(10));
@@ -277,12 +276,13 @@ async fn five_thousand_connections_at_once() {
         assert!(Instant::now() < deadline, "not all accepted: {m}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let mut ws = call(&ingress, &pki, "/ws/among-5000")
+    let mut ws = ingress
+        .call(&pki, "/ws/among-5000")
         .await
         .expect("a real call still goes through");
     echo(&mut ws, "ok").await.unwrap();
     drop(conns);
-    let mut ws = call(&ingress, &pki, "/ws/after-5000").await.unwrap();
+    let mut ws = ingress.call(&pki, "/ws/after-5000").await.unwrap();
     echo(&mut ws, "ok").await.unwrap();
 }
 
@@ -344,7 +344,7 @@ async fn running_out_of_descriptors_refuses_new_connections_and_recovers() {
     ingress.wait_state(&["fleet1", "fleet2"], "UP").await;
     let mut live = Vec::new();
     for i in 0..4 {
-        live.push(call(&ingress, &pki, &format!("/ws/live-{i}")).await.unwrap());
+        live.push(ingress.call(&pki, &format!("/ws/live-{i}")).await.unwrap());
     }
     // Exhaust the daemon's descriptors with idle connections.
     let flood = futures_util::future::join_all((0..80).map(|_| tokio::net::TcpStream::connect(ingress.https))).await;
@@ -364,7 +364,7 @@ async fn running_out_of_descriptors_refuses_new_connections_and_recovers() {
     // Once the idle connections are gone (header timeout or close), new calls flow again.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(Ok(mut ws)) = tokio::time::timeout(Duration::from_secs(2), call(&ingress, &pki, "/ws/after")).await {
+        if let Ok(Ok(mut ws)) = tokio::time::timeout(Duration::from_secs(2), ingress.call(&pki, "/ws/after")).await {
             echo(&mut ws, "ok").await.unwrap();
             break;
         }
@@ -401,7 +401,7 @@ async fn hostile_clients_cost_bounded_memory() {
     )
     .await;
     // Warm up the allocator and the TLS path with one real call.
-    let mut ws = call(&ingress, &pki, "/ws/warm-up").await.unwrap();
+    let mut ws = ingress.call(&pki, "/ws/warm-up").await.unwrap();
     echo(&mut ws, "warm").await.unwrap();
     drop(ws);
     let (baseline, _) = rss_and_peak_kib(&ingress);
@@ -450,6 +450,6 @@ async fn hostile_clients_cost_bounded_memory() {
         );
     }
     // And the door is still open.
-    let mut ws = call(&ingress, &pki, "/ws/after-the-hostiles").await.unwrap();
+    let mut ws = ingress.call(&pki, "/ws/after-the-hostiles").await.unwrap();
     echo(&mut ws, "ok").await.unwrap();
 }

@@ -167,6 +167,40 @@ impl Ctx {
         loadgen(&mut cmd, Duration::from_secs(600))
     }
 
+    /// Figure 2's echo load (calls, rate, size) to `addr` for `secs` seconds; its report.
+    pub(crate) fn echo(&self, addr: SocketAddr, path: &str, secs: u64) -> anyhow::Result<fleet_sim::report::Echo> {
+        let s = self.sizes;
+        let mut cmd = self.loadgen(None);
+        cmd.arg("echo");
+        self.target_args(&mut cmd, addr, path);
+        cmd.args(["--calls", &s.echo_calls.to_string(), "--rate", &s.echo_rate.to_string()])
+            .args(["--size", &s.echo_size.to_string(), "--seconds", &secs.to_string()]);
+        loadgen(&mut cmd, Duration::from_secs(secs + 120))
+    }
+
+    /// A spec for a proxy in `pair`'s ingress namespace, listening on every
+    /// address there; `xdp` (action, mode) attaches ours to the pair's
+    /// ingress end with its maps pinned under `pins`.
+    pub(crate) fn spec_in_pair(
+        &self,
+        pair: &testbed::NetPair,
+        (kind, tag, port): (Kind, &str, u16),
+        fleets: &[Fleet],
+        maxconn: u32,
+        xdp: Option<(&'static str, Option<&'static str>, &std::path::Path)>,
+    ) -> Spec {
+        let mut spec = self.spec(kind, tag, port, fleets, maxconn);
+        spec.listen = SocketAddr::from(([0, 0, 0, 0], port));
+        spec.netns = Some(pair.ingress_ns.clone());
+        spec.xdp = xdp.map(|(action, mode, pins)| proxies::Xdp {
+            interface: pair.ingress_if.clone(),
+            action,
+            pin_path: pins.to_path_buf(),
+            mode,
+        });
+        spec
+    }
+
     pub(crate) fn start_fleets(
         &self,
         n: usize,

@@ -109,7 +109,7 @@ const KEPT_MAX_AGE: Duration = Duration::from_secs(30);
 /// with what it was made for: a changed server or TLS config, a passive
 /// failure since, or [`KEPT_MAX_AGE`] drops it.
 pub struct Kept {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: Sender,
     server: Arc<Server>,
     tls: Option<Arc<rustls::ClientConfig>>,
     passive_failures: u64,
@@ -140,10 +140,13 @@ pub async fn probe_keeping(
 ) -> Result<(u16, Bytes), ProbeError> {
     let tls = pool.client_tls(server);
     let reuse = pool.check.reuse_connection;
-    let passive_failures = server
-        .live()
-        .passive_failures
-        .load(std::sync::atomic::Ordering::Relaxed);
+    let passive_now = || {
+        server
+            .live()
+            .passive_failures
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let passive_failures = passive_now();
     let old = kept.take().filter(|k| {
         reuse
             && Arc::ptr_eq(&k.server, server)
@@ -155,13 +158,7 @@ pub async fn probe_keeping(
     let made = old.as_ref().map(|k| k.made);
     // An answer on the old connection counts only if no call failed to
     // connect meanwhile: only a new connection may bring the server back.
-    let no_passive_failure = || {
-        server
-            .live()
-            .passive_failures
-            .load(std::sync::atomic::Ordering::Relaxed)
-            == passive_failures
-    };
+    let no_passive_failure = || passive_now() == passive_failures;
     let (answer, sender) = probe_on(
         server,
         pool,
@@ -238,12 +235,7 @@ async fn probe_on(
 
 /// The probe's request on `sender` and its whole answer (read to the end,
 /// so the connection can carry the next one).
-async fn request(
-    sender: &mut SendRequest<Empty<Bytes>>,
-    server: &Server,
-    pool: &Pool,
-    close: bool,
-) -> Result<(u16, Bytes), ProbeError> {
+async fn request(sender: &mut Sender, server: &Server, pool: &Pool, close: bool) -> Result<(u16, Bytes), ProbeError> {
     let check = &pool.check;
     let host = check.host.clone().unwrap_or_else(|| server.def.host_header());
     let mut req = http::Request::builder()

@@ -95,17 +95,7 @@ pub(super) fn echo(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<EchoFigure> {
                 &format!("  echo through {} ({} of {})", kind.key(), rep + 1, s.reps),
                 || {
                     let cpu = Cpu::read(p.pid());
-                    let mut cmd = ctx.loadgen(None);
-                    cmd.arg("echo");
-                    ctx.target_args(&mut cmd, *addr, "/ws/echo-");
-                    cmd.args(["--calls", &s.echo_calls.to_string(), "--rate", &s.echo_rate.to_string()])
-                        .args([
-                            "--size",
-                            &s.echo_size.to_string(),
-                            "--seconds",
-                            &s.echo_secs.to_string(),
-                        ]);
-                    let load: Echo = loadgen(&mut cmd, Duration::from_secs(s.echo_secs + 120))?;
+                    let load = ctx.echo(*addr, "/ws/echo-", s.echo_secs)?;
                     let run = EchoRun {
                         load,
                         proxy_cpu_ms: cpu.since(p.pid()),

@@ -17,7 +17,7 @@ use testbed::NetPair;
 use super::{
     Ctx, figure,
     procs::Cpu,
-    proxies::{Kind, Xdp},
+    proxies::Kind,
     results::{Figure, Growth, GrowthRun},
     storm::{Pins, attached},
     wait_idle,
@@ -110,17 +110,15 @@ pub(super) fn growth(ctx: &Ctx) -> anyhow::Result<Growth> {
                     c.check_interval_ms,
                     if c.reuse { "-kept" } else { "" }
                 );
-                let mut spec = ctx.spec(c.kind, &tag, port, &fleets, WORKERS);
-                spec.listen = SocketAddr::from(([0, 0, 0, 0], port));
-                spec.netns = Some(ns.clone());
+                let mut spec = ctx.spec_in_pair(
+                    &pair,
+                    (c.kind, &tag, port),
+                    &fleets,
+                    WORKERS,
+                    c.xdp.then_some(("drop", None, pins.0.as_path())),
+                );
                 spec.check_interval_ms = c.check_interval_ms;
                 spec.reuse_checks = c.reuse;
-                spec.xdp = c.xdp.then(|| Xdp {
-                    interface: pair.ingress_if.clone(),
-                    action: "drop",
-                    pin_path: pins.0.clone(),
-                    mode: None,
-                });
                 let p = ctx.start(&spec, dial)?;
                 if c.xdp {
                     attached(&p)?;

@@ -182,12 +182,7 @@ pub(super) fn perf_echo(ctx: &Ctx, fleets: &[Fleet]) -> anyhow::Result<Perf> {
     let p = ctx.start(&spec, addr)?;
     let secs = 6;
     let report = profile(ctx, p.pid(), "echo", secs, || {
-        let mut cmd = ctx.loadgen(None);
-        cmd.arg("echo");
-        ctx.target_args(&mut cmd, addr, "/ws/perf-echo-");
-        cmd.args(["--calls", &s.echo_calls.to_string(), "--rate", &s.echo_rate.to_string()])
-            .args(["--size", &s.echo_size.to_string(), "--seconds", &(secs - 1).to_string()]);
-        procs::loadgen::<fleet_sim::report::Echo>(&mut cmd, Duration::from_secs(secs + 120)).map(drop)
+        ctx.echo(addr, "/ws/perf-echo-", secs - 1).map(drop)
     })?;
     super::wait_idle(fleets)?;
     summary(

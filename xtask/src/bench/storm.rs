@@ -18,7 +18,7 @@ use testbed::{NetPair, poll::wait_for};
 use super::{
     Ctx, LOAD_CORE, PROXY_CORE, figure, net,
     procs::{self, Cpu, softirq_ms},
-    proxies::{Kind, Running, Xdp},
+    proxies::{Kind, Running},
     results::{Flood, Floods, Storm, StormRun},
 };
 
@@ -86,15 +86,14 @@ pub(super) fn storm(ctx: &Ctx) -> anyhow::Result<Storm> {
     for (name, kind, xdp) in configs {
         let r = figure(&format!("  storm: {name}"), || -> anyhow::Result<StormRun> {
             let pins = Pins::new(xdp.unwrap_or("off"));
-            let mut spec = ctx.spec(kind, &format!("storm-{}", name_tag(name)), port, &fleets, 16);
-            spec.listen = SocketAddr::from(([0, 0, 0, 0], port));
-            spec.netns = Some(ns.clone());
-            spec.xdp = xdp.map(|action| Xdp {
-                interface: pair.ingress_if.clone(),
-                action,
-                pin_path: pins.0.clone(),
-                mode: None,
-            });
+            let tag = format!("storm-{}", name_tag(name));
+            let spec = ctx.spec_in_pair(
+                &pair,
+                (kind, &tag, port),
+                &fleets,
+                16,
+                xdp.map(|action| (action, None, pins.0.as_path())),
+            );
             let p = ctx.start(&spec, dial)?;
             let mut attached = Value::Null;
             if p.admin.is_some() {
@@ -227,15 +226,13 @@ fn steered_flood(
     } else {
         "flood-steered-off"
     };
-    let mut spec = ctx.spec(Kind::Ingress, tag, port, fleets, 16);
-    spec.listen = SocketAddr::from(([0, 0, 0, 0], port));
-    spec.netns = Some(pair.ingress_ns.clone());
-    spec.xdp = with_xdp.then(|| Xdp {
-        interface: pair.ingress_if.clone(),
-        action: "drop",
-        pin_path: pins.0.clone(),
-        mode: Some("skb"),
-    });
+    let spec = ctx.spec_in_pair(
+        pair,
+        (Kind::Ingress, tag, port),
+        fleets,
+        16,
+        with_xdp.then_some(("drop", Some("skb"), pins.0.as_path())),
+    );
     let p = ctx.start(&spec, SocketAddr::from((pair.ingress_ip, port)))?;
     settle(&p, with_xdp)?;
     let rps = |mask: &str| {
